@@ -1,0 +1,44 @@
+# Two commands do all setup on a fresh machine: `make demo` and `make test`.
+# Both bootstrap .venv from nothing, pinned by constraints.txt.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install models demo up test test-unit lint lock clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+models: install
+	$(BIN)/edgeroute models build
+
+demo: install
+	$(BIN)/edgeroute demo
+
+up: install
+	$(BIN)/edgeroute up
+
+# pytest exits 5 when it collected no test: make treats that as a failure too.
+test: install
+	$(BIN)/python -m pytest
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy edgeroute router edge cloud
+
+# Re-pin every dependency after changing pyproject.toml.
+lock: install
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^edgeroute' > constraints.txt
+
+clean:
+	rm -rf $(VENV) out .edgeroute .pytest_cache .ruff_cache .mypy_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Cloud tier: the large teacher model as an autoscaled, batching Ray Serve deployment."""

@@ -1,0 +1,169 @@
+"""The edge worker's ASGI app: OIP v2 over HTTP in front of one onnxruntime session.
+
+Inference runs on a thread pool of ``concurrency`` threads behind an
+:class:`~edge.admission.Admission` gate, so a burst beyond ``max_queue``
+waiting requests gets a fast 503 with ``Retry-After`` instead of a growing
+queue. Every answer carries ``Server-Timing: queue;dur=..., infer;dur=...`` so
+the router can subtract server time from what it observes and learn the
+network part on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from edge.admission import Admission, QueueFull
+from edgeroute import contract
+from edgeroute.http import (
+    check_content_type,
+    error_response,
+    infer_response,
+    read_body,
+    server_timing,
+)
+from edgeroute.models.runtime import OnnxModel
+from edgeroute.oip import InferResponse, OIPError, binary_set, decode_request, select_outputs
+
+SERVER_NAME = "edgeroute-edge"
+
+
+class EdgeWorker:
+    """Owns the model, the admission gate and the inference threads of one worker."""
+
+    def __init__(
+        self,
+        model: OnnxModel,
+        *,
+        name: str = "edge",
+        concurrency: int = 1,
+        max_queue: int = 32,
+        max_batch: int = contract.DEFAULT_MAX_BATCH,
+        max_body_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
+        self.model = model
+        self.name = name
+        self.max_batch = max_batch
+        self.max_body_bytes = max_body_bytes
+        self.admission = Admission(concurrency, max_queue)
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="infer")
+        self.served = 0
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def infer(self, request: Request) -> Response:
+        try:
+            contract.check_model_name(request.path_params["model"])
+            check_content_type(request.headers)
+            body = await read_body(request, self.max_body_bytes)
+            oip_request = decode_request(body, request.headers)
+            x = contract.input_batch(oip_request, self.max_batch)
+            async with self.admission.slot() as queued_s:
+                started = time.perf_counter()
+                loop = asyncio.get_running_loop()
+                probabilities, labels = await loop.run_in_executor(
+                    self._pool, self.model.predict, x
+                )
+                infer_s = time.perf_counter() - started
+            outputs = select_outputs(oip_request, contract.output_tensors(probabilities, labels))
+        except OIPError as error:
+            return error_response(error)
+        except QueueFull as full:
+            return error_response(OIPError(str(full), status=503), {"retry-after": "1"})
+        self.served += 1
+        response = InferResponse(
+            model_name=contract.MODEL_NAME,
+            model_version=self.model.version,
+            id=oip_request.id,
+            outputs=outputs,
+        )
+        return infer_response(
+            response,
+            binary_set(oip_request, outputs),
+            {"server-timing": server_timing(queue=queued_s, infer=infer_s)},
+        )
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model": self.model.name,
+            "model_version": self.model.version,
+            "served": self.served,
+            "running": self.admission.running,
+            "waiting": self.admission.waiting,
+            "rejected": self.admission.rejected,
+        }
+
+
+def create_app(worker: EdgeWorker) -> Starlette:
+    async def live(_: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready(_: Request) -> Response:
+        return JSONResponse({"ready": True})
+
+    async def server_metadata(_: Request) -> Response:
+        return JSONResponse({"name": SERVER_NAME, "version": worker.model.version,
+                             "extensions": ["binary_tensor_data"]})
+
+    async def model_metadata(request: Request) -> Response:
+        try:
+            contract.check_model_name(request.path_params["model"])
+        except OIPError as error:
+            return error_response(error)
+        return JSONResponse(contract.model_metadata([worker.model.version]))
+
+    async def model_ready(request: Request) -> Response:
+        try:
+            contract.check_model_name(request.path_params["model"])
+        except OIPError as error:
+            return error_response(error)
+        return JSONResponse({"name": contract.MODEL_NAME, "ready": True})
+
+    async def stats(_: Request) -> Response:
+        return JSONResponse(worker.stats())
+
+    routes = [
+        Route("/v2/health/live", live),
+        Route("/v2/health/ready", ready),
+        Route("/v2", server_metadata),
+        Route("/v2/models/{model}", model_metadata),
+        Route("/v2/models/{model}/ready", model_ready),
+        Route("/v2/models/{model}/infer", worker.infer, methods=["POST"]),
+        Route("/v1/stats", stats),
+    ]
+    return Starlette(routes=routes, on_shutdown=[worker.close])
+
+
+def serve(
+    model_path: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8101,
+    name: str = "edge",
+    concurrency: int = 1,
+    max_queue: int = 32,
+) -> None:
+    """Run a worker until SIGINT/SIGTERM; uvicorn drains in-flight requests before exiting."""
+    from pathlib import Path
+
+    import uvicorn
+
+    model = OnnxModel(Path(model_path), threads=1)
+    worker = EdgeWorker(model, name=name, concurrency=concurrency, max_queue=max_queue)
+    uvicorn.run(
+        create_app(worker),
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+        access_log=False,
+    )

@@ -1,0 +1,3 @@
+from edgeroute.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""The ``edgeroute`` command line.
+
+Subcommands import what they need when they run, so ``edgeroute edge`` starts
+without loading Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgeroute.config import StackConfig
+
+DEFAULT_STATE_FILE = Path(".edgeroute/state.json")
+
+
+def _models(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from edgeroute.models.store import ensure_models
+    from edgeroute.tables import card_table
+
+    console = Console()
+    directory = Path(args.dir) if args.dir else None
+    models = ensure_models(directory, progress=console.print, force=args.force)
+    console.print(card_table(models))
+    console.print(f"models in {models.directory}")
+    return 0
+
+
+def _edge(args: argparse.Namespace) -> int:
+    from edge.server import serve
+    from edgeroute.models.store import ensure_models, model_path
+    from edgeroute.stack import die_with_parent
+
+    die_with_parent()
+    path = Path(args.model)
+    if not path.exists():
+        path = model_path(args.model, ensure_models().directory)
+    serve(str(path), host=args.host, port=args.port, name=args.name,
+          concurrency=args.concurrency, max_queue=args.max_queue)
+    return 0
+
+
+def _load_config(args: argparse.Namespace) -> StackConfig:
+    """The stack config with command-line overrides and an admin token for this run."""
+    import secrets
+
+    from edgeroute.config import DEFAULT_CONFIG_PATH, StackConfig
+
+    path = Path(args.config) if args.config else None
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
+    document = StackConfig.load(path).model_dump()
+    if args.port is not None:
+        document["port"] = args.port
+    document["router"]["admin_token"] = (
+        document["router"]["admin_token"] or secrets.token_urlsafe(24)
+    )
+    return StackConfig.model_validate(document)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from edgeroute.models.store import ensure_models
+    from edgeroute.stack import Stack, StackError
+
+    config = _load_config(args)
+    models = ensure_models(progress=print)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stack = Stack(config, models, state_file=Path(args.state_file))
+    try:
+        stack.start()
+        print(f"state file: {args.state_file}")
+        print("press Ctrl-C to stop", flush=True)
+        while not stop.wait(0.5):
+            pass
+    except StackError as exc:
+        print(f"edgeroute up: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("stopping ...", flush=True)
+        stack.stop()
+        print("stopped", flush=True)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from edgeroute.demo import run_demo
+
+    return run_demo(_load_config(args), out_dir=Path(args.out), quick=args.quick)
+
+
+def _read_state(path: str) -> dict[str, object]:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"no state file at {path}: is `edgeroute up` running?") from None
+
+
+def _link(args: argparse.Namespace) -> int:
+    import httpx
+
+    state = _read_state(args.state_file)
+    changes = {k: v for k, v in {
+        "base_ms": args.base_ms, "jitter_ms": args.jitter_ms,
+        "spike_probability": args.spike_probability, "spike_multiplier": args.spike_multiplier,
+        "loss_probability": args.loss_probability,
+        "partitioned": True if args.partition else False if args.heal else None,
+    }.items() if v is not None}
+    response = httpx.put(
+        f"{state['endpoint']}/v1/links/{args.target}", json=changes, timeout=10,
+        headers={"authorization": f"Bearer {state['admin_token']}"},
+    )
+    print(json.dumps(response.json(), indent=2))
+    return 0 if response.status_code == 200 else 1
+
+
+def _targets(args: argparse.Namespace) -> int:
+    import httpx
+    from rich.console import Console
+
+    from edgeroute.tables import targets_table
+
+    state = _read_state(args.state_file)
+    snapshot = httpx.get(f"{state['endpoint']}/v1/targets", timeout=10).json()
+    if args.json:
+        print(json.dumps(snapshot, indent=2))
+    else:
+        Console().print(targets_table(snapshot["targets"]))
+    return 0
+
+
+def _stack_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="stack YAML (default: infra/stack.yaml if present, "
+                                          "else the embedded default)")
+    parser.add_argument("--port", type=int, help="router port (default from the config: 8000)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgeroute", description="Edge-versus-cloud placement router for ML inference."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    models = sub.add_parser("models", help="build and inspect the digits models")
+    models_sub = models.add_subparsers(dest="action", required=True)
+    build = models_sub.add_parser("build", help="build the models (cached; --force rebuilds)")
+    build.add_argument("--dir", help="output directory (default: the model cache)")
+    build.add_argument("--force", action="store_true")
+    build.set_defaults(func=_models)
+
+    edge = sub.add_parser("edge", help="run one edge worker (OIP v2 server)")
+    edge.add_argument("--model", default="student-int8",
+                      help="ONNX file, or a model name: student, student-int8, teacher")
+    edge.add_argument("--host", default="127.0.0.1")
+    edge.add_argument("--port", type=int, default=8101)
+    edge.add_argument("--name", default="edge")
+    edge.add_argument("--concurrency", type=int, default=1)
+    edge.add_argument("--max-queue", type=int, default=32)
+    edge.set_defaults(func=_edge)
+
+    up = sub.add_parser("up", help="start the local stack and serve until Ctrl-C")
+    _stack_options(up)
+    up.add_argument("--state-file", default=str(DEFAULT_STATE_FILE))
+    up.set_defaults(func=_up)
+
+    demo = sub.add_parser("demo", help="start the stack, drive a minute of load, report")
+    _stack_options(demo)
+    demo.add_argument("--out", default="out/demo", help="where the report and plot go")
+    demo.add_argument("--quick", action="store_true", help="a 15 s run instead of a minute")
+    demo.set_defaults(func=_demo)
+
+    link = sub.add_parser("link", help="change a target's emulated link on a running stack")
+    link.add_argument("target")
+    link.add_argument("--state-file", default=str(DEFAULT_STATE_FILE))
+    for flag in ("base-ms", "jitter-ms", "spike-probability", "spike-multiplier",
+                 "loss-probability"):
+        link.add_argument(f"--{flag}", type=float)
+    cut = link.add_mutually_exclusive_group()
+    cut.add_argument("--partition", action="store_true", help="blackhole the link")
+    cut.add_argument("--heal", action="store_true", help="end a partition")
+    link.set_defaults(func=_link)
+
+    targets = sub.add_parser("targets", help="show the router's live view of its targets")
+    targets.add_argument("--state-file", default=str(DEFAULT_STATE_FILE))
+    targets.add_argument("--json", action="store_true")
+    targets.set_defaults(func=_targets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

@@ -1,0 +1,398 @@
+"""Open-loop load generator for the router's OIP endpoint. What it guarantees:
+
+* **Open loop, no coordinated omission.** The whole schedule (Poisson arrivals,
+  rows, deadlines, qualities) is drawn up front from seeds; each request is
+  launched as its own task at its scheduled time whatever earlier ones are
+  doing, and its latency is measured from the *scheduled* send time, so a late
+  send counts against the system as it would for a real user (Gil Tene, "How
+  NOT to measure latency").
+* **Every wait is bounded.** A request gives up after its deadline plus
+  ``timeout_slack_s``; the end-of-run drain and every event hook are bounded too.
+* **Overload is recorded, not hidden.** Past ``max_in_flight`` a request is not
+  queued (that would close the loop) but recorded as a client-side failure.
+* **Nothing the server does makes run_load raise**: transport failures and
+  timeouts become outcomes with ``status`` 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+
+from edgeroute.contract import INPUT_NAME, MODEL_NAME, OUTPUT_LABEL
+from edgeroute.dataset import Split
+from edgeroute.oip import InferRequest, OIPError, Tensor, decode_response, encode_request
+
+EventHook = Callable[[str], Awaitable[None]]
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+MAX_ERROR_CHARS = 300
+
+
+@dataclass(frozen=True)
+class Phase:
+    """``duration_s`` of Poisson arrivals at ``rate_rps``; ``events`` are (offset_s, name)."""
+
+    name: str
+    duration_s: float
+    rate_rps: float
+    events: tuple[tuple[float, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("a phase needs a name")
+        if not self.duration_s > 0:
+            raise ValueError(f"phase {self.name!r}: duration_s must be positive")
+        if not self.rate_rps >= 0:
+            raise ValueError(f"phase {self.name!r}: rate_rps must be non-negative")
+        for offset, _ in self.events:
+            if not 0 <= offset <= self.duration_s:
+                raise ValueError(f"phase {self.name!r}: event offset {offset} outside the phase")
+
+
+@dataclass(frozen=True)
+class RequestMix:
+    """Deadlines drawn by weight from ``deadlines_ms`` ((deadline_ms, weight), ...);
+    a ``high_quality_share`` of requests ask for ``quality: high``, the rest ``any``."""
+
+    deadlines_ms: tuple[tuple[float, float], ...] = ((250.0, 1.0),)
+    high_quality_share: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.deadlines_ms:
+            raise ValueError("deadlines_ms must not be empty")
+        if any(d <= 0 or w < 0 for d, w in self.deadlines_ms):
+            raise ValueError("deadlines must be positive and weights non-negative")
+        if sum(w for _, w in self.deadlines_ms) <= 0:
+            raise ValueError("deadline weights must not all be zero")
+        if not 0 <= self.high_quality_share <= 1:
+            raise ValueError("high_quality_share must lie in [0, 1]")
+
+
+@dataclass(frozen=True)
+class Planned:
+    phase: str
+    at_s: float
+    row: int
+    label: int
+    deadline_ms: float
+    quality: str
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Requests and events in time order; offsets are seconds since the run's start."""
+
+    requests: tuple[Planned, ...]
+    events: tuple[tuple[float, str], ...]
+    phases: tuple[tuple[str, float, float], ...]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One request as the user saw it; failure fields hold None/0/False."""
+
+    phase: str
+    scheduled_s: float
+    latency_ms: float
+    """From the scheduled send time to the end of the response (or the give-up)."""
+    status: int
+    """HTTP status, or 0 for a client-side transport error, timeout or drop."""
+    deadline_ms: float
+    quality: str
+    label: int
+    predicted: int | None
+    target: str | None
+    tier: str | None
+    cost_usd: float
+    attempts: int
+    fallback: bool
+    hedged: bool
+    upstream_ms: float | None
+    error: str | None
+    send_lag_ms: float = 0.0
+    """How late the request actually left; large values mean the client itself saturated."""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and self.error is None
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    outcomes: tuple[Outcome, ...]
+    events: tuple[tuple[float, str], ...]
+    """(seconds since start when the event fired, name)."""
+    phases: tuple[tuple[str, float, float], ...]
+    """(name, start_s, end_s) as scheduled."""
+    event_errors: tuple[tuple[str, str], ...] = ()
+    """(event name, error) for hooks that raised or ran past their bound."""
+    duration_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class ProgressTick:
+    sent: int
+    done: int
+    failed: int
+    phase: str
+    total: int
+    elapsed_s: float
+
+
+def plan(phases: Sequence[Phase], data: Split, mix: RequestMix, seed: int = 0) -> Schedule:
+    """Draw the whole run: each phase gets its own seeded stream, so editing one
+    phase leaves the others' arrivals unchanged."""
+    names = [p.name for p in phases]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"phases must be given, with unique names; got {names}")
+    deadlines = np.array([d for d, _ in mix.deadlines_ms], dtype=float)
+    weights = np.array([w for _, w in mix.deadlines_ms], dtype=float)
+    requests: list[Planned] = []
+    events: list[tuple[float, str]] = []
+    bounds: list[tuple[str, float, float]] = []
+    start = 0.0
+    for index, phase in enumerate(phases):
+        arrivals = np.random.default_rng([seed, index])
+        choices = np.random.default_rng([mix.seed, index])
+        count = int(arrivals.poisson(phase.rate_rps * phase.duration_s))
+        times = np.sort(arrivals.uniform(0.0, phase.duration_s, count))
+        rows = arrivals.integers(0, len(data.y_test), count)
+        picked = choices.choice(deadlines, size=count, p=weights / weights.sum())
+        high = choices.random(count) < mix.high_quality_share
+        requests.extend(
+            Planned(phase.name, start + float(t), int(row), int(data.y_test[row]), float(d),
+                    "high" if is_high else "any")
+            for t, row, d, is_high in zip(times, rows, picked, high, strict=True)
+        )
+        events.extend((start + offset, name) for offset, name in phase.events)
+        bounds.append((phase.name, start, start + phase.duration_s))
+        start += phase.duration_s
+    return Schedule(tuple(requests), tuple(sorted(events, key=lambda e: e[0])), tuple(bounds))
+
+
+def _truncate(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "..."
+
+
+def _failure(p: Planned, latency_ms: float, status: int, error: str, lag_ms: float) -> Outcome:
+    return Outcome(p.phase, p.at_s, latency_ms, status, p.deadline_ms, p.quality, p.label,
+                   None, None, None, 0.0, 0, False, False, None, _truncate(error), lag_ms)
+
+
+def _error_of(response: httpx.Response) -> str:
+    try:
+        document = response.json()
+    except ValueError:
+        document = None
+    if isinstance(document, dict) and "error" in document:
+        return _truncate(str(document["error"]))
+    return _truncate(response.text) or f"HTTP {response.status_code}"
+
+
+def _parse(p: Planned, response: httpx.Response, latency_ms: float, lag_ms: float) -> Outcome:
+    """One HTTP response as an Outcome; a malformed 200 keeps its status but is not ok."""
+    if response.status_code != 200:
+        return _failure(p, latency_ms, response.status_code, _error_of(response), lag_ms)
+    try:
+        decoded = decode_response(response.content, response.headers)
+        labels = [t.data for t in decoded.outputs if t.name == OUTPUT_LABEL]
+        params: dict[str, Any] = dict(decoded.parameters)
+        upstream = params.get("upstream_ms")
+        return Outcome(
+            p.phase, p.at_s, latency_ms, 200, p.deadline_ms, p.quality, p.label,
+            int(np.asarray(labels[0]).reshape(-1)[0]),
+            str(params["target"]), str(params["tier"]), float(params.get("cost_usd", 0.0)),
+            int(params.get("attempts", 1)), bool(params.get("fallback", False)),
+            bool(params.get("hedged", False)),
+            None if upstream is None else float(upstream), None, lag_ms,
+        )
+    except (OIPError, KeyError, IndexError, TypeError, ValueError) as exc:
+        return _failure(p, latency_ms, 200, f"malformed response: {exc!r}", lag_ms)
+
+
+class _Run:
+    """State of one run: the dispatcher, the in-flight tasks and the counters."""
+
+    def __init__(self, url: str, client: httpx.AsyncClient, schedule: Schedule, data: Split,
+                 *, on_event: EventHook | None, progress: Callable[[ProgressTick], None] | None,
+                 max_in_flight: int, timeout_slack_s: float, clock: Clock, sleep: Sleep,
+                 progress_interval_s: float, event_timeout_s: float) -> None:
+        self.url, self.client, self.schedule, self.data = url, client, schedule, data
+        self.on_event, self.progress = on_event, progress
+        self.max_in_flight, self.slack_s = max_in_flight, timeout_slack_s
+        self.clock, self.sleep = clock, sleep
+        self.progress_interval_s, self.event_timeout_s = progress_interval_s, event_timeout_s
+        self.start = 0.0
+        self.inflight: dict[asyncio.Task[Outcome], Planned] = {}
+        self.event_tasks: list[asyncio.Task[None]] = []
+        self.outcomes: list[Outcome] = []
+        self.fired: list[tuple[float, str]] = []
+        self.event_errors: list[tuple[str, str]] = []
+        self.sent = self.failed = 0
+
+    def now(self) -> float:
+        return self.clock() - self.start
+
+    async def run(self) -> LoadResult:
+        self.start = self.clock()
+        ticker = asyncio.create_task(self._tick()) if self.progress else None
+        try:
+            await self._dispatch()
+            await self._drain()
+        finally:
+            leftovers = [*self.inflight, *self.event_tasks, *([ticker] if ticker else [])]
+            for task in leftovers:
+                task.cancel()
+            await asyncio.gather(*leftovers, return_exceptions=True)
+        self._report("done")
+        outcomes = sorted(self.outcomes, key=lambda o: o.scheduled_s)
+        return LoadResult(tuple(outcomes), tuple(self.fired), self.schedule.phases,
+                          tuple(self.event_errors), self.now())
+
+    async def _until(self, at_s: float) -> None:
+        delay = at_s - self.now()
+        await (self.sleep(delay) if delay > 0 else asyncio.sleep(0))
+
+    async def _dispatch(self) -> None:
+        items: list[tuple[float, int, Any]] = [(t, 0, name) for t, name in self.schedule.events]
+        items += [(p.at_s, 1, p) for p in self.schedule.requests]
+        items.sort(key=lambda item: (item[0], item[1]))
+        for at_s, kind, item in items:
+            await self._until(at_s)
+            if kind == 0:
+                self._fire(item)
+            else:
+                self._launch(item)
+        await self._until(self.schedule.phases[-1][2])
+
+    def _fire(self, name: str) -> None:
+        self.fired.append((self.now(), name))
+        if self.on_event is not None:
+            self.event_tasks.append(asyncio.create_task(self._run_hook(self.on_event, name)))
+
+    async def _run_hook(self, hook: EventHook, name: str) -> None:
+        try:
+            await asyncio.wait_for(hook(name), self.event_timeout_s)
+        except asyncio.TimeoutError:
+            self.event_errors.append((name, f"did not finish within {self.event_timeout_s} s"))
+        except Exception as exc:
+            self.event_errors.append((name, _truncate(f"{type(exc).__name__}: {exc}")))
+
+    def _launch(self, p: Planned) -> None:
+        self.sent += 1
+        if len(self.inflight) >= self.max_in_flight:
+            lag_ms = (self.now() - p.at_s) * 1000
+            error = f"dropped by the client: {self.max_in_flight} requests already in flight"
+            self._record(_failure(p, lag_ms, 0, error, lag_ms))
+            return
+        task = asyncio.create_task(self._send(p))
+        self.inflight[task] = p
+        task.add_done_callback(self._finished)
+
+    def _record(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+        if not outcome.ok:
+            self.failed += 1
+
+    def _finished(self, task: asyncio.Task[Outcome]) -> None:
+        p = self.inflight.pop(task)
+        latency_ms = (self.now() - p.at_s) * 1000
+        if task.cancelled():
+            self._record(_failure(p, latency_ms, 0, "abandoned at the end of the run", 0.0))
+        elif (exc := task.exception()) is not None:
+            self._record(_failure(p, latency_ms, 0, f"{type(exc).__name__}: {exc}", 0.0))
+        else:
+            self._record(task.result())
+
+    async def _send(self, p: Planned) -> Outcome:
+        lag_ms = max(0.0, (self.now() - p.at_s) * 1000)
+        x = self.data.x_test[p.row : p.row + 1]
+        request = InferRequest(inputs=(Tensor(INPUT_NAME, x),),
+                               parameters={"deadline_ms": p.deadline_ms, "quality": p.quality})
+        body, headers = encode_request(request, binary=False)
+        timeout_s = p.deadline_ms / 1000 + self.slack_s
+        try:
+            response = await asyncio.wait_for(
+                self.client.post(self.url, content=body, headers=headers, timeout=timeout_s),
+                timeout_s,
+            )
+        except (asyncio.TimeoutError, httpx.TimeoutException):
+            error = f"timeout after {timeout_s:.3f} s"
+        except (httpx.HTTPError, OSError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        else:
+            return _parse(p, response, (self.now() - p.at_s) * 1000, lag_ms)
+        return _failure(p, (self.now() - p.at_s) * 1000, 0, error, lag_ms)
+
+    async def _drain(self) -> None:
+        if self.inflight:
+            slowest = max(p.deadline_ms for p in self.inflight.values()) / 1000
+            _, pending = await asyncio.wait(set(self.inflight), timeout=slowest + self.slack_s + 1)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self.event_tasks:
+            await asyncio.gather(*self.event_tasks, return_exceptions=True)
+
+    def _report(self, phase: str) -> None:
+        if self.progress is not None:
+            self.progress(ProgressTick(self.sent, len(self.outcomes), self.failed, phase,
+                                       len(self.schedule.requests), self.now()))
+
+    async def _tick(self) -> None:
+        while True:
+            await self.sleep(self.progress_interval_s)
+            now = self.now()
+            self._report(next((n for n, _, end in self.schedule.phases if now < end), "drain"))
+
+
+async def run_load(
+    endpoint: str,
+    phases: Sequence[Phase],
+    data: Split,
+    mix: RequestMix,
+    *,
+    on_event: EventHook | None = None,
+    progress: Callable[[ProgressTick], None] | None = None,
+    client: httpx.AsyncClient | None = None,
+    max_in_flight: int = 2000,
+    timeout_slack_s: float = 2.0,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = asyncio.sleep,
+    seed: int = 0,
+    progress_interval_s: float = 0.25,
+    event_timeout_s: float = 60.0,
+) -> LoadResult:
+    """Replay ``plan(phases, data, mix, seed)`` against ``{endpoint}/v2/models/digits/infer``.
+
+    ``on_event(name)`` runs in its own task (bounded by ``event_timeout_s``) so a
+    slow hook never delays sends. Without ``client`` one is made with a
+    connection pool as large as ``max_in_flight`` (a smaller pool would queue
+    requests inside the client) and closed at the end; a passed client is left open.
+    """
+    if max_in_flight < 1:
+        raise ValueError("max_in_flight must be at least 1")
+    schedule = plan(phases, data, mix, seed)
+    url = f"{endpoint.rstrip('/')}/v2/models/{MODEL_NAME}/infer"
+    own = client is None
+    http = client or httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=256),
+        trust_env=False,
+    )
+    try:
+        runner = _Run(url, http, schedule, data, on_event=on_event, progress=progress,
+                      max_in_flight=max_in_flight, timeout_slack_s=timeout_slack_s,
+                      clock=clock, sleep=sleep, progress_interval_s=progress_interval_s,
+                      event_timeout_s=event_timeout_s)
+        return await runner.run()
+    finally:
+        if own:
+            await http.aclose()

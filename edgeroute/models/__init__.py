@@ -1,0 +1,1 @@
+"""The digits models: a large teacher for the cloud, a distilled student (FP32 and INT8) for the edge."""

@@ -1,0 +1,290 @@
+"""The local stack: Ray with the Serve app (router + cloud) and the edge worker processes.
+
+:class:`Stack` starts everything, waits until the router has seen every
+target, writes the state file, and on :meth:`Stack.stop` tears it all down:
+edge workers get SIGTERM (then SIGKILL after a bound), Serve and Ray are shut
+down. Edge workers are also tied to this process with ``PR_SET_PDEATHSIG`` so
+that not even a SIGKILL of the supervisor leaves them orphaned.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from edgeroute.config import EdgeWorker, StackConfig
+from edgeroute.models.store import ModelSet, model_path
+
+APP_NAME = "edgeroute"
+Say = Callable[[str], None]
+
+
+class StackError(RuntimeError):
+    """The stack could not start (a port in use, a worker that died, a timeout)."""
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    name: str
+    kind: str
+    pid: int
+    url: str
+    argv: list[str]
+
+
+PARENT_ENV = "EDGEROUTE_PARENT_PID"
+
+
+def die_with_parent() -> None:
+    """Called by a child at start: SIGTERM it when the process that started it dies.
+
+    The child asks the kernel itself (``PR_SET_PDEATHSIG``) instead of a
+    ``preexec_fn`` hook, which is unsafe in a process with threads (Ray's).
+    The kernel ties the signal to the *thread* that forked: supervisors start
+    workers from their main thread.
+    """
+    expected = os.environ.get(PARENT_ENV)
+    if expected is None or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != int(expected):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str, step_s: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(step_s)
+    raise StackError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def http_ok(url: str, timeout_s: float = 1.0) -> bool:
+    try:
+        return httpx.get(url, timeout=timeout_s).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class Stack:
+    def __init__(
+        self,
+        config: StackConfig,
+        models: ModelSet,
+        *,
+        state_file: Path | None = None,
+        log_dir: Path | None = None,
+        say: Say = print,
+    ) -> None:
+        self.config = config
+        self.models = models
+        self.state_file = state_file
+        self.log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp")) / "edgeroute-logs"
+        self.say = say
+        self.edges: dict[str, subprocess.Popen[bytes]] = {}
+        self.restarts: list[tuple[float, str, int]] = []
+        """(monotonic time, edge name, new pid) of every restart the watchdog made."""
+        self._ray_started = False
+        self._stopping = threading.Event()
+        self._watchdog: threading.Thread | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return self.config.endpoint
+
+    def edge_argv(self, edge: EdgeWorker) -> list[str]:
+        return [
+            sys.executable, "-m", "edgeroute", "edge",
+            "--model", str(model_path(edge.model, self.models.directory)),
+            "--name", edge.name, "--host", edge.host, "--port", str(edge.port),
+            "--concurrency", str(edge.concurrency), "--max-queue", str(edge.max_queue),
+        ]
+
+    def _edge(self, name: str) -> EdgeWorker:
+        for edge in self.config.edges:
+            if edge.name == name:
+                return edge
+        raise StackError(f"no edge worker named '{name}'")
+
+    def start_edge(self, name: str) -> int:
+        edge = self._edge(name)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            process = subprocess.Popen(
+                self.edge_argv(edge), stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env={**os.environ, PARENT_ENV: str(os.getpid())},
+            )
+        self.edges[name] = process
+        return process.pid
+
+    def wait_edge(self, name: str, timeout_s: float = 30.0) -> None:
+        edge, process = self._edge(name), self.edges[name]
+
+        def up() -> bool:
+            if process.poll() is not None:
+                raise StackError(f"edge worker {name} exited with {process.returncode}; "
+                                 f"see {self.log_dir / (name + '.log')}")
+            return http_ok(f"{edge.url}/v2/health/ready")
+
+        wait_until(up, timeout_s, f"edge worker {name}")
+
+    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> int:
+        """Signal an edge worker as an outside fault would; the watchdog restarts it."""
+        process = self.edges[name]
+        process.send_signal(sig)
+        return process.pid
+
+    def _supervise(self) -> None:
+        """Restart edge workers that died, ``edge_restart_delay_s`` after noticing.
+
+        Runs on one long-lived thread: the kernel ties each worker's
+        parent-death signal to the thread that started it.
+        """
+        delay = self.config.edge_restart_delay_s
+        died_at: dict[str, float] = {}
+        while not self._stopping.wait(0.2):
+            for name, process in list(self.edges.items()):
+                if process.poll() is None:
+                    died_at.pop(name, None)
+                    continue
+                noticed = died_at.setdefault(name, time.monotonic())
+                if delay is None or time.monotonic() - noticed < delay:
+                    continue
+                self.say(f"edge worker {name} exited ({process.returncode}); restarting it")
+                pid = self.start_edge(name)
+                self.restarts.append((time.monotonic(), name, pid))
+                died_at.pop(name)
+                self.write_state()
+
+    def _check_ports(self) -> None:
+        busy = [(h, p) for h, p in [(self.config.host, self.config.port),
+                                     *((e.host, e.port) for e in self.config.edges)]
+                if not port_free(h, p)]
+        if busy:
+            listed = ", ".join(f"{h}:{p}" for h, p in busy)
+            raise StackError(f"port(s) already in use: {listed} (is another stack running?)")
+
+    def start(self, timeout_s: float = 180.0) -> None:
+        self._check_ports()
+        for edge in self.config.edges:
+            self.start_edge(edge.name)
+        self.say(f"edge workers started: {', '.join(self.edges)}")
+        self._start_serve()
+        for edge in self.config.edges:
+            self.wait_edge(edge.name)
+        wait_until(self._all_targets_seen, timeout_s, "the router to reach every target", 0.5)
+        self.write_state()
+        self._watchdog = threading.Thread(target=self._supervise, name="edge-watchdog",
+                                          daemon=True)
+        self._watchdog.start()
+        self.say(f"edgeroute is serving at {self.endpoint}")
+
+    def _start_serve(self) -> None:
+        import ray
+        from ray import serve
+
+        from router.app import build_app
+
+        self.say("starting Ray and the Serve app (router + cloud) ...")
+        ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                 logging_level="WARNING", namespace=APP_NAME)
+        self._ray_started = True
+        serve.start(http_options={"host": self.config.host, "port": self.config.port})
+        serve.run(build_app(self.config), name=APP_NAME, route_prefix="/")
+
+    def _all_targets_seen(self) -> bool:
+        try:
+            response = httpx.get(f"{self.endpoint}/v1/targets", timeout=2.0)
+            targets = response.json()["targets"]
+        except (httpx.HTTPError, ValueError, KeyError):
+            return False
+        return all(t["estimates"]["observed"] and t["estimates"]["available"] for t in targets)
+
+    def processes(self) -> list[ProcessInfo]:
+        infos = [ProcessInfo("supervisor", "supervisor", os.getpid(), self.endpoint,
+                             [sys.executable, *sys.argv])]
+        for edge in self.config.edges:
+            process = self.edges.get(edge.name)
+            if process is not None:
+                infos.append(ProcessInfo(edge.name, "edge", process.pid, edge.url,
+                                         self.edge_argv(edge)))
+        return infos
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint,
+            "admin_token": self.config.router.admin_token,
+            "processes": [asdict(p) for p in self.processes()],
+        }
+
+    def write_state(self) -> None:
+        if self.state_file is None:
+            return
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.touch(mode=0o600)
+        tmp.write_text(json.dumps(self.state(), indent=2) + "\n")
+        tmp.replace(self.state_file)
+
+    def stop(self) -> None:
+        """Stop everything; safe to call twice and after a partial start."""
+        self._stopping.set()
+        if self._watchdog is not None:
+            self._watchdog.join(timeout=5)
+        for name, process in self.edges.items():
+            if process.poll() is None:
+                process.terminate()
+        for name, process in self.edges.items():
+            try:
+                process.wait(timeout=8)
+            except subprocess.TimeoutExpired:
+                self.say(f"edge worker {name} ignored SIGTERM; killing it")
+                process.kill()
+                process.wait(timeout=5)
+        if self._ray_started:
+            import ray
+            from ray import serve
+
+            try:
+                serve.shutdown()
+            finally:
+                ray.shutdown()
+                self._ray_started = False
+        if self.state_file is not None:
+            self.state_file.unlink(missing_ok=True)
+
+    def __enter__(self) -> Stack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,166 @@
+"""The whole path on the real stack: tritonclient -> Serve proxy -> router -> edge or cloud."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+
+from edgeroute.dataset import digits_split
+from tests.integration.conftest import RunningStack
+
+pytestmark = pytest.mark.integration
+
+PLACEMENT_KEYS = {
+    "target", "tier", "model_version", "attempts", "fallback", "hedged",
+    "predicted_latency_ms", "cost_usd", "decision_us",
+}
+
+
+def client(stack: RunningStack) -> triton.InferenceServerClient:
+    return triton.InferenceServerClient(stack.endpoint.removeprefix("http://"),
+                                        connection_timeout=10, network_timeout=10)
+
+
+def infer(c: triton.InferenceServerClient, rows: np.ndarray, binary: bool = True,
+          **parameters: Any) -> triton.InferResult:
+    inputs = [triton.InferInput("input", list(rows.shape), "FP32")]
+    inputs[0].set_data_from_numpy(rows.astype(np.float32), binary_data=binary)
+    outputs = None if binary else [triton.InferRequestedOutput("label", binary_data=False)]
+    return c.infer("digits", inputs, outputs=outputs, parameters=parameters or None)
+
+
+def test_tritonclient_binary_classifies_heldout_digits(stack: RunningStack) -> None:
+    split = digits_split()
+    c = client(stack)
+    assert c.is_server_ready()
+    assert c.get_model_metadata("digits")["inputs"][0]["shape"] == [-1, 64]
+    correct = 0
+    for row, label in zip(split.x_test[:100], split.y_test[:100], strict=True):
+        result = infer(c, row[None, :])
+        params = result.get_response()["parameters"]
+        assert PLACEMENT_KEYS <= params.keys()
+        assert result.as_numpy("probabilities").shape == (1, 10)
+        correct += int(result.as_numpy("label")[0] == label)
+    assert correct >= 94
+
+
+def test_tritonclient_json_tensors(stack: RunningStack) -> None:
+    split = digits_split()
+    result = infer(client(stack), split.x_test[:8], binary=False)
+    assert result.get_response()["outputs"][0]["name"] == "label"
+    labels = result.as_numpy("label")
+    assert labels is not None and (labels == split.y_test[:8]).mean() >= 0.75
+
+
+def test_quality_high_is_served_by_the_large_model(stack: RunningStack) -> None:
+    split = digits_split()
+    c = client(stack)
+    tiers = {infer(c, row[None, :], quality="high").get_response()["parameters"]["tier"]
+             for row in split.x_test[:20]}
+    assert tiers == {"cloud"}
+
+
+def test_deadline_decides_between_cheap_cloud_and_near_edge(stack: RunningStack) -> None:
+    """In the test config the cloud is cheaper but 60 ms away; the edge is near but dearer."""
+    split = digits_split()
+    c = client(stack)
+    relaxed = [infer(c, row[None, :], deadline_ms=2000).get_response()["parameters"]
+               for row in split.x_test[:15]]
+    tight = [infer(c, row[None, :], deadline_ms=40).get_response()["parameters"]
+             for row in split.x_test[15:30]]
+    assert [p["tier"] for p in relaxed[-10:]] == ["cloud"] * 10
+    assert {p["tier"] for p in tight} == {"edge"}
+    assert all(p["cost_usd"] > 0 for p in relaxed + tight)
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "path", "status"),
+    [
+        (b"{not json", {"content-type": "application/json"}, "digits", 400),
+        (b'{"inputs":[{"name":"input","datatype":"FP32","shape":[1,63],"data":[0]}]}',
+         {}, "digits", 400),
+        (b'{"inputs":[{"name":"input","datatype":"FP64","shape":[1,64],"data":'
+         + str([0.0] * 64).encode() + b"}]}", {}, "digits", 400),
+        (b'{"inputs":[{"name":"input","datatype":"FP32","shape":[1,64],"data":'
+         + str([0.0] * 63 + ["NaN"]).replace("'", "").encode() + b"}]}", {}, "digits", 400),
+        (b'{"inputs":[{"name":"input","datatype":"FP32","shape":[1,64],"data":'
+         + str([0.0] * 64).encode() + b'}],"parameters":{"deadline_ms":-1}}', {}, "digits", 400),
+        (b'{"inputs":[{"name":"input","datatype":"FP32","shape":[1,64],"data":'
+         + str([0.0] * 64).encode() + b"}]}", {}, "mnist", 404),
+        (b"x" * (5 * 1024 * 1024), {}, "digits", 413),
+        (b"<xml/>", {"content-type": "application/xml"}, "digits", 415),
+    ],
+    ids=["bad-json", "wrong-shape", "wrong-dtype", "nan", "bad-deadline", "unknown-model",
+         "huge-body", "wrong-content-type"],
+)
+def test_malformed_requests_get_a_4xx_oip_error(
+    stack: RunningStack, body: bytes, headers: dict[str, str], path: str, status: int
+) -> None:
+    response = httpx.post(f"{stack.endpoint}/v2/models/{path}/infer", content=body,
+                          headers=headers, timeout=10)
+    assert response.status_code == status
+    assert isinstance(response.json()["error"], str)
+    assert httpx.get(f"{stack.endpoint}/v2/health/ready", timeout=5).status_code == 200
+
+
+def test_targets_view_reports_every_target(stack: RunningStack) -> None:
+    targets = stack.targets()
+    assert set(targets) == {"cloud", "edge-a", "edge-b"}
+    for view in targets.values():
+        assert view["estimates"]["observed"]
+        assert view["cost_usd_per_request"] > 0
+
+
+async def _load(endpoint: str, rate_rps: float, duration_s: float, deadline_ms: float,
+                kill: tuple[float, int] | None) -> list[tuple[int, str]]:
+    split = digits_split()
+    outcomes: list[tuple[int, str]] = []
+    async with httpx.AsyncClient(timeout=10) as c:
+
+        async def one(i: int) -> None:
+            row = split.x_test[i % len(split.x_test)]
+            body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
+                                "data": row.tolist()}],
+                    "parameters": {"deadline_ms": deadline_ms}}
+            response = await c.post(f"{endpoint}/v2/models/digits/infer", json=body)
+            target = response.json().get("parameters", {}).get("target", "")
+            outcomes.append((response.status_code, target))
+
+        start = time.monotonic()
+        tasks = []
+        killed = False
+        for i in range(int(rate_rps * duration_s)):
+            await asyncio.sleep(max(start + i / rate_rps - time.monotonic(), 0))
+            if kill and not killed and time.monotonic() - start >= kill[0]:
+                os.kill(kill[1], signal.SIGKILL)
+                killed = True
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+    return outcomes
+
+
+def test_sigkill_of_an_edge_worker_under_load_loses_no_request(stack: RunningStack) -> None:
+    pid = stack.pid("edge-a")
+    outcomes = asyncio.run(_load(stack.endpoint, 40, 6, 45, kill=(2.0, pid)))
+    failed = [o for o in outcomes if o[0] != 200]
+    assert not failed, f"{len(failed)} of {len(outcomes)} failed: {failed[:5]}"
+    served_by = {target for _, target in outcomes}
+    assert "edge-b" in served_by
+    deadline = time.monotonic() + 60
+    while stack.pid("edge-a") == pid and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert stack.pid("edge-a") != pid, "the supervisor did not restart the killed worker"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        after = asyncio.run(_load(stack.endpoint, 20, 2, 45, kill=None))
+        if any(target == "edge-a" for _, target in after):
+            break
+    assert any(target == "edge-a" for _, target in after), "no traffic back on edge-a"
