@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
@@ -140,7 +142,15 @@ def create_app(worker: EdgeWorker) -> Starlette:
         Route("/v2/models/{model}/infer", worker.infer, methods=["POST"]),
         Route("/v1/stats", stats),
     ]
-    return Starlette(routes=routes, on_shutdown=[worker.close])
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            worker.close()
+
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 def serve(

@@ -43,6 +43,8 @@ TARGET_COLOURS = ("tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brow
                   "tab:olive", "tab:pink", "tab:gray")
 """Red is kept for failures."""
 PERCENTILE_GREYS = ("0.75", "0.5", "0.2")
+CLIENT_LAG_WARNING_MS = 50.0
+"""A p99 send lag above this means the load generator, not the router, set the pace."""
 
 
 def attained_slo(outcome: Outcome) -> bool:
@@ -164,6 +166,10 @@ def render(summary: dict[str, Any], console: Console) -> None:
     console.print(mix)
     for error in summary["event_errors"]:
         console.print(f"[red]event {error['name']!r} failed: {error['error']}[/red]")
+    lag = summary["overall"]["send_lag_p99_ms"]
+    if lag is not None and lag > CLIENT_LAG_WARNING_MS:
+        console.print(f"[yellow]the load generator saturated: p99 send lag {lag:.0f} ms; "
+                      "latencies include client-side delay, lower the rate[/yellow]")
 
 
 def write_json(summary: dict[str, Any], path: Path | str) -> Path:

@@ -7,7 +7,6 @@ Endpoints: the OIP health, metadata and infer routes (JSON and binary tensors),
 route ``PUT /v1/links/{target}`` that changes a target's emulated link.
 """
 
-from __future__ import annotations
 
 import asyncio
 import logging

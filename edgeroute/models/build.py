@@ -45,7 +45,7 @@ MODEL_NAMES = (TEACHER, STUDENT, STUDENT_INT8)
 DATASET = "scikit-learn load_digits (8x8 grey-level digits, 1797 rows)"
 HELDOUT_FRACTION = 0.25
 TEACHER_RECIPE = TrainConfig(
-    hidden_sizes=(2048, 1024), epochs=10, batch_size=128, learning_rate=1e-3
+    hidden_sizes=(2048, 1024), epochs=6, batch_size=128, learning_rate=1e-3
 )
 STUDENT_RECIPE = TrainConfig(hidden_sizes=(48,), epochs=100, batch_size=64, learning_rate=3e-3)
 DISTILL = DistillConfig(temperature=4.0, soft_weight=0.7)

@@ -21,7 +21,7 @@ from pathlib import Path
 from edgeroute.models.build import MODEL_NAMES, STUDENT, STUDENT_INT8, TEACHER, build_models
 from edgeroute.models.card import ModelIntegrityError, load_card
 
-RECIPE_VERSION = "digits-r1"
+RECIPE_VERSION = "digits-r2"
 """Names the default cache directory; bump it whenever the build recipe changes its output."""
 MODELS_ENV = "EDGEROUTE_MODELS"
 _STAGING_SUFFIX = ".building"
@@ -140,6 +140,7 @@ def ensure_models(
             )
         )
         try:
+            staging.chmod(0o755)
             build_models(staging, progress=progress)
             _install(staging, directory)
         finally:

@@ -165,3 +165,10 @@ def run_async(main: Callable[[], Awaitable[T]]) -> T:
         return result
 
     return asyncio.run(checked())
+
+
+def fake_of(target: Target) -> FakeTransport:
+    """The fake transport behind a target's link."""
+    inner = target.transport.inner
+    assert isinstance(inner, FakeTransport)
+    return inner

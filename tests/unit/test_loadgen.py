@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import httpx
 import numpy as np
@@ -28,7 +29,7 @@ from edgeroute.loadgen import (
 from edgeroute.oip import InferResponse, decode_request, encode_response
 
 ENDPOINT = "http://router.test"
-Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
+Handler = Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +62,12 @@ def fake_router(data: Split, *, delay_s: float = 0.0, fail_label: int | None = N
     return handler
 
 
-def load(handler: Handler, phases: list[Phase], data: Split, **kwargs: object) -> LoadResult:
+def load(handler: Handler, phases: list[Phase], data: Split, mix: RequestMix | None = None,
+         **kwargs: Any) -> LoadResult:
     async def main() -> LoadResult:
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-            result = await run_load(ENDPOINT, phases, data, kwargs.pop("mix", RequestMix()),
-                                    client=client, **kwargs)  # type: ignore[arg-type]
+            result = await run_load(ENDPOINT, phases, data, mix or RequestMix(), client=client,
+                                    **kwargs)
         leaked = asyncio.all_tasks() - {asyncio.current_task()}
         assert not leaked, f"run_load leaked tasks: {leaked}"
         return result

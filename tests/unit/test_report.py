@@ -97,6 +97,7 @@ def test_render_shows_every_phase_and_the_placement_mix() -> None:
     summary = summarize(replace(result(), event_errors=(("restart edge-a", "refused"),)))
     render(summary, console)
     text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "saturated" not in text
     for expected in ("Load test by phase", "Placement mix", "quiet", "overall", "33.3%",
                      "0:1 503:1", "edge-b", "refused"):
         assert expected in text
@@ -127,3 +128,10 @@ def test_rich_progress_accepts_ticks() -> None:
         update(ProgressTick(sent=5, done=3, failed=1, phase="steady", total=10, elapsed_s=0.5))
         update(ProgressTick(sent=10, done=10, failed=1, phase="done", total=10, elapsed_s=1.0))
     assert "10/10" in console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_render_warns_when_the_client_was_the_bottleneck() -> None:
+    lagging = replace(result(), outcomes=tuple(replace(o, send_lag_ms=400.0) for o in MIXED))
+    console = Console(file=io.StringIO(), width=200)
+    render(summarize(lagging), console)
+    assert "load generator saturated" in console.file.getvalue()  # type: ignore[attr-defined]

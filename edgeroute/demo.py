@@ -1,0 +1,92 @@
+"""``edgeroute demo``: the main job, end to end on one machine.
+
+Builds the models if needed, starts the local stack, drives about a minute of
+open-loop load in phases (warm-up, steady, a burst, and a fault: one edge
+worker SIGKILLed, then restarted by the supervisor), prints a report per phase,
+writes it as JSON with a PNG plot, and stops everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+
+from edgeroute.config import StackConfig
+from edgeroute.dataset import digits_split
+from edgeroute.loadgen import LoadResult, Phase, RequestMix, run_load
+from edgeroute.models.store import ensure_models
+from edgeroute.report import plot, render, rich_progress, summarize, write_json
+from edgeroute.stack import Stack, StackError
+from edgeroute.tables import card_table, targets_table
+
+VICTIM = "edge-a"
+MIX = RequestMix(
+    deadlines_ms=((60.0, 0.3), (250.0, 0.5), (1000.0, 0.2)),
+    high_quality_share=0.2,
+    seed=7,
+)
+
+
+def phases(quick: bool) -> list[Phase]:
+    """About a minute of load; ``quick`` keeps the same shape in about 15 s."""
+    scale = 0.25 if quick else 1.0
+    return [
+        Phase("warm-up", 5 * scale, 20),
+        Phase("steady", 20 * scale, 30),
+        Phase("burst", 8 * scale, 80),
+        Phase("edge-kill", 25 * scale, 30, events=((3 * scale, f"kill {VICTIM}"),)),
+    ]
+
+
+def _with_restarts(result: LoadResult, stack: Stack, started: float) -> LoadResult:
+    restarts = tuple((t - started, f"restart {name}") for t, name, _ in stack.restarts
+                     if t >= started)
+    events = tuple(sorted((*result.events, *restarts)))
+    return dataclasses.replace(result, events=events)
+
+
+def _drive(stack: Stack, console: Console, quick: bool) -> LoadResult:
+    async def on_event(name: str) -> None:
+        if name == f"kill {VICTIM}":
+            pid = stack.kill(VICTIM)
+            console.print(f"[red]SIGKILL {VICTIM} (pid {pid})[/red]")
+
+    started = time.monotonic()
+    with rich_progress(console) as progress:
+        result = asyncio.run(
+            run_load(stack.endpoint, phases(quick), digits_split(), MIX,
+                     on_event=on_event, progress=progress, seed=11)
+        )
+    return _with_restarts(result, stack, started)
+
+
+def run_demo(config: StackConfig, out_dir: Path, quick: bool = False) -> int:
+    console = Console()
+    models = ensure_models(progress=console.print)
+    console.print(card_table(models))
+    stack = Stack(config, models, say=console.print)
+    try:
+        stack.start()
+        console.print(f"driving open-loop load at {stack.endpoint} "
+                      f"(deadlines 60/250/1000 ms, 20% quality=high) ...")
+        result = _drive(stack, console, quick)
+        console.print(targets_table(httpx.get(f"{stack.endpoint}/v1/targets",
+                                              timeout=10).json()["targets"]))
+    except StackError as exc:
+        console.print(f"[red]edgeroute demo: {exc}[/red]")
+        return 1
+    finally:
+        console.print("stopping the stack ...")
+        stack.stop()
+    summary = summarize(result)
+    render(summary, console)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = write_json(summary, out_dir / "report.json")
+    picture = plot(result, summary, out_dir / "report.png")
+    console.print(f"report: {report}\nplot:   {picture}")
+    return 0
