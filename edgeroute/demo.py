@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from rich.console import Console
@@ -21,12 +22,13 @@ from edgeroute.dataset import digits_split
 from edgeroute.loadgen import LoadResult, Phase, RequestMix, run_load
 from edgeroute.models.store import ensure_models
 from edgeroute.report import plot, render, rich_progress, summarize, write_json
-from edgeroute.stack import Stack, StackError
+from edgeroute.overhead import measure, overhead_table
+from edgeroute.stack import APP_NAME, Stack, StackError
 from edgeroute.tables import card_table, targets_table
 
 VICTIM = "edge-a"
 MIX = RequestMix(
-    deadlines_ms=((60.0, 0.3), (250.0, 0.5), (1000.0, 0.2)),
+    deadlines_ms=((100.0, 0.3), (250.0, 0.5), (1000.0, 0.2)),
     high_quality_share=0.2,
     seed=7,
 )
@@ -36,10 +38,10 @@ def phases(quick: bool) -> list[Phase]:
     """About a minute of load; ``quick`` keeps the same shape in about 15 s."""
     scale = 0.25 if quick else 1.0
     return [
-        Phase("warm-up", 5 * scale, 20),
-        Phase("steady", 20 * scale, 30),
-        Phase("burst", 8 * scale, 80),
-        Phase("edge-kill", 25 * scale, 30, events=((3 * scale, f"kill {VICTIM}"),)),
+        Phase("warm-up", 5 * scale, 15),
+        Phase("steady", 20 * scale, 25),
+        Phase("burst", 8 * scale, 60),
+        Phase("edge-kill", 25 * scale, 25, events=((3 * scale, f"kill {VICTIM}"),)),
     ]
 
 
@@ -65,26 +67,42 @@ def _drive(stack: Stack, console: Console, quick: bool) -> LoadResult:
     return _with_restarts(result, stack, started)
 
 
+def _overhead(stack: Stack, n: int) -> dict[str, Any]:
+    from ray import serve
+
+    config = stack.config
+    edge = next(e for e in config.edges if e.name == VICTIM)
+    handle = serve.get_deployment_handle(config.cloud.name, app_name=APP_NAME)
+    return measure(stack.endpoint, config.router.admin_token or "", digits_split().x_test,
+                   edge_name=edge.name, edge_url=edge.url, cloud_name=config.cloud.name,
+                   cloud_handle=handle, n=n)
+
+
 def run_demo(config: StackConfig, out_dir: Path, quick: bool = False) -> int:
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=150)
     models = ensure_models(progress=console.print)
     console.print(card_table(models))
     stack = Stack(config, models, say=console.print)
     try:
         stack.start()
         console.print(f"driving open-loop load at {stack.endpoint} "
-                      f"(deadlines 60/250/1000 ms, 20% quality=high) ...")
+                      f"(deadlines 100/250/1000 ms, 20% quality=high) ...")
         result = _drive(stack, console, quick)
         console.print(targets_table(httpx.get(f"{stack.endpoint}/v1/targets",
                                               timeout=10).json()["targets"]))
+        console.print("measuring the router hop against direct calls ...")
+        overhead = _overhead(stack, 50 if quick else 150)
     except StackError as exc:
         console.print(f"[red]edgeroute demo: {exc}[/red]")
         return 1
     finally:
         console.print("stopping the stack ...")
         stack.stop()
-    summary = summarize(result)
+    summary = {**summarize(result), "overhead": overhead}
     render(summary, console)
+    console.print(overhead_table(overhead))
     out_dir.mkdir(parents=True, exist_ok=True)
     report = write_json(summary, out_dir / "report.json")
     picture = plot(result, summary, out_dir / "report.png")

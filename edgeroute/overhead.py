@@ -1,0 +1,111 @@
+"""What the router hop adds: the same target called directly and through the router, in one run.
+
+For each target kind the measurement alternates one direct call and one
+routed call, sequentially, so both see the same machine load:
+
+* edge: HTTP straight to the worker vs. ``client -> Serve proxy -> router -> worker``;
+* cloud: a ``DeploymentHandle`` call from this process vs. the routed request
+  with ``quality=high``.
+
+The target's emulated link is set to zero for the duration (and restored), so
+the difference is the router hop itself: proxy, parsing, decision, transport.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import numpy as np
+from rich.table import Table
+
+from edgeroute import contract
+from edgeroute.oip import InferRequest, Tensor, encode_request
+
+ZERO_LINK = {"base_ms": 0.0, "jitter_ms": 0.0, "spike_probability": 0.0, "loss_probability": 0.0}
+
+
+def _body(row: np.ndarray, **parameters: Any) -> tuple[bytes, dict[str, str]]:
+    request = InferRequest((Tensor(contract.INPUT_NAME, row[None, :]),), parameters=parameters)
+    return encode_request(request, binary=True)
+
+
+@contextmanager
+def zero_link(client: httpx.Client, endpoint: str, token: str, target: str) -> Iterator[None]:
+    auth = {"authorization": f"Bearer {token}"}
+    before = client.get(f"{endpoint}/v1/targets").json()["targets"]
+    saved = next(t["link_emulation"] for t in before if t["name"] == target)
+    client.put(f"{endpoint}/v1/links/{target}", json=ZERO_LINK, headers=auth).raise_for_status()
+    try:
+        yield
+    finally:
+        client.put(f"{endpoint}/v1/links/{target}", json=saved, headers=auth)
+
+
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    return {"p50": float(np.percentile(samples, 50)), "p99": float(np.percentile(samples, 99))}
+
+
+def _compare(direct: Callable[[np.ndarray], None], routed: Callable[[np.ndarray], str],
+             rows: np.ndarray, expected: str, n: int) -> dict[str, Any]:
+    direct_ms: list[float] = []
+    routed_ms: list[float] = []
+    for i in range(n):
+        row = rows[i % len(rows)]
+        started = time.perf_counter()
+        direct(row)
+        direct_ms.append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
+        target = routed(row)
+        if target == expected:
+            routed_ms.append((time.perf_counter() - started) * 1000)
+    result = {"target": expected, "requests": n, "direct_ms": _percentiles(direct_ms)}
+    if routed_ms:
+        result["routed_ms"] = _percentiles(routed_ms)
+        result["overhead_p50_ms"] = result["routed_ms"]["p50"] - result["direct_ms"]["p50"]
+    return result
+
+
+def measure(endpoint: str, token: str, rows: np.ndarray, *, edge_name: str, edge_url: str,
+            cloud_name: str, cloud_handle: Any, n: int = 150) -> dict[str, Any]:
+    """Direct and routed p50/p99 for one edge worker and the cloud deployment."""
+    infer_url = f"{endpoint}/v2/models/{contract.MODEL_NAME}/infer"
+    with httpx.Client(timeout=10) as client:
+
+        def routed(row: np.ndarray, **parameters: Any) -> str:
+            body, headers = _body(row, deadline_ms=1000, **parameters)
+            response = client.post(infer_url, content=body, headers=headers)
+            return str(response.json().get("parameters", {}).get("target", ""))
+
+        def edge_direct(row: np.ndarray) -> None:
+            body, headers = _body(row)
+            client.post(f"{edge_url}/v2/models/{contract.MODEL_NAME}/infer", content=body,
+                        headers=headers).raise_for_status()
+
+        def cloud_direct(row: np.ndarray) -> None:
+            cloud_handle.infer.remote(row[None, :]).result(timeout_s=10)
+
+        with zero_link(client, endpoint, token, edge_name):
+            edge = _compare(edge_direct, routed, rows, edge_name, n)
+        with zero_link(client, endpoint, token, cloud_name):
+            cloud = _compare(cloud_direct, lambda r: routed(r, quality="high"), rows, cloud_name,
+                             n)
+    return {"edge": edge, "cloud": cloud}
+
+
+def overhead_table(figures: dict[str, Any]) -> Table:
+    table = Table(title="Router hop overhead (same target, direct vs routed, links zeroed)")
+    for column in ("target", "direct p50 ms", "routed p50 ms", "direct p99 ms", "routed p99 ms",
+                   "overhead p50 ms"):
+        table.add_column(column, justify="left" if column == "target" else "right")
+    for row in figures.values():
+        routed = row.get("routed_ms", {})
+        table.add_row(
+            row["target"], f"{row['direct_ms']['p50']:.2f}", f"{routed.get('p50', float('nan')):.2f}",
+            f"{row['direct_ms']['p99']:.2f}", f"{routed.get('p99', float('nan')):.2f}",
+            f"{row.get('overhead_p50_ms', float('nan')):.2f}",
+        )
+    return table
