@@ -21,8 +21,8 @@ from edgeroute.config import StackConfig
 from edgeroute.dataset import digits_split
 from edgeroute.loadgen import LoadResult, Phase, RequestMix, run_load
 from edgeroute.models.store import ensure_models
-from edgeroute.report import plot, render, rich_progress, summarize, write_json
 from edgeroute.overhead import measure, overhead_table
+from edgeroute.report import plot, render, rich_progress, summarize, write_json
 from edgeroute.stack import APP_NAME, Stack, StackError
 from edgeroute.tables import card_table, targets_table
 

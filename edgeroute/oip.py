@@ -185,7 +185,7 @@ def _tensors(entries: Any, tail: bytes, kind: str) -> tuple[Tensor, ...]:
         names.add(name)
         if datatype not in DATATYPES:
             raise OIPError(f"{kind} '{name}': unsupported datatype {datatype!r}")
-        dtype = DATATYPES[datatype]
+        dtype = DATATYPES[str(datatype)]
         shape = _shape(entry.get("shape"), f"{kind} '{name}'")
         params = _parameters(entry.get("parameters"), f"{kind} '{name}'")
         size = params.get("binary_data_size")
@@ -272,7 +272,9 @@ def decode_request(body: bytes, headers: Mapping[str, str]) -> InferRequest:
 
 
 def _tensor_json(tensor: Tensor, binary: bool) -> tuple[dict[str, Any], bytes]:
-    entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
+    entry: dict[str, Any] = {
+        "name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape
+    }
     if binary:
         raw = np.ascontiguousarray(tensor.data, dtype=tensor.data.dtype.newbyteorder("<")).tobytes()
         entry["parameters"] = {"binary_data_size": len(raw)}

@@ -62,10 +62,12 @@ def _compare(direct: Callable[[np.ndarray], None], routed: Callable[[np.ndarray]
         target = routed(row)
         if target == expected:
             routed_ms.append((time.perf_counter() - started) * 1000)
-    result = {"target": expected, "requests": n, "direct_ms": _percentiles(direct_ms)}
+    direct_p = _percentiles(direct_ms)
+    result: dict[str, Any] = {"target": expected, "requests": n, "direct_ms": direct_p}
     if routed_ms:
-        result["routed_ms"] = _percentiles(routed_ms)
-        result["overhead_p50_ms"] = result["routed_ms"]["p50"] - result["direct_ms"]["p50"]
+        routed_p = _percentiles(routed_ms)
+        result["routed_ms"] = routed_p
+        result["overhead_p50_ms"] = routed_p["p50"] - direct_p["p50"]
     return result
 
 
@@ -103,9 +105,10 @@ def overhead_table(figures: dict[str, Any]) -> Table:
         table.add_column(column, justify="left" if column == "target" else "right")
     for row in figures.values():
         routed = row.get("routed_ms", {})
+        nan = float("nan")
         table.add_row(
-            row["target"], f"{row['direct_ms']['p50']:.2f}", f"{routed.get('p50', float('nan')):.2f}",
-            f"{row['direct_ms']['p99']:.2f}", f"{routed.get('p99', float('nan')):.2f}",
-            f"{row.get('overhead_p50_ms', float('nan')):.2f}",
+            row["target"], f"{row['direct_ms']['p50']:.2f}", f"{routed.get('p50', nan):.2f}",
+            f"{row['direct_ms']['p99']:.2f}", f"{routed.get('p99', nan):.2f}",
+            f"{row.get('overhead_p50_ms', nan):.2f}",
         )
     return table

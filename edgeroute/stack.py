@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import signal
 import socket
@@ -212,7 +213,7 @@ class Stack:
 
         self.say("starting Ray and the Serve app (router + cloud) ...")
         ray.init(address="local", include_dashboard=False, log_to_driver=False,
-                 logging_level="WARNING", namespace=APP_NAME)
+                 logging_level=logging.WARNING, namespace=APP_NAME)
         self._ray_started = True
         serve.start(http_options={"host": self.config.host, "port": self.config.port})
         serve.run(build_app(self.config), name=APP_NAME, route_prefix="/")
@@ -256,7 +257,7 @@ class Stack:
         self._stopping.set()
         if self._watchdog is not None:
             self._watchdog.join(timeout=5)
-        for name, process in self.edges.items():
+        for process in self.edges.values():
             if process.poll() is None:
                 process.terminate()
         for name, process in self.edges.items():

@@ -83,8 +83,7 @@ def build_targets(config: StackConfig, cloud: DeploymentHandle) -> TargetSet:
                     estimator())
     ]
     for edge in config.edges:
-        quality = "small"
-        targets.append(make_target(edge.name, "edge", quality, edge.prices, edge.link,
+        targets.append(make_target(edge.name, "edge", "small", edge.prices, edge.link,
                                    HttpTransport(edge.name, edge.url), edge.url, estimator()))
     for ext in config.external:
         targets.append(make_target(ext.name, ext.tier, ext.quality, ext.prices, ext.link,

@@ -75,16 +75,19 @@ class Executor:
         raise NotServed(f"{what} after {attempts} attempt(s): {detail}", attempts=attempts,
                         deadline_passed=passed, retry_after_s=retry_after)
 
-    async def _attempt(self, target: Target, x: np.ndarray, timeout_s: float) -> tuple[Reply, float]:
+    async def _attempt(
+        self, target: Target, x: np.ndarray, timeout_s: float
+    ) -> tuple[Reply, float]:
         estimator = target.estimator
         estimator.in_flight += 1
         started = self.clock()
         try:
             reply = await asyncio.wait_for(target.transport.infer(x, timeout_s), timeout_s)
         except (asyncio.TimeoutError, TargetTimeout):
+            reason = f"no answer within {timeout_s * 1000:.0f} ms"
             if self._ample(target, timeout_s):
-                estimator.observe_failure(f"no answer within {timeout_s * 1000:.0f} ms")
-            raise TargetTimeout(target.name, f"no answer within {timeout_s * 1000:.0f} ms") from None
+                estimator.observe_failure(reason)
+            raise TargetTimeout(target.name, reason) from None
         except TargetError as exc:
             estimator.observe_failure(exc.reason)
             raise

@@ -1,1 +1,1 @@
-"""The digits models: a large teacher for the cloud, a distilled student (FP32 and INT8) for the edge."""
+"""The digits models: a large cloud teacher and a distilled edge student (FP32 and INT8)."""

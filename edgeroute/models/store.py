@@ -120,18 +120,21 @@ def _install(staging: Path, directory: Path) -> None:
 
 
 def ensure_models(
-    directory: Path | None = None, progress: Callable[[str], None] | None = None
+    directory: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+    force: bool = False,
 ) -> ModelSet:
     """The checked models in ``directory`` (default :func:`default_models_dir`), built if needed.
 
-    Builds only when a file or card is missing or a file fails its sha256 check.
+    Builds only when a file or card is missing or a file fails its sha256
+    check, or always with ``force``.
     """
     directory = Path(directory) if directory is not None else default_models_dir()
-    if is_complete(directory):
+    if is_complete(directory) and not force:
         return _model_set(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(directory.parent / f".{directory.name}.lock"):
-        if is_complete(directory):
+        if is_complete(directory) and not force:
             return _model_set(directory)
         _remove_stale_staging(directory)
         staging = Path(

@@ -46,7 +46,7 @@ def test_tritonclient_binary_classifies_heldout_digits(stack: RunningStack) -> N
     for row, label in zip(split.x_test[:100], split.y_test[:100], strict=True):
         result = infer(c, row[None, :])
         params = result.get_response()["parameters"]
-        assert PLACEMENT_KEYS <= params.keys()
+        assert params.keys() >= PLACEMENT_KEYS
         assert result.as_numpy("probabilities").shape == (1, 10)
         correct += int(result.as_numpy("label")[0] == label)
     assert correct >= 94
