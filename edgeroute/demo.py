@@ -93,6 +93,7 @@ def run_demo(config: StackConfig, out_dir: Path, quick: bool = False) -> int:
         console.print(targets_table(httpx.get(f"{stack.endpoint}/v1/targets",
                                               timeout=10).json()["targets"]))
         console.print("measuring the router hop against direct calls ...")
+        stack.wait_all_targets()
         overhead = _overhead(stack, 50 if quick else 150)
     except StackError as exc:
         console.print(f"[red]edgeroute demo: {exc}[/red]")

@@ -198,7 +198,7 @@ class Stack:
         self._start_serve()
         for edge in self.config.edges:
             self.wait_edge(edge.name)
-        wait_until(self._all_targets_seen, timeout_s, "the router to reach every target", 0.5)
+        self.wait_all_targets(timeout_s)
         self.write_state()
         self._watchdog = threading.Thread(target=self._supervise, name="edge-watchdog",
                                           daemon=True)
@@ -217,6 +217,10 @@ class Stack:
         self._ray_started = True
         serve.start(http_options={"host": self.config.host, "port": self.config.port})
         serve.run(build_app(self.config), name=APP_NAME, route_prefix="/")
+
+    def wait_all_targets(self, timeout_s: float = 60.0) -> None:
+        """Until the router reports every target observed and available (edges restarted)."""
+        wait_until(self._all_targets_seen, timeout_s, "the router to reach every target", 0.5)
 
     def _all_targets_seen(self) -> bool:
         try:

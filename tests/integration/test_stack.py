@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -164,3 +166,36 @@ def test_sigkill_of_an_edge_worker_under_load_loses_no_request(stack: RunningSta
         if any(target == "edge-a" for _, target in after):
             break
     assert any(target == "edge-a" for _, target in after), "no traffic back on edge-a"
+
+
+def _edge_tiers(stack: RunningStack, n: int) -> list[str]:
+    split = digits_split()
+    c = client(stack)
+    targets = []
+    for row in split.x_test[:n]:
+        try:
+            targets.append(infer(c, row[None, :], deadline_ms=45).get_response()
+                           ["parameters"]["target"])
+        except triton.InferenceServerException as exc:
+            targets.append(f"error {exc.status()}")
+    return targets
+
+
+def test_links_change_on_the_running_stack(stack: RunningStack) -> None:
+    url = f"{stack.endpoint}/v1/links/edge-a"
+    assert httpx.put(url, json={"partitioned": True}, timeout=5).status_code == 401
+    cli = [sys.executable, "-m", "edgeroute", "link", "edge-a", "--state-file",
+           str(stack.state_file)]
+    bad = subprocess.run([*cli, "--loss-probability", "3"], capture_output=True, text=True,
+                         timeout=30)
+    assert bad.returncode == 1 and "loss_probability" in bad.stdout
+    assert subprocess.run([*cli, "--partition"], capture_output=True, timeout=30).returncode == 0
+    try:
+        assert stack.targets()["edge-a"]["link_emulation"]["partitioned"] is True
+        assert set(_edge_tiers(stack, 15)[-8:]) == {"edge-b"}
+    finally:
+        assert subprocess.run([*cli, "--heal"], capture_output=True, timeout=30).returncode == 0
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and "edge-a" not in _edge_tiers(stack, 5):
+        time.sleep(1)
+    assert "edge-a" in _edge_tiers(stack, 5), "edge-a did not get traffic back after healing"
