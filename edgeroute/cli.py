@@ -66,16 +66,32 @@ def _load_config(args: argparse.Namespace) -> StackConfig:
     return StackConfig.model_validate(document)
 
 
+def _load_policy(args: argparse.Namespace) -> dict[str, object]:
+    """The policy document to start with, validated (exits with the reasons if invalid)."""
+    from edgeroute.policy_cli import PolicyError, load
+    from router.policy import DEFAULT_POLICY_PATH, PolicyDocument
+
+    path = Path(args.policy) if args.policy else None
+    if path is None and DEFAULT_POLICY_PATH.exists():
+        path = DEFAULT_POLICY_PATH
+    try:
+        document = load(path) if path else PolicyDocument()
+    except PolicyError as exc:
+        raise SystemExit(str(exc)) from None
+    return document.model_dump(mode="json")
+
+
 def _up(args: argparse.Namespace) -> int:
     from edgeroute.models.store import ensure_models
     from edgeroute.stack import Stack, StackError
 
     config = _load_config(args)
+    policy = _load_policy(args)
     models = ensure_models(progress=print)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stack = Stack(config, models, state_file=Path(args.state_file))
+    stack = Stack(config, models, policy=policy, state_file=Path(args.state_file))
     try:
         stack.start()
         print(f"state file: {args.state_file}")
@@ -95,7 +111,8 @@ def _up(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from edgeroute.demo import run_demo
 
-    return run_demo(_load_config(args), out_dir=Path(args.out), quick=args.quick)
+    return run_demo(_load_config(args), _load_policy(args), out_dir=Path(args.out),
+                    quick=args.quick)
 
 
 def _read_state(path: str) -> dict[str, object]:
@@ -138,10 +155,57 @@ def _targets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policy(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from edgeroute import policy_cli
+
+    console = Console()
+    try:
+        if args.action == "validate":
+            policy_cli.validate(Path(args.file), console)
+        elif args.action == "apply":
+            policy_cli.apply(Path(args.file), _read_state(args.state_file), console)
+        elif args.action == "explain":
+            policy_cli.explain(str(_read_state(args.state_file)["endpoint"]), console,
+                               deadline_ms=args.deadline_ms, quality=args.quality,
+                               policy=args.policy, api_key=args.api_key)
+        elif args.action == "schema":
+            print(policy_cli.schema())
+        elif args.action == "key":
+            print(json.dumps(policy_cli.new_key(args.tenant), indent=2))
+    except policy_cli.PolicyError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 1
+    return 0
+
+
+def _policy_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    policy = sub.add_parser("policy", help="validate, apply live, explain routing policies")
+    actions = policy.add_subparsers(dest="action", required=True)
+    validate = actions.add_parser("validate", help="check a policy file; exit 1 with reasons")
+    validate.add_argument("file")
+    apply = actions.add_parser("apply", help="apply a policy file to the running stack")
+    apply.add_argument("file")
+    apply.add_argument("--state-file", default=str(DEFAULT_STATE_FILE))
+    explain = actions.add_parser("explain", help="the decision table for a sample request")
+    explain.add_argument("--state-file", default=str(DEFAULT_STATE_FILE))
+    explain.add_argument("--deadline-ms", type=float, default=250.0)
+    explain.add_argument("--quality", choices=("any", "high"), default="any")
+    explain.add_argument("--policy", help="a named policy (default: the caller's default)")
+    explain.add_argument("--api-key", help="a tenant's API key")
+    actions.add_parser("schema", help="print the policy JSON Schema")
+    key = actions.add_parser("key", help="make an API key and the hash for a tenant entry")
+    key.add_argument("tenant")
+    policy.set_defaults(func=_policy)
+
+
 def _stack_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="stack YAML (default: infra/stack.yaml if present, "
                                           "else the embedded default)")
     parser.add_argument("--port", type=int, help="router port (default from the config: 8000)")
+    parser.add_argument("--policy", help="policy YAML (default: infra/policy.yaml if present, "
+                                         "else the embedded default)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("--state-file", default=str(DEFAULT_STATE_FILE))
     targets.add_argument("--json", action="store_true")
     targets.set_defaults(func=_targets)
+    _policy_parser(sub)
     return parser
 
 

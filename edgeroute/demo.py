@@ -23,7 +23,8 @@ from edgeroute.loadgen import LoadResult, Phase, RequestMix, run_load
 from edgeroute.models.store import ensure_models
 from edgeroute.overhead import measure, overhead_table
 from edgeroute.report import plot, render, rich_progress, summarize, write_json
-from edgeroute.stack import APP_NAME, Stack, StackError
+from edgeroute.serve_config import APP_NAME
+from edgeroute.stack import Stack, StackError
 from edgeroute.tables import card_table, targets_table
 
 VICTIM = "edge-a"
@@ -78,13 +79,14 @@ def _overhead(stack: Stack, n: int) -> dict[str, Any]:
                    cloud_handle=handle, n=n)
 
 
-def run_demo(config: StackConfig, out_dir: Path, quick: bool = False) -> int:
+def run_demo(config: StackConfig, policy: dict[str, Any], out_dir: Path,
+             quick: bool = False) -> int:
     console = Console()
     if not console.is_terminal:
         console = Console(width=150)
     models = ensure_models(progress=console.print)
     console.print(card_table(models))
-    stack = Stack(config, models, say=console.print)
+    stack = Stack(config, models, policy=policy, say=console.print)
     try:
         stack.start()
         console.print(f"driving open-loop load at {stack.endpoint} "

@@ -28,8 +28,8 @@ import httpx
 
 from edgeroute.config import EdgeWorker, StackConfig
 from edgeroute.models.store import ModelSet, model_path
+from edgeroute.serve_config import APP_NAME, deploy, serve_config
 
-APP_NAME = "edgeroute"
 Say = Callable[[str], None]
 
 
@@ -98,12 +98,15 @@ class Stack:
         config: StackConfig,
         models: ModelSet,
         *,
+        policy: dict[str, Any] | None = None,
         state_file: Path | None = None,
         log_dir: Path | None = None,
         say: Say = print,
     ) -> None:
         self.config = config
         self.models = models
+        self.policy = policy or {}
+        self.serve_document = serve_config(config, self.policy)
         self.state_file = state_file
         self.log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp")) / "edgeroute-logs"
         self.say = say
@@ -206,17 +209,17 @@ class Stack:
         self.say(f"edgeroute is serving at {self.endpoint}")
 
     def _start_serve(self) -> None:
+        # Token authentication: an open Ray API lets anyone run code on the cluster.
+        # Drivers that connect later (``edgeroute policy apply``) present the same token.
+        # Ray reads the mode when it is imported.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
         import ray
-        from ray import serve
-
-        from router.app import build_app
 
         self.say("starting Ray and the Serve app (router + cloud) ...")
         ray.init(address="local", include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING, namespace=APP_NAME)
         self._ray_started = True
-        serve.start(http_options={"host": self.config.host, "port": self.config.port})
-        serve.run(build_app(self.config), name=APP_NAME, route_prefix="/")
+        deploy(self.serve_document)
 
     def wait_all_targets(self, timeout_s: float = 60.0) -> None:
         """Until the router reports every target observed and available (edges restarted)."""
@@ -241,9 +244,13 @@ class Stack:
         return infos
 
     def state(self) -> dict[str, Any]:
+        import ray
+
         return {
             "endpoint": self.endpoint,
             "admin_token": self.config.router.admin_token,
+            "ray_address": ray.get_runtime_context().gcs_address if self._ray_started else None,
+            "serve_config": self.serve_document,
             "processes": [asdict(p) for p in self.processes()],
         }
 

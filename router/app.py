@@ -36,7 +36,9 @@ from edgeroute.oip import (
 from router.estimator import TargetEstimator
 from router.executor import Executor, NotServed
 from router.placement import RequestQuality, choose
+from router.policy import PolicyDocument, policy_digest
 from router.targets import Target, TargetSet, make_target
+from router.tenancy import resolve
 from router.transport import HandleTransport, HttpTransport
 
 log = logging.getLogger("ray.serve")
@@ -49,11 +51,11 @@ app = FastAPI(
 
 
 def request_options(
-    request: InferRequest, settings_default_ms: float, max_ms: float
-) -> tuple[float, RequestQuality]:
-    """The deadline and quality a request asks for, or a 400 saying what is wrong."""
+    request: InferRequest, default_ms: float, max_ms: float
+) -> tuple[float, RequestQuality, bool]:
+    """The deadline, quality and explain flag a request asks for, or a 400 saying why not."""
     params = request.parameters
-    deadline = params.get("deadline_ms", settings_default_ms)
+    deadline = params.get("deadline_ms", default_ms)
     if isinstance(deadline, bool) or not isinstance(deadline, int | float) or not (
         math.isfinite(deadline) and 0 < deadline <= max_ms
     ):
@@ -61,10 +63,10 @@ def request_options(
     quality = params.get("quality", "any")
     if quality not in ("any", "high"):
         raise OIPError("parameters.quality must be 'any' or 'high'")
-    policy = params.get("policy", "default")
-    if policy != "default":
-        raise OIPError(f"unknown policy {policy!r} (available: 'default')")
-    return float(deadline), quality
+    explain = params.get("explain", False)
+    if not isinstance(explain, bool):
+        raise OIPError("parameters.explain must be a boolean")
+    return float(deadline), quality, explain
 
 
 def build_targets(config: StackConfig, cloud: DeploymentHandle) -> TargetSet:
@@ -100,6 +102,18 @@ class Router:
         self.targets = build_targets(self.config, cloud)
         self.executor = Executor(self.targets, min_attempt_ms=self.settings.min_attempt_ms)
         self._prober: asyncio.Task[None] | None = None
+        self.policy = PolicyDocument()
+        self.policy_sha256 = policy_digest(self.policy)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve calls this with the deployment's ``user_config``: swap the policy atomically.
+
+        The document was validated before it was deployed (``edgeroute policy apply``);
+        it is validated again here, and a failure leaves the old policy in force.
+        """
+        policy = PolicyDocument.model_validate(user_config.get("policy", {}))
+        self.policy, self.policy_sha256 = policy, policy_digest(policy)
+        log.info("policy %s in force", self.policy_sha256[:12])
 
     def _ensure_probing(self) -> None:
         if self._prober is None or self._prober.done():
@@ -150,8 +164,10 @@ class Router:
             body = await read_body(request, self.settings.max_body_bytes)
             oip_request = decode_request(body, request.headers)
             x = contract.input_batch(oip_request, self.settings.max_batch)
-            deadline_ms, quality = request_options(
-                oip_request, self.settings.default_deadline_ms, self.settings.max_deadline_ms
+            caller = resolve(self.policy, request.headers.get("authorization"),
+                             oip_request.parameters.get("policy"))
+            deadline_ms, quality, _explain = request_options(
+                oip_request, caller.policy.default_deadline_ms, self.settings.max_deadline_ms
             )
         except OIPError as error:
             return error_response(error)
@@ -192,6 +208,11 @@ class Router:
                                  oip_request.id, parameters)
         return infer_response(response, binary_set(oip_request, outputs))
 
+    @app.get("/v1/policy")
+    async def current_policy(self) -> dict[str, Any]:
+        """The policy in force on this replica and its digest."""
+        return {"sha256": self.policy_sha256, "policy": self.policy.model_dump(mode="json")}
+
     @app.get("/v1/targets")
     async def list_targets(self) -> dict[str, Any]:
         return {"targets": [t.snapshot() for t in self.targets]}
@@ -216,6 +237,11 @@ class Router:
         target.link.profile = profile
         log.info("link of %s set to %s", name, profile.model_dump())
         return JSONResponse({"target": name, "link_emulation": profile.model_dump()})
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """Serve's entry point for config files (``import_path: router.app:app_builder``)."""
+    return build_app(StackConfig.model_validate(args.get("config", {})))
 
 
 def build_app(config: StackConfig) -> Any:

@@ -1,0 +1,194 @@
+"""Routing policy: the typed YAML document ops edit, validate and apply live.
+
+One file holds the price book, the named policies (the default risk-optimal
+engine and the baselines, all run by the same engine), the resilience
+settings and the tenants. Every model is frozen; units are in the field names.
+A bad file fails validation as a whole, with the reason, and never half-applies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from edgeroute.config import Tier
+
+Strategy = Literal[
+    "risk-optimal", "always-edge", "always-cloud", "random", "round-robin", "least-latency",
+    "least-cost",
+]
+"""``risk-optimal`` is edgeroute's engine; the others are baselines of the same engine:
+``least-latency`` routes on an EWMA of observed latency (as LiteLLM's latency-based
+routing), ``least-cost`` on the price book alone (as LiteLLM's cost-based routing)."""
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TierPrices(Frozen):
+    """Dollars for one tier. Compute is charged by the share of a batch's compute time a
+    request used (a serverless GPU bill); provisioned hours count in the ledger only."""
+
+    usd_per_compute_hour: float = Field(0.0, ge=0)
+    usd_per_provisioned_hour: float = Field(0.0, ge=0)
+    usd_per_request: float = Field(0.0, ge=0)
+    usd_per_inference: float = Field(0.0, ge=0)
+    usd_per_gb_egress: float = Field(0.0, ge=0)
+
+
+class PriceBook(Frozen):
+    cloud: TierPrices = TierPrices(
+        usd_per_compute_hour=2.5, usd_per_provisioned_hour=2.5, usd_per_request=2e-7,
+        usd_per_gb_egress=0.09,
+    )
+    """An on-demand GPU instance (~2.5 $/h) billed by compute time, a serverless request fee
+    (0.20 $ per million) and internet egress (0.09 $/GB)."""
+    edge: TierPrices = TierPrices(usd_per_inference=5e-8, usd_per_provisioned_hour=0.02)
+    """A small edge box: energy and amortisation per inference, a site fee per hour."""
+    targets: dict[str, TierPrices] = {}
+    """Per-target overrides of the tier's prices."""
+
+    def for_target(self, name: str, tier: Tier) -> TierPrices:
+        return self.targets.get(name) or (self.cloud if tier == "cloud" else self.edge)
+
+
+class HedgeSettings(Frozen):
+    enabled: bool = True
+    max_extra_ratio: float = Field(0.05, ge=0, le=1)
+    """Expected extra requests a hedge may add (The Tail at Scale: hedging at p95 ~ +5%)."""
+    min_delay_ms: float = Field(2.0, ge=0)
+
+
+class CascadeSettings(Frozen):
+    enabled: bool = True
+    confidence_threshold: float = Field(0.9, ge=0, le=1)
+    """Escalate to the large model when the small model's top probability is below this."""
+
+
+class RoutingPolicy(Frozen):
+    strategy: Strategy = "risk-optimal"
+    default_deadline_ms: float = Field(250.0, gt=0, le=600_000)
+    risk_budget: float = Field(0.01, ge=0, le=1)
+    """Largest acceptable probability of missing the deadline."""
+    objective: Literal["min-cost", "min-latency"] = "min-cost"
+    on_infeasible: Literal["least-risky", "reject"] = "least-risky"
+    """When no plan meets the risk budget: run the least risky plan (flagged) or reject (503)."""
+    allowed_tiers: tuple[Tier, ...] = ("edge", "cloud")
+    allowed_targets: tuple[str, ...] | None = None
+    """``None`` allows every target of an allowed tier."""
+    high_quality_tiers: tuple[Tier, ...] = ("cloud",)
+    """Tiers whose targets may serve ``quality=high`` (they must run the large model)."""
+    hedge: HedgeSettings = HedgeSettings()
+    cascade: CascadeSettings = CascadeSettings()
+    max_fallbacks: int = Field(2, ge=0, le=8)
+
+
+class RetrySettings(Frozen):
+    max_attempts: int = Field(3, ge=1, le=10)
+    """Attempts per client request, all targets together."""
+    budget_ratio: float = Field(0.1, ge=0, le=1)
+    """Retries allowed as a share of recent requests (Envoy's retry budget)."""
+    budget_min_per_s: float = Field(3.0, ge=0)
+    """Retries always allowed per second, whatever the traffic (Envoy's min_retry_concurrency)."""
+    max_retry_after_ms: float = Field(2000.0, ge=0)
+
+
+class BreakerSettings(Frozen):
+    window_s: float = Field(10.0, gt=0)
+    min_calls: int = Field(10, ge=1)
+    failure_rate: float = Field(0.5, gt=0, le=1)
+    slow_call_ms: float = Field(1000.0, gt=0)
+    slow_call_rate: float = Field(0.8, gt=0, le=1)
+    base_ejection_ms: float = Field(2000.0, gt=0)
+    max_ejection_ms: float = Field(60_000.0, gt=0)
+    half_open_probes: int = Field(1, ge=1, le=100)
+
+
+class AdmissionSettings(Frozen):
+    max_in_flight: int = Field(256, ge=1)
+    """Requests in progress per router replica; beyond it new ones get a fast 503."""
+    max_in_flight_per_target: int = Field(64, ge=1)
+
+
+class Tenant(Frozen):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    default_policy: str
+    allowed_policies: tuple[str, ...]
+
+
+class AnonymousAccess(Frozen):
+    allowed: bool = True
+    policy: str = "default"
+    allowed_policies: tuple[str, ...] = ()
+    """Named policies a request without a key may ask for (besides ``policy``)."""
+
+
+def _baselines() -> dict[str, RoutingPolicy]:
+    named: dict[str, RoutingPolicy] = {"default": RoutingPolicy()}
+    for strategy in ("always-edge", "always-cloud", "random", "round-robin", "least-latency",
+                     "least-cost"):
+        named[strategy] = RoutingPolicy(
+            strategy=strategy, hedge=HedgeSettings(enabled=False),
+            cascade=CascadeSettings(enabled=False),
+        )
+    return named
+
+
+class PolicyDocument(Frozen):
+    """The whole policy file."""
+
+    version: Literal[1] = 1
+    prices: PriceBook = PriceBook()
+    policies: dict[str, RoutingPolicy] = Field(default_factory=_baselines)
+    retry: RetrySettings = RetrySettings()
+    breaker: BreakerSettings = BreakerSettings()
+    admission: AdmissionSettings = AdmissionSettings()
+    tenants: tuple[Tenant, ...] = ()
+    anonymous: AnonymousAccess = AnonymousAccess()
+
+    @model_validator(mode="after")
+    def _references(self) -> PolicyDocument:
+        known = set(self.policies)
+        if "default" not in known:
+            raise ValueError("policies must include one named 'default'")
+        for tenant in self.tenants:
+            missing = {tenant.default_policy, *tenant.allowed_policies} - known
+            if missing:
+                raise ValueError(f"tenant {tenant.name} names unknown policies {sorted(missing)}")
+            if tenant.default_policy not in tenant.allowed_policies:
+                raise ValueError(f"tenant {tenant.name}: default_policy must be allowed")
+        if {self.anonymous.policy, *self.anonymous.allowed_policies} - known:
+            raise ValueError("anonymous access names an unknown policy")
+        if len({t.key_sha256 for t in self.tenants}) != len(self.tenants):
+            raise ValueError("two tenants share an API key")
+        return self
+
+    @classmethod
+    def load(cls, path: Path | None) -> PolicyDocument:
+        if path is None:
+            return cls()
+        return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+
+
+DEFAULT_POLICY_PATH = Path("infra/policy.yaml")
+
+
+def policy_digest(policy: PolicyDocument) -> str:
+    """Identifies a policy in force: ``GET /v1/policy`` reports it per replica."""
+    return hashlib.sha256(policy.model_dump_json().encode()).hexdigest()
+
+
+def hash_key(api_key: str) -> str:
+    """What the policy file stores for an API key: its SHA-256, never the key."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def new_api_key() -> str:
+    return "er_" + secrets.token_urlsafe(24)
