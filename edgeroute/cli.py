@@ -122,8 +122,52 @@ def _read_state(path: str) -> dict[str, object]:
         raise SystemExit(f"no state file at {path}: is `edgeroute up` running?") from None
 
 
+def _chaos(args: argparse.Namespace) -> int:
+    from edgeroute import chaos
+
+    state = _read_state(args.state_file)
+    try:
+        if args.action in ("slow", "partition", "heal"):
+            changes: dict[str, object] = {
+                "slow": {"base_ms": args.base_ms, "jitter_ms": args.jitter_ms},
+                "partition": {"partitioned": True},
+                "heal": {"partitioned": False},
+            }[args.action]
+            print(json.dumps(chaos.set_link(state, args.name, changes)))
+        else:
+            print(getattr(chaos, args.action)(state, args.name))
+    except chaos.ChaosError as exc:
+        print(f"edgeroute chaos: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _chaos_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    chaos = sub.add_parser("chaos", help="inject faults into a running stack")
+    actions = chaos.add_subparsers(dest="action", required=True)
+    helps = {
+        "kill": "SIGKILL an edge worker (the supervisor restarts it after its delay)",
+        "hang": "SIGSTOP an edge worker (port open, no answers)",
+        "resume": "SIGCONT a hung edge worker",
+        "down": "stop an edge worker and keep it down",
+        "up": "let a held-down edge worker start again",
+        "restart": "restart an edge worker now",
+        "slow": "slow a target's link",
+        "partition": "cut a target's link (attempts hang until their timeout)",
+        "heal": "end a partition",
+    }
+    for action, text in helps.items():
+        parser = actions.add_parser(action, help=text)
+        parser.add_argument("name", help="edge worker or target name")
+        parser.add_argument("--state-file", default=str(DEFAULT_STATE_FILE))
+        if action == "slow":
+            parser.add_argument("--base-ms", type=float, required=True)
+            parser.add_argument("--jitter-ms", type=float, default=0.0)
+    chaos.set_defaults(func=_chaos)
+
+
 def _link(args: argparse.Namespace) -> int:
-    import httpx
+    from edgeroute import chaos
 
     state = _read_state(args.state_file)
     changes = {k: v for k, v in {
@@ -132,12 +176,12 @@ def _link(args: argparse.Namespace) -> int:
         "loss_probability": args.loss_probability,
         "partitioned": True if args.partition else False if args.heal else None,
     }.items() if v is not None}
-    response = httpx.put(
-        f"{state['endpoint']}/v1/links/{args.target}", json=changes, timeout=10,
-        headers={"authorization": f"Bearer {state['admin_token']}"},
-    )
-    print(json.dumps(response.json(), indent=2))
-    return 0 if response.status_code == 200 else 1
+    try:
+        print(json.dumps(chaos.set_link(state, args.target, changes), indent=2))
+    except chaos.ChaosError as exc:
+        print(f"edgeroute link: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _targets(args: argparse.Namespace) -> int:
@@ -258,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("--json", action="store_true")
     targets.set_defaults(func=_targets)
     _policy_parser(sub)
+    _chaos_parser(sub)
     return parser
 
 

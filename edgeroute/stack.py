@@ -109,6 +109,9 @@ class Stack:
         self.serve_document = serve_config(config, self.policy)
         self.state_file = state_file
         self.log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp")) / "edgeroute-logs"
+        self.control_dir = (state_file.parent if state_file else self.log_dir) / "control"
+        """Markers the watchdog obeys: ``<edge>.down`` keeps a worker down,
+        ``<edge>.restart`` restarts it now (written by ``edgeroute chaos``)."""
         self.say = say
         self.edges: dict[str, subprocess.Popen[bytes]] = {}
         self.restarts: list[tuple[float, str, int]] = []
@@ -173,11 +176,19 @@ class Stack:
         died_at: dict[str, float] = {}
         while not self._stopping.wait(0.2):
             for name, process in list(self.edges.items()):
+                marker = self.control_dir / f"{name}.restart"
+                if marker.exists():
+                    marker.unlink(missing_ok=True)
+                    if process.poll() is None:
+                        process.kill()
+                        process.wait(timeout=10)
+                    died_at[name] = -float("inf")
                 if process.poll() is None:
                     died_at.pop(name, None)
                     continue
                 noticed = died_at.setdefault(name, time.monotonic())
-                if delay is None or time.monotonic() - noticed < delay:
+                held = (self.control_dir / f"{name}.down").exists()
+                if held or delay is None or time.monotonic() - noticed < delay:
                     continue
                 self.say(f"edge worker {name} exited ({process.returncode}); restarting it")
                 pid = self.start_edge(name)
@@ -195,6 +206,9 @@ class Stack:
 
     def start(self, timeout_s: float = 180.0) -> None:
         self._check_ports()
+        self.control_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.control_dir.iterdir():
+            stale.unlink()
         for edge in self.config.edges:
             self.start_edge(edge.name)
         self.say(f"edge workers started: {', '.join(self.edges)}")
@@ -251,6 +265,7 @@ class Stack:
             "admin_token": self.config.router.admin_token,
             "ray_address": ray.get_runtime_context().gcs_address if self._ray_started else None,
             "serve_config": self.serve_document,
+            "control_dir": str(self.control_dir),
             "processes": [asdict(p) for p in self.processes()],
         }
 

@@ -16,7 +16,7 @@ import pytest
 import tritonclient.http as triton
 
 from edgeroute.dataset import digits_split
-from tests.integration.conftest import RunningStack
+from tests.integration.conftest import RunningStack, alive
 
 pytestmark = pytest.mark.integration
 
@@ -188,7 +188,7 @@ def test_links_change_on_the_running_stack(stack: RunningStack) -> None:
            str(stack.state_file)]
     bad = subprocess.run([*cli, "--loss-probability", "3"], capture_output=True, text=True,
                          timeout=30)
-    assert bad.returncode == 1 and "loss_probability" in bad.stdout
+    assert bad.returncode == 1 and "loss_probability" in bad.stderr
     assert subprocess.run([*cli, "--partition"], capture_output=True, timeout=30).returncode == 0
     try:
         assert stack.targets()["edge-a"]["link_emulation"]["partitioned"] is True
@@ -199,3 +199,22 @@ def test_links_change_on_the_running_stack(stack: RunningStack) -> None:
     while time.monotonic() < deadline and "edge-a" not in _edge_tiers(stack, 5):
         time.sleep(1)
     assert "edge-a" in _edge_tiers(stack, 5), "edge-a did not get traffic back after healing"
+
+
+def _chaos(stack: RunningStack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgeroute", "chaos", *args, "--state-file",
+                           str(stack.state_file)], capture_output=True, text=True, timeout=30)
+
+
+def test_chaos_holds_a_worker_down_until_released(stack: RunningStack) -> None:
+    pid = stack.pid("edge-b")
+    assert _chaos(stack, "down", "edge-b").returncode == 0
+    time.sleep(8)  # longer than the supervisor's restart delay
+    assert not alive(pid) and stack.pid("edge-b") == pid, "a held-down worker was restarted"
+    assert _chaos(stack, "up", "edge-b").returncode == 0
+    deadline = time.monotonic() + 30
+    while stack.pid("edge-b") == pid and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert stack.pid("edge-b") != pid
+    unknown = _chaos(stack, "kill", "edge-z")
+    assert unknown.returncode == 1 and "no edge worker named 'edge-z'" in unknown.stderr
