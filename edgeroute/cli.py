@@ -244,6 +244,30 @@ def _policy_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     policy.set_defaults(func=_policy)
 
 
+def _infra_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``edgeroute infra ...``: parsed here, carried out by :func:`edgeroute.infra_gen.main`."""
+
+    def run(args: argparse.Namespace) -> int:
+        from edgeroute.infra_gen import main as infra_main
+
+        return infra_main(args)
+
+    infra = sub.add_parser("infra", help="print deployment files and the policy reference")
+    actions = infra.add_subparsers(dest="action", required=True)
+    serve_cfg = actions.add_parser("serve-config",
+                                   help="print the Ray Serve deploy YAML for a stack and policy")
+    serve_cfg.add_argument("--config", help="stack YAML (default: infra/stack.yaml if present, "
+                                            "else the embedded default)")
+    serve_cfg.add_argument("--policy", help="policy YAML (default: infra/policy.yaml if "
+                                            "present, else the embedded default)")
+    actions.add_parser("policy-reference", help="print the policy fields as Markdown")
+    generate = actions.add_parser("generate", help="rewrite the checked-in generated files "
+                                                   "(run from the repository root)")
+    generate.add_argument("--check", action="store_true",
+                          help="write nothing; exit 1 listing the files that are out of date")
+    infra.set_defaults(func=run)
+
+
 def _stack_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="stack YAML (default: infra/stack.yaml if present, "
                                           "else the embedded default)")
@@ -303,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     targets.set_defaults(func=_targets)
     _policy_parser(sub)
     _chaos_parser(sub)
+    _infra_parser(sub)
     return parser
 
 

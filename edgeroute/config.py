@@ -20,7 +20,7 @@ Quality = Literal["small", "large"]
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 class LinkProfile(Frozen):

@@ -1,0 +1,139 @@
+"""The router's metrics: one place that names them, exported through ``ray.serve.metrics``.
+
+Ray exports custom metrics to Prometheus with a ``ray_`` prefix, so the
+counter ``edgeroute_requests_total`` is scraped as ``ray_edgeroute_requests_total``
+(``infra/grafana/edgeroute.json`` charts them). The instruments are created
+by an injected factory: Ray Serve's in a replica, an in-memory recorder in tests.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Protocol
+
+LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000]
+DECISION_BOUNDARIES_US = [5, 10, 20, 50, 100, 200, 500, 1000, 5000]
+
+
+class Instrument(Protocol):
+    def record(self, value: float, tags: dict[str, str]) -> None: ...
+
+
+class Factory(Protocol):
+    def counter(self, name: str, description: str, tags: tuple[str, ...]) -> Instrument: ...
+
+    def gauge(self, name: str, description: str, tags: tuple[str, ...]) -> Instrument: ...
+
+    def histogram(self, name: str, description: str, boundaries: list[float],
+                  tags: tuple[str, ...]) -> Instrument: ...
+
+
+class _RayInstrument:
+    def __init__(self, metric: Any, method: str) -> None:
+        self._record = getattr(metric, method)
+
+    def record(self, value: float, tags: dict[str, str]) -> None:
+        self._record(value, tags=tags)
+
+
+class ServeFactory:
+    """Instruments from ``ray.serve.metrics`` (only usable inside a Ray worker)."""
+
+    def counter(self, name: str, description: str, tags: tuple[str, ...]) -> Instrument:
+        from ray.serve.metrics import Counter
+
+        return _RayInstrument(Counter(name, description, tag_keys=tags), "inc")
+
+    def gauge(self, name: str, description: str, tags: tuple[str, ...]) -> Instrument:
+        from ray.serve.metrics import Gauge
+
+        return _RayInstrument(Gauge(name, description, tag_keys=tags), "set")
+
+    def histogram(self, name: str, description: str, boundaries: list[float],
+                  tags: tuple[str, ...]) -> Instrument:
+        from ray.serve.metrics import Histogram
+
+        return _RayInstrument(Histogram(name, description, boundaries, tag_keys=tags), "observe")
+
+
+class Recorded:
+    """What a :class:`MemoryFactory` instrument saw: sums for counters, last values for
+    gauges, every observation for histograms, keyed by sorted tag items."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.values: dict[tuple[tuple[str, str], ...], Any] = defaultdict(
+            list if kind == "histogram" else float
+        )
+
+    def record(self, value: float, tags: dict[str, str]) -> None:
+        key = tuple(sorted(tags.items()))
+        if self.kind == "counter":
+            self.values[key] += value
+        elif self.kind == "gauge":
+            self.values[key] = value
+        else:
+            self.values[key].append(value)
+
+    def total(self, **tags: str) -> float:
+        """Sum (or count, for histograms) over series whose tags include ``tags``."""
+        wanted = set(tags.items())
+        picked = [v for k, v in self.values.items() if wanted <= set(k)]
+        return float(sum(len(v) if self.kind == "histogram" else v for v in picked))
+
+
+class MemoryFactory:
+    def __init__(self) -> None:
+        self.instruments: dict[str, Recorded] = {}
+
+    def _make(self, name: str, kind: str) -> Recorded:
+        return self.instruments.setdefault(name, Recorded(kind))
+
+    def counter(self, name: str, description: str, tags: tuple[str, ...]) -> Instrument:
+        return self._make(name, "counter")
+
+    def gauge(self, name: str, description: str, tags: tuple[str, ...]) -> Instrument:
+        return self._make(name, "gauge")
+
+    def histogram(self, name: str, description: str, boundaries: list[float],
+                  tags: tuple[str, ...]) -> Instrument:
+        return self._make(name, "histogram")
+
+
+class RouterMetrics:
+    def __init__(self, factory: Factory) -> None:
+        f = factory
+        self.requests = f.counter("edgeroute_requests_total", "Client requests by outcome",
+                                  ("policy", "status", "tier"))
+        self.latency = f.histogram("edgeroute_request_latency_ms", "Router latency per request",
+                                   LATENCY_BOUNDARIES_MS, ("policy", "tier"))
+        self.placements = f.counter("edgeroute_placements_total", "Requests served per target",
+                                    ("target", "tier"))
+        self.attempts = f.counter("edgeroute_attempts_total", "Upstream attempts by outcome",
+                                  ("target", "outcome"))
+        self.retries = f.counter("edgeroute_retries_total", "Retried attempts", ("target",))
+        self.hedges = f.counter("edgeroute_hedges_total", "Hedged requests", ("outcome",))
+        self.fallbacks = f.counter("edgeroute_fallbacks_total", "Requests served by a fallback",
+                                   ())
+        self.shed = f.counter("edgeroute_shed_total", "Requests shed by admission control",
+                              ("reason",))
+        self.breaker = f.counter("edgeroute_breaker_transitions_total",
+                                 "Circuit breaker transitions", ("target", "to_state"))
+        self.cost = f.counter("edgeroute_cost_usd_total", "Marginal dollars spent",
+                              ("target", "tier"))
+        self.decision = f.histogram("edgeroute_decision_us", "Decision time",
+                                    DECISION_BOUNDARIES_US, ())
+        self.predicted = f.gauge("edgeroute_target_predicted_latency_ms",
+                                 "Predicted median latency per target", ("target",))
+        self.breaker_open = f.gauge("edgeroute_target_breaker_open",
+                                    "1 while a target's breaker is open", ("target",))
+        self.cloud_replicas = f.gauge("edgeroute_cloud_replicas",
+                                      "Running cloud replicas seen by the router", ())
+
+    def request(self, policy: str, status: int, tier: str, latency_ms: float) -> None:
+        self.requests.record(1, {"policy": policy, "status": str(status), "tier": tier})
+        self.latency.record(latency_ms, {"policy": policy, "tier": tier})
+
+    def served(self, target: str, tier: str, cost_usd: float) -> None:
+        self.placements.record(1, {"target": target, "tier": tier})
+        self.cost.record(cost_usd, {"target": target, "tier": tier})
