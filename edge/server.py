@@ -25,6 +25,8 @@ from starlette.routing import Route
 from edge.admission import Admission, QueueFull
 from edgeroute import contract
 from edgeroute.http import (
+    DEADLINE_HEADER,
+    REQUEST_ID_HEADER,
     check_content_type,
     error_response,
     infer_response,
@@ -35,6 +37,16 @@ from edgeroute.models.runtime import OnnxModel
 from edgeroute.oip import InferResponse, OIPError, binary_set, decode_request, select_outputs
 
 SERVER_NAME = "edgeroute-edge"
+
+
+def caller_deadline_s(headers: Any) -> float | None:
+    """Seconds the caller gave this request (``x-edgeroute-deadline-ms``), if it said."""
+    raw = headers.get(DEADLINE_HEADER)
+    try:
+        value = float(raw) / 1000 if raw is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and value > 0 else None
 
 
 class EdgeWorker:
@@ -57,18 +69,24 @@ class EdgeWorker:
         self.admission = Admission(concurrency, max_queue)
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="infer")
         self.served = 0
+        self.expired = 0
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def infer(self, request: Request) -> Response:
+        echo = {k: v for k, v in request.headers.items() if k == REQUEST_ID_HEADER}
         try:
             contract.check_model_name(request.path_params["model"])
             check_content_type(request.headers)
             body = await read_body(request, self.max_body_bytes)
             oip_request = decode_request(body, request.headers)
             x = contract.input_batch(oip_request, self.max_batch)
+            budget_s = caller_deadline_s(request.headers)
             async with self.admission.slot() as queued_s:
+                if budget_s is not None and queued_s >= budget_s:
+                    self.expired += 1
+                    raise OIPError("the caller's deadline passed while queued", status=504)
                 started = time.perf_counter()
                 loop = asyncio.get_running_loop()
                 probabilities, labels = await loop.run_in_executor(
@@ -77,9 +95,9 @@ class EdgeWorker:
                 infer_s = time.perf_counter() - started
             outputs = select_outputs(oip_request, contract.output_tensors(probabilities, labels))
         except OIPError as error:
-            return error_response(error)
+            return error_response(error, echo)
         except QueueFull as full:
-            return error_response(OIPError(str(full), status=503), {"retry-after": "1"})
+            return error_response(OIPError(str(full), status=503), {"retry-after": "1", **echo})
         self.served += 1
         response = InferResponse(
             model_name=contract.MODEL_NAME,
@@ -90,7 +108,7 @@ class EdgeWorker:
         return infer_response(
             response,
             binary_set(oip_request, outputs),
-            {"server-timing": server_timing(queue=queued_s, infer=infer_s)},
+            {"server-timing": server_timing(queue=queued_s, infer=infer_s), **echo},
         )
 
     def stats(self) -> dict[str, Any]:
@@ -102,6 +120,7 @@ class EdgeWorker:
             "running": self.admission.running,
             "waiting": self.admission.waiting,
             "rejected": self.admission.rejected,
+            "expired": self.expired,
         }
 
 

@@ -14,13 +14,17 @@ from starlette.responses import Response
 
 from edgeroute.oip import (
     BINARY_CONTENT,
-    HEADER_LENGTH,
     JSON_CONTENT,
     InferResponse,
     OIPError,
     encode_response,
     error_body,
 )
+
+REQUEST_ID_HEADER = "x-request-id"
+DEADLINE_HEADER = "x-edgeroute-deadline-ms"
+"""Milliseconds the caller gives an attempt, counted from when it was sent (relative, so
+clocks need not agree); a worker drops work whose budget ran out while it queued."""
 
 ACCEPTED_CONTENT = {JSON_CONTENT, BINARY_CONTENT, "text/plain", ""}
 
@@ -84,13 +88,3 @@ def parse_server_timing(value: str | None) -> dict[str, float]:
                     continue
     return timings
 
-
-__all__ = [
-    "HEADER_LENGTH",
-    "check_content_type",
-    "error_response",
-    "infer_response",
-    "parse_server_timing",
-    "read_body",
-    "server_timing",
-]

@@ -29,6 +29,7 @@ import numpy as np
 from edgeroute import contract
 from edgeroute.http import parse_server_timing
 from edgeroute.oip import InferRequest, OIPError, Tensor, decode_response, encode_request
+from router.context import DEADLINE_HEADER, REQUEST_ID_HEADER, request_id
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,10 @@ class HttpTransport:
             inputs=(Tensor(contract.INPUT_NAME, x),), binary_output_default=True
         )
         body, headers = encode_request(request, binary=True)
+        headers[DEADLINE_HEADER] = str(max(int(timeout_s * 1000), 1))
+        rid = request_id.get()
+        if rid:
+            headers[REQUEST_ID_HEADER] = rid
         response = await self._send("POST", self._infer_url, timeout_s, content=body,
                                     headers=headers)
         try:

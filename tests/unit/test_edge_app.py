@@ -55,8 +55,10 @@ class GatedModel:
         self._gate = threading.Event()
         self.name = model.name
         self.version = model.version
+        self.calls = 0
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.calls += 1
         assert self._gate.wait(timeout=30), "the test never released the model"
         return self._model.predict(x)
 
@@ -377,3 +379,34 @@ def test_the_app_starts_and_shuts_down_as_uvicorn_drives_it(model: OnnxModel) ->
 
     run_async(main)
     assert answered == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+def test_work_whose_caller_deadline_passed_in_the_queue_is_dropped(
+    model: OnnxModel, data: Split
+) -> None:
+    gated = GatedModel(model)
+    worker = EdgeWorker(gated, concurrency=1, max_queue=4)  # type: ignore[arg-type]
+    x = data.x_test[:1]
+    tight = {"x-edgeroute-deadline-ms": "20", "x-request-id": "req-42"}
+
+    async def main(client: httpx.AsyncClient) -> tuple[httpx.Response, ...]:
+        try:
+            first = asyncio.create_task(client.post(INFER, json=json_body(x)))
+            await until(lambda: worker.admission.running == 1)
+            late = asyncio.create_task(client.post(INFER, json=json_body(x), headers=tight))
+            await until(lambda: worker.admission.waiting == 1)
+            await asyncio.sleep(0.05)
+        finally:
+            gated.release()
+        return await first, await late
+
+    try:
+        first, late = serve(worker, main)
+    finally:
+        gated.release()
+        worker.close()
+    assert first.status_code == 200
+    assert "deadline passed" in assert_error(late, 504)
+    assert late.headers["x-request-id"] == "req-42"
+    assert worker.stats()["expired"] == 1
+    assert gated.calls == 1, "the expired request must not reach the model"

@@ -1,0 +1,27 @@
+"""Per-request context that follows a request into every attempt without threading it
+through each call: the request id, propagated to HTTP targets and returned to the client.
+
+A ``ContextVar`` is copied into every task the request spawns (hedges, fallbacks).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from contextvars import ContextVar
+
+from edgeroute.http import DEADLINE_HEADER, REQUEST_ID_HEADER
+
+__all__ = ["DEADLINE_HEADER", "REQUEST_ID_HEADER", "pick_request_id", "request_id"]
+
+request_id: ContextVar[str | None] = ContextVar("edgeroute_request_id", default=None)
+
+_SAFE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def pick_request_id(*candidates: str | None) -> str:
+    """The first candidate that is a safe id (header or OIP ``id``), else a new one."""
+    for candidate in candidates:
+        if candidate and _SAFE.match(candidate):
+            return candidate
+    return uuid.uuid4().hex
