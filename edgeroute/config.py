@@ -1,4 +1,4 @@
-"""Stack configuration: targets, link emulation, prices, router and cloud settings.
+"""Stack configuration: targets, link emulation, router and cloud settings.
 
 Every model is frozen and validated; units are in the field names. The defaults
 of :class:`StackConfig` are the embedded default stack (two edge workers with
@@ -41,19 +41,6 @@ class LinkProfile(Frozen):
     partitioned: bool = False
 
 
-class Prices(Frozen):
-    """A target's price book entry, in US dollars."""
-
-    usd_per_hour: float = Field(0.0, ge=0)
-    """Provisioned price of one replica (cloud) or one site (edge) per hour, busy or idle."""
-    usd_per_compute_hour: float = Field(0.0, ge=0)
-    """Charged per second of compute a request uses (its share of the batch it ran in)."""
-    usd_per_request: float = Field(0.0, ge=0)
-    usd_per_inference: float = Field(0.0, ge=0)
-    """Per row inferred (edge energy and amortisation)."""
-    usd_per_gb_egress: float = Field(0.0, ge=0)
-
-
 class EdgeWorker(Frozen):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     model: Literal["student", "student-int8"] = "student-int8"
@@ -62,7 +49,6 @@ class EdgeWorker(Frozen):
     concurrency: int = Field(1, ge=1, le=64)
     max_queue: int = Field(32, ge=0, le=10_000)
     link: LinkProfile = LinkProfile()
-    prices: Prices = Prices(usd_per_inference=5e-8, usd_per_hour=0.02)
 
     @property
     def url(self) -> str:
@@ -77,7 +63,6 @@ class ExternalTarget(Frozen):
     tier: Tier = "cloud"
     quality: Quality = "large"
     link: LinkProfile = LinkProfile()
-    prices: Prices = Prices()
 
 
 class Autoscaling(Frozen):
@@ -107,20 +92,15 @@ class CloudDeployment(Frozen):
     autoscaling: Autoscaling = Autoscaling()
     link: LinkProfile = LinkProfile(base_ms=30.0, jitter_ms=6.0, spike_probability=0.01,
                                     spike_multiplier=4.0)
-    prices: Prices = Prices(
-        usd_per_hour=2.5, usd_per_compute_hour=2.5, usd_per_request=2e-7, usd_per_gb_egress=0.09
-    )
 
 
 class RouterSettings(Frozen):
-    default_deadline_ms: float = Field(250.0, gt=0, le=600_000)
     max_deadline_ms: float = Field(60_000.0, gt=0, le=600_000)
     max_batch: int = Field(256, ge=1, le=4096)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     num_replicas: int = Field(1, ge=1, le=64)
     probe_interval_ms: float = Field(1000.0, ge=50)
     failure_cooldown_ms: float = Field(1000.0, ge=0)
-    ewma_weight: float = Field(0.2, gt=0, le=1)
     prior_latency_ms: float = Field(50.0, ge=0)
     """Latency assumed for a target before anything has been observed of it."""
     min_attempt_ms: float = Field(2.0, ge=0)

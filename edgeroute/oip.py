@@ -183,9 +183,9 @@ def _tensors(entries: Any, tail: bytes, kind: str) -> tuple[Tensor, ...]:
         if name in names:
             raise OIPError(f"{kind} '{name}' appears twice")
         names.add(name)
-        if datatype not in DATATYPES:
+        if not isinstance(datatype, str) or datatype not in DATATYPES:
             raise OIPError(f"{kind} '{name}': unsupported datatype {datatype!r}")
-        dtype = DATATYPES[str(datatype)]
+        dtype = DATATYPES[datatype]
         shape = _shape(entry.get("shape"), f"{kind} '{name}'")
         params = _parameters(entry.get("parameters"), f"{kind} '{name}'")
         size = params.get("binary_data_size")

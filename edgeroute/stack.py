@@ -117,6 +117,7 @@ class Stack:
         self.restarts: list[tuple[float, str, int]] = []
         """(monotonic time, edge name, new pid) of every restart the watchdog made."""
         self._ray_started = False
+        self._wrote_state = False
         self._stopping = threading.Event()
         self._watchdog: threading.Thread | None = None
 
@@ -277,6 +278,7 @@ class Stack:
         tmp.touch(mode=0o600)
         tmp.write_text(json.dumps(self.state(), indent=2) + "\n")
         tmp.replace(self.state_file)
+        self._wrote_state = True
 
     def stop(self) -> None:
         """Stop everything; safe to call twice and after a partial start."""
@@ -302,7 +304,7 @@ class Stack:
             finally:
                 ray.shutdown()
                 self._ray_started = False
-        if self.state_file is not None:
+        if self.state_file is not None and self._wrote_state:
             self.state_file.unlink(missing_ok=True)
 
     def __enter__(self) -> Stack:

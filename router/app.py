@@ -1,12 +1,12 @@
 """The router: a Ray Serve ingress deployment speaking OIP v2 for model ``digits``.
 
-HTTP glue only. Parsing is the codec's (:mod:`edgeroute.oip`), the decision
-is :func:`router.placement.choose`, running it is :class:`router.executor.Executor`.
-Endpoints: the OIP health, metadata and infer routes (JSON and binary tensors),
-``GET /v1/targets`` (the router's live view of every target), and the admin
-route ``PUT /v1/links/{target}`` that changes a target's emulated link.
+HTTP glue only: parsing is the codec's (:mod:`edgeroute.oip`), who the caller
+is and which policy applies is :mod:`router.tenancy`'s, routing is
+:class:`router.service.RoutingService`'s. Endpoints: the OIP health, metadata
+and infer routes (JSON and binary tensors), ``GET /v1/targets`` (the live view
+of every target), ``GET /v1/policy``, and the admin route
+``PUT /v1/links/{target}`` that changes a target's emulated link.
 """
-
 
 import asyncio
 import logging
@@ -33,15 +33,19 @@ from edgeroute.oip import (
     decode_request,
     select_outputs,
 )
-from router.estimator import TargetEstimator
-from router.executor import Executor, NotServed
-from router.placement import RequestQuality, choose
+from router.context import REQUEST_ID_HEADER, bind_request_id, pick_request_id
+from router.decision import RequestQuality
+from router.estimator import EstimatorSettings, TargetEstimator
+from router.metrics import RouterMetrics, ServeFactory
 from router.policy import PolicyDocument, policy_digest
+from router.served import NotServed, Shed
+from router.service import Rejected, RoutingService
 from router.targets import Target, TargetSet, make_target
 from router.tenancy import resolve
 from router.transport import HandleTransport, HttpTransport
 
 log = logging.getLogger("ray.serve")
+REPLICA_POLL_S = 2.0
 
 app = FastAPI(
     title="edgeroute",
@@ -72,24 +76,28 @@ def request_options(
 def build_targets(config: StackConfig, cloud: DeploymentHandle) -> TargetSet:
     settings = config.router
 
-    def estimator() -> TargetEstimator:
+    def estimator(name: str, tier: str, quality: str, concurrency: int) -> TargetEstimator:
         return TargetEstimator(
-            weight=settings.ewma_weight,
+            name=name, tier=tier, quality=quality,  # type: ignore[arg-type]
             prior_latency_ms=settings.prior_latency_ms,
             failure_cooldown_ms=settings.failure_cooldown_ms,
+            settings=EstimatorSettings(probe_interval_s=settings.probe_interval_ms / 1000,
+                                       concurrency=concurrency),
         )
 
-    targets: list[Target] = [
-        make_target(config.cloud.name, "cloud", "large", config.cloud.prices, config.cloud.link,
-                    HandleTransport(config.cloud.name, cloud), f"serve:{config.cloud.name}",
-                    estimator())
-    ]
-    for edge in config.edges:
-        targets.append(make_target(edge.name, "edge", "small", edge.prices, edge.link,
-                                   HttpTransport(edge.name, edge.url), edge.url, estimator()))
-    for ext in config.external:
-        targets.append(make_target(ext.name, ext.tier, ext.quality, ext.prices, ext.link,
-                                   HttpTransport(ext.name, ext.url), ext.url, estimator()))
+    c = config.cloud
+    targets: list[Target] = [make_target(
+        c.name, "cloud", "large", c.link, HandleTransport(c.name, cloud), f"serve:{c.name}",
+        estimator(c.name, "cloud", "large", c.max_batch_size),
+        scales_to_zero=c.autoscaling.min_replicas == 0,
+    )]
+    for e in config.edges:
+        targets.append(make_target(e.name, "edge", "small", e.link, HttpTransport(e.name, e.url),
+                                   e.url, estimator(e.name, "edge", "small", e.concurrency)))
+    for x in config.external:
+        targets.append(make_target(x.name, x.tier, x.quality, x.link,
+                                   HttpTransport(x.name, x.url), x.url,
+                                   estimator(x.name, x.tier, x.quality, 8)))
     return TargetSet(targets, probe_interval_s=settings.probe_interval_ms / 1000)
 
 
@@ -99,11 +107,11 @@ class Router:
     def __init__(self, config: dict[str, Any], cloud: DeploymentHandle) -> None:
         self.config = StackConfig.model_validate(config)
         self.settings = self.config.router
-        self.targets = build_targets(self.config, cloud)
-        self.executor = Executor(self.targets, min_attempt_ms=self.settings.min_attempt_ms)
-        self._prober: asyncio.Task[None] | None = None
-        self.policy = PolicyDocument()
-        self.policy_sha256 = policy_digest(self.policy)
+        self.service = RoutingService(build_targets(self.config, cloud),
+                                      metrics=RouterMetrics(ServeFactory()),
+                                      min_attempt_ms=self.settings.min_attempt_ms)
+        self.policy_sha256 = policy_digest(self.service.policy)
+        self._background: list[asyncio.Task[None]] = []
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve calls this with the deployment's ``user_config``: swap the policy atomically.
@@ -112,15 +120,37 @@ class Router:
         it is validated again here, and a failure leaves the old policy in force.
         """
         policy = PolicyDocument.model_validate(user_config.get("policy", {}))
-        self.policy, self.policy_sha256 = policy, policy_digest(policy)
+        self.service.apply_policy(policy)
+        self.policy_sha256 = policy_digest(policy)
         log.info("policy %s in force", self.policy_sha256[:12])
 
-    def _ensure_probing(self) -> None:
-        if self._prober is None or self._prober.done():
-            self._prober = asyncio.get_running_loop().create_task(self.targets.run_probes())
+    def _ensure_background(self) -> None:
+        if not self._background or any(t.done() for t in self._background):
+            for task in self._background:
+                task.cancel()
+            loop = asyncio.get_running_loop()
+            self._background = [loop.create_task(self.service.targets.run_probes()),
+                                loop.create_task(self._watch_replicas())]
+
+    async def _watch_replicas(self) -> None:
+        """Running cloud replicas, read from Serve every few seconds (a bounded rate)."""
+        name = self.config.cloud.name
+        last = time.monotonic()
+        while True:
+            try:
+                status = await asyncio.to_thread(serve.status)
+                deployment = status.applications["edgeroute"].deployments[name]
+                running = sum(n for state, n in deployment.replica_states.items()
+                              if state == "RUNNING")
+                now = time.monotonic()
+                self.service.observe_replicas(name, running, now - last)
+                last = now
+            except Exception as exc:  # status is advisory: never let it stop routing
+                log.warning("could not read replica counts: %s", exc)
+            await asyncio.sleep(REPLICA_POLL_S)
 
     async def check_health(self) -> None:
-        self._ensure_probing()
+        self._ensure_background()
 
     @app.get("/v2/health/live")
     async def live(self) -> dict[str, bool]:
@@ -129,8 +159,8 @@ class Router:
     @app.get("/v2/health/ready")
     async def ready(self) -> Response:
         """Ready once some target has answered: the router can serve something."""
-        self._ensure_probing()
-        is_ready = any(t.estimator.successes or t.estimator.network.count for t in self.targets)
+        self._ensure_background()
+        is_ready = any(t.estimator.network.count > 0 for t in self.service.targets)
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
     @app.get("/v2")
@@ -143,7 +173,7 @@ class Router:
             contract.check_model_name(model)
         except OIPError as error:
             return error_response(error)
-        versions = sorted({t.name for t in self.targets})
+        versions = sorted({t.name for t in self.service.targets})
         return JSONResponse(contract.model_metadata(versions, platform="edgeroute"))
 
     @app.get("/v2/models/{model}/ready")
@@ -157,65 +187,63 @@ class Router:
     @app.post("/v2/models/{model}/infer")
     async def infer(self, model: str, request: Request) -> Response:
         received = time.monotonic()
-        self._ensure_probing()
+        self._ensure_background()
+        rid = pick_request_id(request.headers.get(REQUEST_ID_HEADER))
+        bind_request_id(rid)
+        echo = {REQUEST_ID_HEADER: rid}
+        policy_name, tier, status = "-", "-", 200
         try:
             contract.check_model_name(model)
             check_content_type(request.headers)
             body = await read_body(request, self.settings.max_body_bytes)
             oip_request = decode_request(body, request.headers)
             x = contract.input_batch(oip_request, self.settings.max_batch)
-            caller = resolve(self.policy, request.headers.get("authorization"),
+            caller = resolve(self.service.policy, request.headers.get("authorization"),
                              oip_request.parameters.get("policy"))
-            deadline_ms, quality, _explain = request_options(
+            policy_name = caller.policy_name
+            deadline_ms, quality, explain = request_options(
                 oip_request, caller.policy.default_deadline_ms, self.settings.max_deadline_ms
             )
-        except OIPError as error:
-            return error_response(error)
-        return await self._route(oip_request, x, deadline_ms, quality, received)
-
-    async def _route(self, oip_request: InferRequest, x: Any, deadline_ms: float,
-                     quality: RequestQuality, received: float) -> Response:
-        decided = time.perf_counter()
-        plan = choose(self.targets.candidates(len(x)), deadline_ms, quality)
-        decision_us = (time.perf_counter() - decided) * 1e6
-        if plan.primary is None:
-            return error_response(OIPError(plan.reason, status=503), {"retry-after": "1"})
-        try:
-            served = await self.executor.run(plan, x, received + deadline_ms / 1000)
+            routed = await self.service.route(x, deadline_ms=deadline_ms, received=received,
+                                              quality=quality, caller=caller)
+        except Shed as shed:
+            self.service.metrics.shed.record(1, {"reason": shed.scope})
+            status = 503
+            return error_response(OIPError(str(shed), status=503),
+                                  {**echo, "retry-after": _retry_after(shed.retry_after_s)})
         except NotServed as failure:
             status = 504 if failure.deadline_passed else 503
-            headers = {} if status == 504 else {"retry-after": f"{failure.retry_after_s:.0f}"}
+            headers = echo if status == 504 else {
+                **echo, "retry-after": _retry_after(failure.retry_after_s)}
             return error_response(OIPError(str(failure), status=status), headers)
-        target = served.target
+        except Rejected as rejected:
+            status = 503
+            return error_response(rejected, {**echo, "retry-after": "1"})
+        except OIPError as error:
+            status = error.status
+            return error_response(error, echo)
+        finally:
+            self.service.metrics.request(policy_name, status, tier,
+                                         (time.monotonic() - received) * 1000)
+        tier = routed.served.target.tier
+        reply = routed.served.reply
         outputs = select_outputs(
-            oip_request, contract.output_tensors(served.reply.probabilities, served.reply.labels)
+            oip_request, contract.output_tensors(reply.probabilities, reply.labels)
         )
-        chosen = target.candidate(len(x))
-        parameters = {
-            "target": target.name,
-            "tier": target.tier,
-            "model_version": served.reply.model_version,
-            "attempts": served.attempts,
-            "fallback": served.fallback,
-            "hedged": False,
-            "predicted_latency_ms": round(plan.order[0].prediction.mean_ms, 3),
-            "cost_usd": chosen.cost_usd,
-            "decision_us": round(decision_us, 1),
-            "upstream_ms": round(served.upstream_ms, 3),
-            "deadline_ms": deadline_ms,
-        }
-        response = InferResponse(contract.MODEL_NAME, outputs, served.reply.model_version,
-                                 oip_request.id, parameters)
-        return infer_response(response, binary_set(oip_request, outputs))
+        response = InferResponse(contract.MODEL_NAME, outputs, reply.model_version,
+                                 oip_request.id or rid,
+                                 routed.parameters(caller, deadline_ms, explain))
+        return infer_response(response, binary_set(oip_request, outputs), echo)
 
     @app.get("/v1/policy")
     async def current_policy(self) -> dict[str, Any]:
         """The policy in force on this replica and its digest."""
-        return {"sha256": self.policy_sha256, "policy": self.policy.model_dump(mode="json")}
+        return {"sha256": self.policy_sha256,
+                "policy": self.service.policy.model_dump(mode="json")}
 
     @app.get("/v1/targets")
     async def list_targets(self) -> dict[str, Any]:
-        return {"targets": [t.snapshot() for t in self.targets]}
+        return self.service.snapshot()
 
     @app.put("/v1/links/{name}")
     async def set_link(self, name: str, request: Request) -> Response:
@@ -224,7 +252,7 @@ class Router:
         supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if token is None or not secrets.compare_digest(supplied, token):
             return error_response(OIPError("admin token required", status=401))
-        target = self.targets.get(name)
+        target = self.service.targets.get(name)
         if target is None:
             return error_response(OIPError(f"unknown target '{name}'", status=404))
         try:
@@ -237,6 +265,10 @@ class Router:
         target.link.profile = profile
         log.info("link of %s set to %s", name, profile.model_dump())
         return JSONResponse({"target": name, "link_emulation": profile.model_dump()})
+
+
+def _retry_after(seconds: float) -> str:
+    return str(max(1, math.ceil(seconds)))
 
 
 def app_builder(args: dict[str, Any]) -> Any:

@@ -12,11 +12,19 @@ from contextvars import ContextVar
 
 from edgeroute.http import DEADLINE_HEADER, REQUEST_ID_HEADER
 
-__all__ = ["DEADLINE_HEADER", "REQUEST_ID_HEADER", "pick_request_id", "request_id"]
+__all__ = [
+    "DEADLINE_HEADER", "REQUEST_ID_HEADER", "bind_request_id", "pick_request_id", "request_id",
+]
 
 request_id: ContextVar[str | None] = ContextVar("edgeroute_request_id", default=None)
 
 _SAFE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def bind_request_id(value: str) -> None:
+    """Set the id for the current request (a function, so that Serve's pickling of the
+    ingress class, which cannot carry a ``ContextVar``, references it by import)."""
+    request_id.set(value)
 
 
 def pick_request_id(*candidates: str | None) -> str:

@@ -1,17 +1,24 @@
 """Online per-target estimates learned from observed calls only (pure logic, fake-clock testable).
 
-A target's latency is split into what the router can tell apart:
+What the decision reads comes from :meth:`TargetEstimator.view`:
 
-* network: observed time minus the server-reported queue and compute time
-  (a readiness probe is all network);
-* queueing: the server-reported wait before compute;
-* service: the server-reported compute time, scaled by rows relative to the
-  batches observed.
+* latency as a distribution (:class:`~router.latency.LatencyModel`): network
+  (observed time minus the server-reported queue and compute; probes are all
+  network), queue (server-reported, plus an in-flight term), service time as a
+  function of batch size, and a cold start while the deployment runs no
+  replica (``set_replicas``), learned from observed cold starts;
+* the probability of failure, from failure and success counts that decay
+  exponentially with a half-life, so an old outage fades back to the prior;
+* the typical time to detect a failure (``fail_fast_ms``);
+* for a small model, how often its answer is unsure enough to escalate
+  (``observe_confidence``);
+* the marginal cost from the price book (:mod:`router.cost`).
 
-Each part is an exponentially weighted mean and variance (Finch, "Incremental
-calculation of weighted mean and variance", 2009). A failure puts the target
-in a cooldown that doubles with consecutive failures (capped), after which a
-single call or probe may try it again.
+:meth:`TargetEstimator.predict` (a mean and spread per part, exponentially
+weighted: Finch, "Incremental calculation of weighted mean and variance",
+2009) and the failure cooldown behind :attr:`TargetEstimator.available`
+are kept for the executor and the prober until the breaker
+(:mod:`router.breaker`) takes over.
 """
 
 from __future__ import annotations
@@ -21,6 +28,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from edgeroute.config import Quality, Tier
+from router.cost import MarginalPrices, marginal_cost_usd
+from router.distribution import Distribution
+from router.latency import DEFAULT_SETTINGS, EstimatorSettings, LatencyModel
+from router.sketches import WindowedHistogram
+from router.view import THRESHOLDS, TargetView, escalation_at
 
 
 class Ewma:
@@ -66,24 +80,84 @@ class Prediction:
         return self.mean_ms + sigmas * self.spread_ms
 
 
+class DecayedRate:
+    """Failure probability from failure and success counts that halve every ``half_life_s``,
+    plus ``prior_weight`` pseudo-observations at ``prior``: after a burst of failures the
+    estimate returns to the prior as time passes, fast or slow as the half-life says."""
+
+    def __init__(self, half_life_s: float, prior: float, prior_weight: float,
+                 clock: Callable[[], float]) -> None:
+        self.half_life_s = half_life_s
+        self.prior = prior
+        self.prior_weight = prior_weight
+        self._clock = clock
+        self.failures = 0.0
+        self.successes = 0.0
+        self._at = clock()
+
+    def _decay(self) -> None:
+        now = self._clock()
+        if now > self._at:
+            keep = 0.5 ** ((now - self._at) / self.half_life_s)
+            self.failures *= keep
+            self.successes *= keep
+        self._at = now
+
+    def reset(self) -> None:
+        self.failures = self.successes = 0.0
+        self._at = self._clock()
+
+    def add(self, failed: bool) -> None:
+        self._decay()
+        if failed:
+            self.failures += 1.0
+        else:
+            self.successes += 1.0
+
+    def probability(self) -> float:
+        self._decay()
+        weight = self.prior_weight
+        return (self.failures + weight * self.prior) / (self.failures + self.successes + weight)
+
+
 class TargetEstimator:
     MAX_COOLDOWN_FACTOR = 16
 
     def __init__(
         self,
         *,
+        name: str = "target",
+        tier: Tier = "edge",
+        quality: Quality = "small",
         weight: float = 0.2,
         prior_latency_ms: float = 50.0,
         failure_cooldown_ms: float = 1000.0,
+        settings: EstimatorSettings = DEFAULT_SETTINGS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.network = Ewma(weight)
-        self.queue = Ewma(weight)
-        self.service = Ewma(weight)
+        self.name, self.tier, self.quality = name, tier, quality
+        self.settings = settings
+        self.network, self.queue, self.service = Ewma(weight), Ewma(weight), Ewma(weight)
         self.batch_rows = Ewma(weight)
+        self.total = Ewma(weight)
+        self.load = Ewma(weight)
+        """Other requests in flight when a call completes: the load the sketches saw."""
+        self.fail_detect = Ewma(weight)
         self.prior_latency_ms = prior_latency_ms
         self.failure_cooldown_ms = failure_cooldown_ms
         self._clock = clock
+        self.latency = LatencyModel(prior_latency_ms=prior_latency_ms, settings=settings,
+                                    clock=clock)
+        self.fail_rate = DecayedRate(settings.failure_half_life_s, settings.prior_fail_probability,
+                                     settings.prior_fail_weight, clock)
+        self.confidence = WindowedHistogram(window_s=settings.window_s, clock=clock,
+                                            min_count=settings.min_window_count)
+        self._escalation = self._escalation_table()
+        self._escalation_dirty = False
+        self._escalation_at = -math.inf
+        self.replicas: int | None = None
+        """Running replicas of the deployment behind the target; ``None``: not tracked."""
+        self.cold_starts = 0
         self.in_flight = 0
         self.successes = 0
         self.failures = 0
@@ -95,24 +169,72 @@ class TargetEstimator:
     def observe_success(
         self, total_ms: float, server_ms: float, queue_ms: float, batch_rows: int
     ) -> None:
-        self.network.update(max(total_ms - server_ms - queue_ms, 0.0))
+        """A call answered after ``total_ms``; the server reported its compute and queue time.
+
+        While the deployment is known to run no replica, the network part of the call
+        beyond its usual median is taken as a cold start (and kept out of the network
+        estimate), and a replica is known to run from then on.
+        """
+        network_ms = max(total_ms - server_ms - queue_ms, 0.0)
+        warm = self.replicas != 0
+        if warm:
+            self.network.update(network_ms)
+            self.total.update(max(total_ms, 0.0))
+        else:
+            usual = self.latency.network_median_ms() or 0.0
+            self.observe_cold_start(max(network_ms - usual, 0.0))
+            self.replicas = 1
         self.queue.update(max(queue_ms, 0.0))
         self.service.update(max(server_ms, 0.0))
         self.batch_rows.update(float(max(batch_rows, 1)))
+        self.load.update(float(self.in_flight))
+        self.latency.add_call(network_ms if warm else None, max(queue_ms, 0.0),
+                              max(server_ms, 0.0), max(batch_rows, 1))
+        self.fail_rate.add(False)
         self._healthy()
         self.successes += 1
 
     def observe_probe(self, total_ms: float) -> None:
+        """A readiness probe answered: all of its time is network.
+
+        A probe that answers after failures ends the outage (a restarted worker): the
+        failure memory starts afresh, or the failures of the outage would keep traffic
+        off the target for many half-lives after it came back. Flapping is the
+        breaker's to damp (its ejections grow), not this estimate's.
+        """
+        if self.consecutive_failures:
+            self.fail_rate.reset()
         self.network.update(max(total_ms, 0.0))
+        self.latency.add_network(max(total_ms, 0.0))
         self._healthy()
 
-    def observe_failure(self, reason: str) -> None:
+    def observe_failure(self, reason: str, elapsed_ms: float | None = None) -> None:
+        """A call failed after ``elapsed_ms`` (when known): counts toward ``p_fail``."""
         self.failures += 1
         self.consecutive_failures += 1
         self.last_error = reason
+        self.fail_rate.add(True)
+        if elapsed_ms is not None:
+            self.fail_detect.update(max(elapsed_ms, 0.0))
         factor = min(2 ** (self.consecutive_failures - 1), self.MAX_COOLDOWN_FACTOR)
         self.cooldown_until = self._clock() + self.failure_cooldown_ms * factor / 1000
         self.last_seen = self._clock()
+
+    def observe_cold_start(self, ms: float) -> None:
+        """A request waited ``ms`` for a replica to start."""
+        self.latency.add_cold_start(max(ms, 0.0))
+        self.cold_starts += 1
+
+    def observe_confidence(self, top_probability: float) -> None:
+        """The top class probability of one answered row (small models: the cascade input)."""
+        if math.isfinite(top_probability):
+            self.confidence.add(top_probability)
+            self._escalation_dirty = True
+
+    def set_replicas(self, replicas: int | None) -> None:
+        """Running replicas of the deployment (from Serve, at a bounded rate); 0 adds a cold
+        start to the latency; ``None`` stops tracking."""
+        self.replicas = replicas
 
     def _healthy(self) -> None:
         self.consecutive_failures = 0
@@ -127,6 +249,73 @@ class TargetEstimator:
     def idle_for_s(self) -> float:
         return self._clock() - self.last_seen
 
+    def needs_probe(self, now: float) -> bool:
+        """True when nothing was heard of the target for a probe interval and no call is out."""
+        return self.in_flight == 0 and now - self.last_seen >= self.settings.probe_interval_s
+
+    def p_fail(self) -> float:
+        return self.fail_rate.probability()
+
+    def fail_fast_ms(self) -> float:
+        """Typical time to learn that a call failed: as observed, else one network median."""
+        if self.fail_detect.count:
+            return self.fail_detect.mean
+        median = self.latency.network_median_ms()
+        return median if median is not None else self.prior_latency_ms
+
+    def _escalation_table(self) -> tuple[float, ...]:
+        s = self.settings
+        seen, weight = self.confidence.count, s.prior_escalation_weight
+        prior = THRESHOLDS * 0.0 + s.prior_escalation_probability
+        prior[0] = 0.0
+        table = (self.confidence.below(THRESHOLDS) * seen + prior * weight) / (seen + weight)
+        return tuple(table.tolist())
+
+    def escalation_table(self) -> tuple[float, ...]:
+        """P(top probability < t) at each of :data:`~router.view.THRESHOLDS` (bounded rate)."""
+        now = self._clock()
+        if self._escalation_dirty and now - self._escalation_at >= self.settings.refresh_interval_s:
+            self._escalation = self._escalation_table()
+            self._escalation_dirty = False
+            self._escalation_at = now
+        return self._escalation
+
+    def escalation_probability(self, threshold: float) -> float:
+        """How often this target's answers are less confident than ``threshold``."""
+        return escalation_at(self.escalation_table(), threshold)
+
+    def maintain(self) -> None:
+        """Rebuild what is due (latency tables, the one-row sum, the escalation table) so that
+        requests find them ready: the app calls this from a background task, off the
+        request path."""
+        self.distribution(1)
+        self.escalation_table()
+
+    def distribution(self, rows: int = 1) -> Distribution:
+        """Latency of a request of ``rows`` rows now: cold start and in-flight term included."""
+        cold = self.replicas == 0
+        base = self.latency.distribution(rows, cold)
+        excess = self.in_flight - self.load.mean
+        if excess <= 0:
+            return base
+        return base.shift(excess * self.latency.service_ms(rows) / self.settings.concurrency)
+
+    def cost_usd(self, rows: int, prices: MarginalPrices) -> float:
+        batch = max(float(rows), self.latency.typical_rows())
+        return marginal_cost_usd(prices, rows, self.latency.service_ms(rows), math.ceil(batch))
+
+    def view(self, rows: int, allowed: bool, prices: MarginalPrices) -> TargetView:
+        """Everything the decision needs of this target for a request of ``rows`` rows."""
+        observed = self.network.count > 0
+        return TargetView(
+            name=self.name, tier=self.tier, quality=self.quality, allowed=allowed,
+            latency=self.distribution(rows), p_fail=self.p_fail(),
+            fail_fast_ms=self.fail_fast_ms(), cost_usd=self.cost_usd(rows, prices),
+            ewma_latency_ms=self.total.mean if self.total.count else self.prior_latency_ms,
+            escalation=self.escalation_table(), in_flight=self.in_flight, rows=rows,
+            observed=observed,
+        )
+
     def predict(self, rows: int = 1) -> Prediction:
         if self.network.count == 0:
             return Prediction(self.prior_latency_ms, 0.0, 0.0, self.prior_latency_ms / 2, False)
@@ -138,6 +327,7 @@ class TargetEstimator:
 
     def snapshot(self) -> dict[str, Any]:
         prediction = self.predict()
+        latency = self.distribution()
         return {
             "available": self.available,
             "observed": prediction.observed,
@@ -146,6 +336,12 @@ class TargetEstimator:
             "service_ms": round(prediction.service_ms, 3),
             "predicted_ms": round(prediction.mean_ms, 3),
             "predicted_upper_ms": round(prediction.upper_ms(), 3),
+            "p50_ms": round(latency.quantile(0.5), 3),
+            "p99_ms": round(latency.quantile(0.99), 3),
+            "p_fail": round(self.p_fail(), 5),
+            "fail_fast_ms": round(self.fail_fast_ms(), 3),
+            "replicas": self.replicas,
+            "cold_starts": self.cold_starts,
             "in_flight": self.in_flight,
             "successes": self.successes,
             "failures": self.failures,

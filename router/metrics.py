@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, Protocol
 
-LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000]
-DECISION_BOUNDARIES_US = [5, 10, 20, 50, 100, 200, 500, 1000, 5000]
+LATENCY_BOUNDARIES_MS: list[float] = [
+    1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000,
+]
+DECISION_BOUNDARIES_US: list[float] = [5, 10, 20, 50, 100, 200, 500, 1000, 5000]
 
 
 class Instrument(Protocol):
@@ -36,24 +38,30 @@ class _RayInstrument:
         self._record(value, tags=tags)
 
 
+def _keys(tags: tuple[str, ...]) -> Any:
+    """Ray annotates ``tag_keys`` as ``Tuple[str]`` though it takes any number of keys."""
+    return tags
+
+
 class ServeFactory:
     """Instruments from ``ray.serve.metrics`` (only usable inside a Ray worker)."""
 
     def counter(self, name: str, description: str, tags: tuple[str, ...]) -> Instrument:
         from ray.serve.metrics import Counter
 
-        return _RayInstrument(Counter(name, description, tag_keys=tags), "inc")
+        return _RayInstrument(Counter(name, description, tag_keys=_keys(tags)), "inc")
 
     def gauge(self, name: str, description: str, tags: tuple[str, ...]) -> Instrument:
         from ray.serve.metrics import Gauge
 
-        return _RayInstrument(Gauge(name, description, tag_keys=tags), "set")
+        return _RayInstrument(Gauge(name, description, tag_keys=_keys(tags)), "set")
 
     def histogram(self, name: str, description: str, boundaries: list[float],
                   tags: tuple[str, ...]) -> Instrument:
         from ray.serve.metrics import Histogram
 
-        return _RayInstrument(Histogram(name, description, boundaries, tag_keys=tags), "observe")
+        histogram = Histogram(name, description, boundaries, tag_keys=_keys(tags))
+        return _RayInstrument(histogram, "observe")
 
 
 class Recorded:

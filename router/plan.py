@@ -9,6 +9,7 @@ candidate considered, for ``parameters.explain=true`` and ``edgeroute policy exp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,6 +31,8 @@ class Plan:
     predicted_p50_ms: float = 0.0
     predicted_p99_ms: float = 0.0
     within_budget: bool = True
+    expected_extra_ratio: float = 0.0
+    """Expected extra requests a hedge adds, per request (0 without a hedge)."""
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -74,7 +77,8 @@ class Decision:
     """``None``: rejected (no allowed target, or nothing within budget and the policy rejects)."""
     reason: str
     policy: str
-    candidates: tuple[CandidateRow, ...] = field(default=())
+    candidates: Sequence[CandidateRow] = field(default=())
+    """Every plan considered; may be built lazily on first read (many targets)."""
 
     def explain(self) -> dict[str, Any]:
         return {

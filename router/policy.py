@@ -28,7 +28,7 @@ routing), ``least-cost`` on the price book alone (as LiteLLM's cost-based routin
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 class TierPrices(Frozen):
@@ -63,12 +63,20 @@ class HedgeSettings(Frozen):
     max_extra_ratio: float = Field(0.05, ge=0, le=1)
     """Expected extra requests a hedge may add (The Tail at Scale: hedging at p95 ~ +5%)."""
     min_delay_ms: float = Field(2.0, ge=0)
+    delay_quantile: float = Field(0.95, gt=0, lt=1)
+    """The hedge starts at this quantile of the primary's predicted latency (at least
+    ``min_delay_ms``): at 0.95 about 5% of requests are hedged (The Tail at Scale)."""
 
 
 class CascadeSettings(Frozen):
     enabled: bool = True
     confidence_threshold: float = Field(0.9, ge=0, le=1)
     """Escalate to the large model when the small model's top probability is below this."""
+    prefer_over_small: bool = True
+    """For ``quality=any``: while a cascade or a large-model plan meets the risk budget, a plan
+    answered by a small model alone loses (verdict ``cascade preferred``), so unsure answers get
+    escalated. False makes the cascade one candidate among others; it then wins only on cost
+    or risk, which it rarely can (it costs at least as much as its small model alone)."""
 
 
 class RoutingPolicy(Frozen):
@@ -77,6 +85,15 @@ class RoutingPolicy(Frozen):
     risk_budget: float = Field(0.01, ge=0, le=1)
     """Largest acceptable probability of missing the deadline."""
     objective: Literal["min-cost", "min-latency"] = "min-cost"
+    miss_penalty_usd: float = Field(1e-6, ge=0)
+    """Dollars a deadline miss is taken to cost when plans within the risk budget are compared
+    (``min-cost`` ranks by expected cost + this * P_miss): of two plans priced the same, the
+    less risky wins, instead of whichever fallback is a femto-dollar cheaper. 0: cost alone."""
+    cost_tie_ratio: float = Field(0.02, ge=0, le=1)
+    """Plans whose expected costs differ by less than this share of the cheaper are equally
+    cheap, and the one with the lower predicted p50 wins: equivalent targets (two edge sites
+    at one price) share traffic by speed instead of sticking to whichever has the smaller
+    failure estimate. 0: strict cost order."""
     on_infeasible: Literal["least-risky", "reject"] = "least-risky"
     """When no plan meets the risk budget: run the least risky plan (flagged) or reject (503)."""
     allowed_tiers: tuple[Tier, ...] = ("edge", "cloud")
@@ -97,23 +114,53 @@ class RetrySettings(Frozen):
     budget_min_per_s: float = Field(3.0, ge=0)
     """Retries always allowed per second, whatever the traffic (Envoy's min_retry_concurrency)."""
     max_retry_after_ms: float = Field(2000.0, ge=0)
+    """Longest ``Retry-After`` a request waits for before retrying the target that sent it."""
+    budget_window_s: float = Field(10.0, gt=0, le=600)
+    """The recent window the retry budget counts requests and retries over."""
+    backoff_base_ms: float = Field(5.0, ge=0)
+    """Retries of a target already tried wait a full-jitter exponential backoff from this..."""
+    backoff_max_ms: float = Field(50.0, ge=0)
+    """...up to this (AWS Architecture Blog, "Exponential Backoff and Jitter")."""
 
 
 class BreakerSettings(Frozen):
+    """Per-target circuit breaker (resilience4j); ejections grow as Envoy outlier detection's."""
+
     window_s: float = Field(10.0, gt=0)
+    """Sliding time window the failure and slow-call rates are measured over."""
     min_calls: int = Field(10, ge=1)
+    """Calls the window must hold before a rate can trip the breaker."""
     failure_rate: float = Field(0.5, gt=0, le=1)
+    consecutive_failures: int = Field(5, ge=1)
+    """Failures in a row that trip the breaker whatever the rate (Envoy's consecutive_5xx):
+    a dead target is ejected within a few calls, not once it dominates the window."""
     slow_call_ms: float = Field(1000.0, gt=0)
+    """A successful call slower than this counts as slow."""
     slow_call_rate: float = Field(0.8, gt=0, le=1)
     base_ejection_ms: float = Field(2000.0, gt=0)
+    """The first ejection; each further one in a row doubles it..."""
     max_ejection_ms: float = Field(60_000.0, gt=0)
+    """...up to this."""
     half_open_probes: int = Field(1, ge=1, le=100)
+    """Calls let through at once while half-open; the first success closes the breaker."""
+    healthy_decay_ms: float = Field(30_000.0, gt=0)
+    """Each such stretch closed without tripping halves the next ejection again (Envoy
+    decrements its ejection multiplier while a host stays healthy)."""
+
+    @model_validator(mode="after")
+    def _ejection_bounds(self) -> BreakerSettings:
+        if self.max_ejection_ms < self.base_ejection_ms:
+            raise ValueError("max_ejection_ms must be >= base_ejection_ms")
+        return self
 
 
 class AdmissionSettings(Frozen):
     max_in_flight: int = Field(256, ge=1)
     """Requests in progress per router replica; beyond it new ones get a fast 503."""
     max_in_flight_per_target: int = Field(64, ge=1)
+    """Calls in progress from one router replica to one target; a saturated target is skipped."""
+    shed_retry_after_s: float = Field(1.0, gt=0, le=3600)
+    """The ``Retry-After`` a shed request is told."""
 
 
 class Tenant(Frozen):

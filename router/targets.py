@@ -1,4 +1,4 @@
-"""The router's targets: transport, link, estimator and prices of each, plus active probing."""
+"""The router's targets: transport, link and estimator of each, plus the active probe loop."""
 
 from __future__ import annotations
 
@@ -6,18 +6,21 @@ import asyncio
 import random
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from edgeroute.config import LinkProfile, Prices, Quality, Tier
-from router.cost import marginal_cost_usd
+from edgeroute.config import LinkProfile, Quality, Tier
+from router.breaker import Breakers
 from router.estimator import TargetEstimator
 from router.link import Link, LinkedTransport
-from router.placement import Candidate
+from router.policy import TierPrices
 from router.transport import TargetError, Transport
+from router.view import TargetView
 
 PROBE_TIMEOUT_S = 1.0
+MAINTAIN_S = 0.1
+"""How often estimates are rebuilt off the request path (they are due every 0.25 s)."""
 
 
 @dataclass
@@ -25,33 +28,29 @@ class Target:
     name: str
     tier: Tier
     quality: Quality
-    prices: Prices
     transport: LinkedTransport
     estimator: TargetEstimator
     address: str
     """Where it lives: a URL, or ``serve:<deployment>`` for a handle."""
+    scales_to_zero: bool = False
+    """A deployment that may have no replica: probes must not wake it."""
 
     @property
     def link(self) -> Link:
         return self.transport.link
 
-    def candidate(self, rows: int) -> Candidate:
-        prediction = self.estimator.predict(rows)
-        batch = max(self.estimator.batch_rows.mean, 1.0) if self.estimator.successes else 1.0
-        cost = marginal_cost_usd(self.prices, rows, prediction.service_ms, int(batch))
-        return Candidate(
-            self.name, self.tier, self.quality, self.estimator.available, prediction, cost
-        )
+    def view(self, rows: int, allowed: bool, prices: TierPrices) -> TargetView:
+        return self.estimator.view(rows, allowed, prices)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, prices: TierPrices) -> dict[str, Any]:
         return {
             "name": self.name,
             "tier": self.tier,
             "quality": self.quality,
             "address": self.address,
             "estimates": self.estimator.snapshot(),
-            "cost_usd_per_request": self.candidate(1).cost_usd,
-            "prices": self.prices.model_dump(),
+            "cost_usd_per_request": self.view(1, True, prices).cost_usd,
+            "prices": prices.model_dump(),
             "link_emulation": self.link.profile.model_dump(),
         }
 
@@ -60,22 +59,25 @@ def make_target(
     name: str,
     tier: Tier,
     quality: Quality,
-    prices: Prices,
     link: LinkProfile,
     transport: Transport,
     address: str,
     estimator: TargetEstimator,
+    scales_to_zero: bool = False,
 ) -> Target:
     seeded = Link(link, rng=random.Random(zlib.crc32(name.encode())))
-    return Target(name, tier, quality, prices, LinkedTransport(transport, seeded), estimator,
-                  address)
+    return Target(name, tier, quality, LinkedTransport(transport, seeded), estimator, address,
+                  scales_to_zero)
 
 
 class TargetSet:
     """All targets of one router replica, and the probe loop that keeps idle ones measured.
 
-    Probing is bounded: at most one probe per target per ``probe_interval_s``,
-    only for targets idle that long, each with its own timeout.
+    Probing is bounded: at most one probe per target per probe interval, only
+    for targets idle that long, each with its own timeout. Probes also tell the
+    breakers when an ejected target answers again (so a restarted worker is
+    tried at once instead of after its whole ejection), and never wake a
+    deployment that has scaled to zero.
     """
 
     def __init__(
@@ -87,41 +89,47 @@ class TargetSet:
     ) -> None:
         self.targets = {t.name: t for t in targets}
         self.probe_interval_s = probe_interval_s
+        self.breakers: Breakers | None = None
         self._clock = clock
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Target]:
         return iter(self.targets.values())
 
     def get(self, name: str) -> Target | None:
         return self.targets.get(name)
-
-    def candidates(self, rows: int) -> list[Candidate]:
-        return [t.candidate(rows) for t in self.targets.values()]
 
     async def probe(self, target: Target) -> bool:
         started = self._clock()
         try:
             await asyncio.wait_for(target.transport.probe(PROBE_TIMEOUT_S), PROBE_TIMEOUT_S)
         except (TargetError, asyncio.TimeoutError) as exc:
-            target.estimator.observe_failure(f"probe: {exc}")
+            target.estimator.observe_failure(f"probe: {exc}", (self._clock() - started) * 1000)
+            if self.breakers is not None:
+                self.breakers[target.name].probe_failed()
             return False
         target.estimator.observe_probe((self._clock() - started) * 1000)
+        if self.breakers is not None:
+            self.breakers[target.name].probe_succeeded()
         return True
 
     def due(self) -> list[Target]:
+        now = self._clock()
         return [
             t for t in self.targets.values()
-            if t.estimator.available and t.estimator.idle_for_s() >= self.probe_interval_s
-            and t.estimator.in_flight == 0
+            if t.estimator.needs_probe(now)
+            and not (t.scales_to_zero and t.estimator.replicas == 0)
         ]
 
     async def probe_due(self) -> None:
         await asyncio.gather(*(self.probe(t) for t in self.due()))
 
     async def run_probes(self) -> None:
+        """Probe idle targets and rebuild due estimates, a few times per probe interval."""
         while True:
             await self.probe_due()
-            await asyncio.sleep(self.probe_interval_s / 4)
+            for target in self.targets.values():
+                target.estimator.maintain()
+            await asyncio.sleep(min(self.probe_interval_s / 4, MAINTAIN_S))
 
     async def aclose(self) -> None:
         await asyncio.gather(*(t.transport.aclose() for t in self.targets.values()))

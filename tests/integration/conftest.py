@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from edgeroute.config import StackConfig
+from router.policy import PolicyDocument
 
 PORT = 18000
 EDGE_PORTS = (18101, 18102)
@@ -32,12 +33,20 @@ START_TIMEOUT_S = 240
 def test_config() -> dict[str, Any]:
     document = StackConfig().model_dump(mode="json")
     document["port"] = PORT
-    document["cloud"]["link"] = {"base_ms": 60.0, "jitter_ms": 3.0}
-    document["cloud"]["prices"] = {"usd_per_compute_hour": 2.5, "usd_per_request": 1e-7}
+    document["cloud"]["link"] = {"base_ms": 150.0, "jitter_ms": 3.0}
     for edge, port, base_ms in zip(document["edges"], EDGE_PORTS, (4.0, 12.0), strict=True):
         edge["port"] = port
         edge["link"] = {"base_ms": base_ms, "jitter_ms": 1.0}
-        edge["prices"] = {"usd_per_inference": 1e-5}
+    return document
+
+
+def test_policy() -> dict[str, Any]:
+    """The default policy with the edge priced above the cloud; anonymous callers may use
+    every named policy (a test stack)."""
+    document = PolicyDocument().model_dump(mode="json")
+    document["prices"]["edge"] = {"usd_per_inference": 1e-5}
+    document["prices"]["cloud"] = {"usd_per_compute_hour": 2.5, "usd_per_request": 1e-7}
+    document["anonymous"]["allowed_policies"] = sorted(document["policies"])
     return document
 
 
@@ -91,13 +100,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory, models: Any) -> Iterator[Run
     workdir = tmp_path_factory.mktemp("stack")
     config = workdir / "stack.yaml"
     config.write_text(yaml.safe_dump(test_config()))
+    policy = workdir / "policy.yaml"
+    policy.write_text(yaml.safe_dump(test_policy()))
     state_file = workdir / "state.json"
     log = workdir / "up.log"
     ray_before = ray_pids()
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "edgeroute", "up", "--config", str(config),
-             "--state-file", str(state_file)],
+             "--policy", str(policy), "--state-file", str(state_file)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
     deadline = time.monotonic() + START_TIMEOUT_S

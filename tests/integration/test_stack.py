@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -71,7 +72,7 @@ def test_quality_high_is_served_by_the_large_model(stack: RunningStack) -> None:
 
 
 def test_deadline_decides_between_cheap_cloud_and_near_edge(stack: RunningStack) -> None:
-    """In the test config the cloud is cheaper but 60 ms away; the edge is near but dearer."""
+    """In the test config the cloud is cheaper but 150 ms away; the edge is near but dearer."""
     split = digits_split()
     c = client(stack)
     relaxed = [infer(c, row[None, :], deadline_ms=2000).get_response()["parameters"]
@@ -133,7 +134,8 @@ async def _load(endpoint: str, rate_rps: float, duration_s: float, deadline_ms: 
                                 "data": row.tolist()}],
                     "parameters": {"deadline_ms": deadline_ms}}
             response = await c.post(f"{endpoint}/v2/models/digits/infer", json=body)
-            target = response.json().get("parameters", {}).get("target", "")
+            document = response.json()
+            target = document.get("parameters", {}).get("target", document.get("error", ""))
             outcomes.append((response.status_code, target))
 
         start = time.monotonic()
@@ -151,7 +153,7 @@ async def _load(endpoint: str, rate_rps: float, duration_s: float, deadline_ms: 
 
 def test_sigkill_of_an_edge_worker_under_load_loses_no_request(stack: RunningStack) -> None:
     pid = stack.pid("edge-a")
-    outcomes = asyncio.run(_load(stack.endpoint, 40, 6, 45, kill=(2.0, pid)))
+    outcomes = asyncio.run(_load(stack.endpoint, 40, 6, 100, kill=(2.0, pid)))
     failed = [o for o in outcomes if o[0] != 200]
     assert not failed, f"{len(failed)} of {len(outcomes)} failed: {failed[:5]}"
     served_by = {target for _, target in outcomes}
@@ -162,10 +164,10 @@ def test_sigkill_of_an_edge_worker_under_load_loses_no_request(stack: RunningSta
     assert stack.pid("edge-a") != pid, "the supervisor did not restart the killed worker"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        after = asyncio.run(_load(stack.endpoint, 20, 2, 45, kill=None))
+        after = asyncio.run(_load(stack.endpoint, 20, 2, 100, kill=None))
         if any(target == "edge-a" for _, target in after):
             break
-    assert any(target == "edge-a" for _, target in after), "no traffic back on edge-a"
+    assert any(target == "edge-a" for _, target in after), json.dumps(stack.targets()["edge-a"])
 
 
 def _edge_tiers(stack: RunningStack, n: int) -> list[str]:
@@ -174,7 +176,7 @@ def _edge_tiers(stack: RunningStack, n: int) -> list[str]:
     targets = []
     for row in split.x_test[:n]:
         try:
-            targets.append(infer(c, row[None, :], deadline_ms=45).get_response()
+            targets.append(infer(c, row[None, :], deadline_ms=100).get_response()
                            ["parameters"]["target"])
         except triton.InferenceServerException as exc:
             targets.append(f"error {exc.status()}")

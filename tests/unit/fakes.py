@@ -1,5 +1,6 @@
 """In-memory stand-ins shared by the router's unit tests: a fake clock, a recording sleep,
-a scripted fake :class:`~router.transport.Transport`, and targets built over them.
+a scripted fake :class:`~router.transport.Transport`, targets built over them, plans, and
+an executor over them that never sleeps for real.
 
 Nothing here opens a socket or sleeps on its own: a fake transport answers at once,
 raises what it is told to, or hangs until it is cancelled.
@@ -8,16 +9,24 @@ raises what it is told to, or hangs until it is cancelled.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
 
-from edgeroute.config import LinkProfile, Prices, Quality, Tier
+from edgeroute.config import LinkProfile, Quality, Tier
+from router.breaker import Breakers
+from router.calls import OnAttempt
 from router.estimator import TargetEstimator
-from router.targets import Target, make_target
-from router.transport import Reply, TargetError
+from router.executor import Executor
+from router.plan import Plan, PlanKind
+from router.policy import AdmissionSettings, BreakerSettings, RetrySettings
+from router.targets import Target, TargetSet, make_target
+from router.transport import Reply, TargetError, TargetRejected, TargetUnavailable
 
 T = TypeVar("T")
 
@@ -57,11 +66,11 @@ class RecordingSleep:
 
 
 def reply_for(x: np.ndarray, *, server_ms: float = 1.0, queue_ms: float = 0.0,
-              label: int = 7, version: str = "fake-1") -> Reply:
-    """A well-formed reply saying every row is ``label``."""
+              label: int = 7, version: str = "fake-1", confidence: float = 1.0) -> Reply:
+    """A well-formed reply saying every row is ``label`` with probability ``confidence``."""
     rows = len(x)
-    probabilities = np.zeros((rows, 10), dtype=np.float32)
-    probabilities[:, label] = 1.0
+    probabilities = np.full((rows, 10), (1.0 - confidence) / 9, dtype=np.float32)
+    probabilities[:, label] = confidence
     return Reply(
         probabilities=probabilities,
         labels=np.full(rows, label, dtype=np.int64),
@@ -76,7 +85,7 @@ Behaviour = Callable[["FakeTransport", np.ndarray, float], Awaitable[Reply]]
 
 
 async def answer(transport: FakeTransport, x: np.ndarray, timeout_s: float) -> Reply:
-    return reply_for(x, label=transport.label)
+    return reply_for(x, label=transport.label, confidence=transport.confidence)
 
 
 async def hang(transport: FakeTransport, x: np.ndarray, timeout_s: float) -> Reply:
@@ -104,21 +113,44 @@ def after(seconds: float, then: Behaviour) -> Behaviour:
     return behaviour
 
 
-class FakeTransport:
-    """A scripted :class:`~router.transport.Transport`; records every call's timeout."""
+def sequence(*behaviours: Behaviour) -> Behaviour:
+    """Behave as each of ``behaviours`` in turn, one call each; the last one repeats."""
+    calls = itertools.count()
 
-    def __init__(self, name: str, behaviour: Behaviour = answer, *, label: int = 7) -> None:
+    async def behaviour(transport: FakeTransport, x: np.ndarray, timeout_s: float) -> Reply:
+        step = min(next(calls), len(behaviours) - 1)
+        return await behaviours[step](transport, x, timeout_s)
+
+    return behaviour
+
+
+class FakeTransport:
+    """A scripted :class:`~router.transport.Transport`; records every call's timeout, and
+    how many calls are in progress and how many were cancelled while in progress."""
+
+    def __init__(self, name: str, behaviour: Behaviour = answer, *, label: int = 7,
+                 confidence: float = 1.0) -> None:
         self.name = name
         self.behaviour = behaviour
         self.label = label
+        self.confidence = confidence
         self.infer_timeouts: list[float] = []
         self.probe_timeouts: list[float] = []
         self.probe_error: TargetError | None = None
         self.closed = False
+        self.in_progress = 0
+        self.cancelled = 0
 
     async def infer(self, x: np.ndarray, timeout_s: float) -> Reply:
         self.infer_timeouts.append(timeout_s)
-        return await self.behaviour(self, x, timeout_s)
+        self.in_progress += 1
+        try:
+            return await self.behaviour(self, x, timeout_s)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.in_progress -= 1
 
     async def probe(self, timeout_s: float) -> None:
         self.probe_timeouts.append(timeout_s)
@@ -138,7 +170,6 @@ def fake_target(
     *,
     tier: Tier = "edge",
     quality: Quality = "small",
-    prices: Prices | None = None,
     link: LinkProfile | None = None,
     estimator: TargetEstimator | None = None,
 ) -> Target:
@@ -147,7 +178,6 @@ def fake_target(
         transport.name,
         tier,
         quality,
-        prices or Prices(),
         link or LinkProfile(),
         transport,
         f"fake:{transport.name}",
@@ -172,3 +202,59 @@ def fake_of(target: Target) -> FakeTransport:
     inner = target.transport.inner
     assert isinstance(inner, FakeTransport)
     return inner
+
+
+def refused(name: str) -> TargetUnavailable:
+    return TargetUnavailable(name, "connection refused")
+
+
+def overloaded(retry_after_s: float | None = None) -> Callable[[str], TargetError]:
+    """A 503, with a ``Retry-After`` if given."""
+
+    def error(name: str) -> TargetError:
+        return TargetUnavailable(name, "HTTP 503", retry_after_s=retry_after_s)
+
+    return error
+
+
+def rejected(name: str) -> TargetRejected:
+    return TargetRejected(name, "HTTP 400")
+
+
+def gated(gate: asyncio.Event, then: Behaviour = answer) -> Behaviour:
+    """Wait until ``gate`` is set, then behave as ``then``."""
+
+    async def behaviour(transport: FakeTransport, x: np.ndarray, timeout_s: float) -> Reply:
+        await gate.wait()
+        return await then(transport, x, timeout_s)
+
+    return behaviour
+
+
+def plan_of(primary: str, *fallbacks: str, hedge: str | None = None,
+            hedge_delay_ms: float | None = None, escalate_to: str | None = None,
+            confidence_threshold: float | None = None) -> Plan:
+    kind: PlanKind = "hedged" if hedge else "cascade" if escalate_to else "single"
+    return Plan(kind, primary, tuple(fallbacks), hedge, hedge_delay_ms, escalate_to,
+                confidence_threshold)
+
+
+def executor_for(
+    *targets: Target,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
+    expected_ms: float = 5.0,
+    retry: RetrySettings | None = None,
+    breaker: BreakerSettings | None = None,
+    admission: AdmissionSettings | None = None,
+    breakers: Breakers | None = None,
+    on_attempt: OnAttempt | None = None,
+) -> Executor:
+    """An executor over ``targets`` that never sleeps for real and predicts every target
+    at ``expected_ms``."""
+    return Executor(
+        TargetSet(targets), retry=retry, breaker=breaker, admission=admission,
+        breakers=breakers, clock=clock,
+        sleep=sleep or RecordingSleep(), rng=random.Random(7),
+        expected_ms=lambda target, rows: expected_ms, on_attempt=on_attempt,
+    )

@@ -34,7 +34,7 @@ def test_no_file_means_the_embedded_default() -> None:
         ({"edges": [{"name": "cloud", "port": 9001}]}, "unique"),
         ({"edges": [{"name": "a", "port": 8000}]}, "ports must differ"),
         ({"cloud": {"autoscaling": {"min_replicas": 3, "max_replicas": 2}}}, "min_replicas"),
-        ({"router": {"default_deadline_ms": 0}}, "greater than 0"),
+        ({"router": {"probe_interval_ms": 0}}, "greater than or equal to 50"),
         ({"edges": [{"name": "a", "port": 9001, "link": {"loss_probability": 2}}]},
          "less than or equal to 1"),
         ({"edges": [{"name": "Bad Name", "port": 9001}]}, "pattern"),

@@ -1,65 +1,47 @@
-"""Running a plan over fake transports: the primary, one fallback, every attempt bounded by
-the deadline left, and which failures cool a target down.
+"""Running a plan over fake transports: fallbacks in plan order, one retry layer, Retry-After
+within the deadline, 4xx never retried, every call bounded by the deadline left, breakers.
 
-Deadlines are real but short (50-300 ms); elapsed-time bounds are generous.
+Deadlines are real but short (50-300 ms); nothing sleeps for a retry (the sleep is a
+recording fake); elapsed-time bounds are generous.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 
 import numpy as np
 import pytest
 
-from edgeroute.config import LinkProfile
-from router.estimator import TargetEstimator
+from router.calls import Attempt
 from router.executor import Executor, NotServed, Served
-from router.placement import Plan
-from router.targets import Target, TargetSet
-from router.transport import TargetRejected, TargetTimeout, TargetUnavailable
+from router.plan import Plan
+from router.policy import BreakerSettings, RetrySettings
+from router.transport import Reply, TargetTimeout
 from tests.unit.fakes import (
+    FakeClock,
     FakeTransport,
+    RecordingSleep,
     after,
     answer,
+    executor_for,
     fail_with,
     fake_of,
     fake_target,
     hang,
+    overloaded,
+    plan_of,
+    refused,
+    rejected,
+    reply_for,
     run_async,
+    sequence,
 )
 
 X = np.zeros((3, 64), dtype=np.float32)
-SLACK_S = 1.0
-"""Generous bound on scheduling overhead past a deadline."""
-
-
-def refused(name: str) -> TargetUnavailable:
-    return TargetUnavailable(name, "connection refused")
-
-
-def overloaded(name: str) -> TargetUnavailable:
-    return TargetUnavailable(name, "HTTP 503", retry_after_s=3.0)
-
-
-def timed_out(name: str) -> TargetTimeout:
-    return TargetTimeout(name, "server gave up")
-
-
-def rejected(name: str) -> TargetRejected:
-    return TargetRejected(name, "HTTP 400")
-
-
-def observed_fast() -> TargetEstimator:
-    """An estimator that has seen the target answer in about a millisecond."""
-    estimator = TargetEstimator()
-    estimator.observe_success(total_ms=1.0, server_ms=0.5, queue_ms=0.0, batch_rows=1)
-    return estimator
-
-
-def setup(*targets: Target) -> tuple[Executor, Plan]:
-    executor = Executor(TargetSet(targets))
-    plan = Plan(tuple(t.candidate(len(X)) for t in targets), "test plan")
-    return executor, plan
+LATE_S = 0.05
+"""How far past its deadline a run may return (scheduling, cancellation)."""
 
 
 def run(executor: Executor, plan: Plan, deadline_s: float) -> tuple[Served, float]:
@@ -81,143 +63,259 @@ def run_failing(executor: Executor, plan: Plan, deadline_s: float) -> tuple[NotS
 def test_a_healthy_primary_serves_in_one_attempt() -> None:
     primary = fake_target(FakeTransport("edge-a", answer, label=3))
     fallback = fake_target(FakeTransport("cloud"), quality="large", tier="cloud")
-    executor, plan = setup(primary, fallback)
-    served, _ = run(executor, plan, deadline_s=1.0)
+    executor = executor_for(primary, fallback)
+    served, _ = run(executor, plan_of("edge-a", "cloud"), deadline_s=1.0)
     assert served.target is primary
-    assert served.attempts == 1
-    assert not served.fallback
-    assert served.errors == ()
+    assert (served.attempts, served.retries) == (1, 0)
+    assert not (served.fallback or served.hedged or served.hedge_won or served.escalated)
     assert served.reply.labels.tolist() == [3, 3, 3]
-    assert served.upstream_ms >= 0
+    assert served.errors == ()
+    assert 0 <= served.upstream_ms <= served.elapsed_ms
     assert fake_of(fallback).calls == 0
     assert primary.estimator.successes == 1
-    assert primary.estimator.predict().observed
     assert primary.estimator.in_flight == 0
+    assert executor.breakers["edge-a"].snapshot()["window_calls"] == 1
 
 
-def test_an_unavailable_primary_hands_over_to_the_fallback() -> None:
-    primary = fake_target(FakeTransport("edge-a", fail_with(refused)))
-    fallback = fake_target(FakeTransport("cloud", label=5), quality="large", tier="cloud")
-    executor, plan = setup(primary, fallback)
-    served, _ = run(executor, plan, deadline_s=1.0)
-    assert served.target is fallback
-    assert served.attempts == 2
+def test_fallbacks_are_tried_in_plan_order_without_waiting() -> None:
+    sleep = RecordingSleep()
+    a = fake_target(FakeTransport("edge-a", fail_with(refused)))
+    b = fake_target(FakeTransport("edge-b", label=2))
+    cloud = fake_target(FakeTransport("cloud", fail_with(overloaded())), tier="cloud")
+    executor = executor_for(a, b, cloud, sleep=sleep)
+    served, _ = run(executor, plan_of("edge-a", "cloud", "edge-b"), deadline_s=1.0)
+    assert served.target is b
+    assert (served.attempts, served.retries) == (3, 2)
     assert served.fallback
-    assert served.reply.labels.tolist() == [5, 5, 5]
-    assert len(served.errors) == 1
-    assert "connection refused" in served.errors[0]
-    assert not primary.estimator.available, "the failed primary cools down"
-    assert primary.estimator.last_error == "connection refused"
-    assert fallback.estimator.available
-    assert fallback.estimator.successes == 1
+    assert [fake_of(t).calls for t in (a, cloud, b)] == [1, 1, 1]
+    assert "edge-a: connection refused" in served.errors[0]
+    assert "cloud: HTTP 503" in served.errors[1]
+    assert sleep.total == 0, "a fallback goes to a fresh target at once"
 
 
-def test_a_hanging_primary_is_cut_at_the_deadline() -> None:
-    primary = fake_target(FakeTransport("edge-a", hang))
+def test_every_call_is_reported_with_its_outcome() -> None:
+    seen: list[Attempt] = []
+    a = fake_target(FakeTransport("edge-a", fail_with(refused)))
+    b = fake_target(FakeTransport("edge-b", fail_with(rejected)))
+    cloud = fake_target(FakeTransport("cloud"), tier="cloud", quality="large")
+    executor = executor_for(a, cloud, b, on_attempt=seen.append)
+    run(executor, plan_of("edge-a", "cloud"), deadline_s=1.0)
+    run_failing(executor, plan_of("edge-b", "cloud"), deadline_s=1.0)
+    assert [(e.target, e.tier, e.outcome) for e in seen] == [
+        ("edge-a", "edge", "failure"), ("cloud", "cloud", "success"),
+        ("edge-b", "edge", "rejected"),
+    ]
+    assert all(e.elapsed_ms >= 0 for e in seen)
+
+
+def test_a_4xx_is_never_retried_nor_counted_by_the_breaker() -> None:
+    primary = fake_target(FakeTransport("edge-a", fail_with(rejected)))
     fallback = fake_target(FakeTransport("cloud"))
-    executor, plan = setup(primary, fallback)
-    error, elapsed = run_failing(executor, plan, deadline_s=0.1)
-    assert error.deadline_passed
+    executor = executor_for(primary, fallback)
+    error, _ = run_failing(executor, plan_of("edge-a", "cloud"), deadline_s=1.0)
     assert error.attempts == 1
-    assert "deadline exceeded" in str(error)
-    assert elapsed < 0.1 + SLACK_S
-    assert 0 < fake_of(primary).infer_timeouts[0] <= 0.1
+    assert not error.deadline_passed
+    assert "HTTP 400" in str(error)
     assert fake_of(fallback).calls == 0
-    assert primary.estimator.in_flight == 0
+    assert executor.breakers["edge-a"].snapshot()["window_calls"] == 0
+    assert primary.estimator.last_error == "HTTP 400"
 
 
-def test_the_fallback_gets_the_time_a_failed_primary_left() -> None:
-    primary = fake_target(FakeTransport("edge-a", after(0.05, fail_with(timed_out))))
-    fallback = fake_target(FakeTransport("cloud", label=2))
-    executor, plan = setup(primary, fallback)
-    served, elapsed = run(executor, plan, deadline_s=0.3)
-    assert served.target is fallback
+def test_a_lone_target_is_retried_after_a_jittered_backoff() -> None:
+    sleep = RecordingSleep()
+    primary = fake_target(FakeTransport("edge-a", sequence(fail_with(refused), answer)))
+    executor = executor_for(primary, sleep=sleep)
+    served, _ = run(executor, plan_of("edge-a"), deadline_s=1.0)
+    assert served.target is primary
+    assert (served.attempts, served.retries) == (2, 1)
+    assert not served.fallback
+    assert len(sleep.calls) == 1 and 0 <= sleep.calls[0] <= 0.005
+
+
+def test_retry_after_is_honoured_when_the_deadline_allows() -> None:
+    sleep = RecordingSleep()
+    primary = fake_target(FakeTransport("edge-a", sequence(fail_with(overloaded(0.05)), answer)))
+    executor = executor_for(primary, sleep=sleep)
+    served, _ = run(executor, plan_of("edge-a"), deadline_s=1.0)
     assert served.attempts == 2
+    assert sleep.calls == [pytest.approx(0.05, abs=0.005)]
+
+
+def test_retry_after_beyond_the_deadline_fails_fast_and_passes_it_on() -> None:
+    sleep = RecordingSleep()
+    primary = fake_target(FakeTransport("edge-a", fail_with(overloaded(0.5))))
+    executor = executor_for(primary, sleep=sleep)
+    error, elapsed = run_failing(executor, plan_of("edge-a"), deadline_s=0.2)
+    assert error.attempts == 1
+    assert not error.deadline_passed, "503, not 504"
+    assert error.retry_after_s == pytest.approx(0.5, abs=0.05)
+    assert sleep.calls == []
+    assert elapsed < 0.05
+
+
+def test_retry_after_beyond_the_configured_cap_is_not_waited_for() -> None:
+    sleep = RecordingSleep()
+    primary = fake_target(FakeTransport("edge-a", fail_with(overloaded(3.0))))
+    executor = executor_for(primary, sleep=sleep, retry=RetrySettings(max_retry_after_ms=2000))
+    error, _ = run_failing(executor, plan_of("edge-a"), deadline_s=10.0)
+    assert error.attempts == 1
+    assert sleep.calls == []
+    assert error.retry_after_s == pytest.approx(3.0, abs=0.05)
+
+
+def test_max_attempts_counts_every_target() -> None:
+    targets = [fake_target(FakeTransport(f"edge-{i}", fail_with(refused))) for i in range(4)]
+    executor = executor_for(*targets, retry=RetrySettings(max_attempts=3))
+    error, _ = run_failing(executor, plan_of("edge-0", "edge-1", "edge-2", "edge-3"), 1.0)
+    assert error.attempts == 3
+    assert [fake_of(t).calls for t in targets] == [1, 1, 1, 0]
+    assert not error.deadline_passed
+
+
+def test_a_hanging_primary_times_out_with_time_left_for_the_fallback() -> None:
+    primary = fake_target(FakeTransport("edge-a", hang))
+    fallback = fake_target(FakeTransport("cloud", label=2))
+    executor = executor_for(primary, fallback, expected_ms=20.0)
+    served, elapsed = run(executor, plan_of("edge-a", "cloud"), deadline_s=0.3)
+    assert served.target is fallback
     assert served.reply.labels.tolist() == [2, 2, 2]
     first = fake_of(primary).infer_timeouts[0]
     second = fake_of(fallback).infer_timeouts[0]
-    assert 0.25 <= first <= 0.3
-    assert 0 < second <= 0.3 - 0.05, "each attempt's timeout is only the deadline left"
-    assert elapsed < 0.3 + SLACK_S
+    assert 0.25 <= first <= 0.3 - 0.02, "the primary's timeout leaves the fallback its time"
+    assert 0 < second <= 0.3 - first
+    assert elapsed < 0.3 + LATE_S
+    assert fake_of(primary).cancelled == 1, "the timeout cancelled the hanging call"
+    assert primary.estimator.in_flight == 0
+
+
+def test_a_hanging_lone_target_is_cut_at_the_deadline() -> None:
+    primary = fake_target(FakeTransport("edge-a", hang))
+    executor = executor_for(primary)
+    error, elapsed = run_failing(executor, plan_of("edge-a"), deadline_s=0.1)
+    assert error.deadline_passed
+    assert error.attempts == 1
+    assert "deadline exceeded" in str(error)
+    assert 0.1 <= elapsed < 0.1 + LATE_S
+    assert 0 < fake_of(primary).infer_timeouts[0] <= 0.1
+
+
+def test_a_transport_that_ignores_cancellation_cannot_hold_the_request() -> None:
+    async def stubborn(transport: FakeTransport, x: np.ndarray, timeout_s: float) -> Reply:
+        """Swallows every cancellation and answers after 0.2 s whatever happens."""
+        done_at = time.monotonic() + 0.2
+        while time.monotonic() < done_at:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(done_at - time.monotonic())
+        return reply_for(x)
+
+    primary = fake_target(FakeTransport("edge-a", stubborn))
+    executor = executor_for(primary)
+
+    async def main() -> float:
+        started = time.monotonic()
+        with pytest.raises(NotServed):
+            await executor.run(plan_of("edge-a"), X, started + 0.05)
+        elapsed = time.monotonic() - started
+        await after(0.25, answer)(fake_of(primary), X, 1.0)
+        return elapsed
+
+    assert run_async(main) < 0.05 + LATE_S
 
 
 def test_no_attempt_starts_once_the_deadline_has_passed() -> None:
     primary = fake_target(FakeTransport("edge-a"))
-    executor, plan = setup(primary)
-    error, _ = run_failing(executor, plan, deadline_s=-0.01)
-    assert error.attempts == 0
-    assert error.deadline_passed
+    error, _ = run_failing(executor_for(primary), plan_of("edge-a"), deadline_s=-0.01)
+    assert (error.attempts, error.deadline_passed) == (0, True)
     assert fake_of(primary).calls == 0
 
 
-def test_when_both_fail_fast_the_request_is_not_served_before_its_deadline() -> None:
-    primary = fake_target(FakeTransport("edge-a", fail_with(refused)))
-    fallback = fake_target(FakeTransport("cloud", fail_with(overloaded)))
-    executor, plan = setup(primary, fallback)
-    error, _ = run_failing(executor, plan, deadline_s=1.0)
-    assert not error.deadline_passed, "503, not 504"
-    assert error.attempts == 2
-    assert error.retry_after_s == 3.0, "the longest Retry-After a target asked for"
-    assert "edge-a" in str(error) and "cloud" in str(error)
-    assert not primary.estimator.available
-    assert not fallback.estimator.available
-
-
-def test_a_rejected_request_cools_the_target_down() -> None:
-    primary = fake_target(FakeTransport("edge-a", fail_with(rejected)))
-    executor, plan = setup(primary)
-    error, _ = run_failing(executor, plan, deadline_s=1.0)
-    assert error.attempts == 1
-    assert not error.deadline_passed
-    assert "HTTP 400" in str(error)
-    assert not primary.estimator.available
-
-
-def test_only_the_primary_and_one_fallback_are_tried() -> None:
-    targets = [fake_target(FakeTransport(f"edge-{i}", fail_with(refused))) for i in range(3)]
-    executor, plan = setup(*targets)
-    error, _ = run_failing(executor, plan, deadline_s=1.0)
-    assert error.attempts == 2
-    assert [fake_of(t).calls for t in targets] == [1, 1, 0]
-
-
-def test_an_empty_plan_is_not_served_and_says_why() -> None:
-    executor = Executor(TargetSet([]))
-    error, _ = run_failing(executor, Plan((), "no target serves quality=high"), deadline_s=1.0)
+def test_a_plan_naming_unknown_targets_is_not_served_and_says_why() -> None:
+    error, _ = run_failing(executor_for(), plan_of("nowhere"), deadline_s=1.0)
     assert error.attempts == 0
     assert not error.deadline_passed
-    assert "quality=high" in str(error)
+    assert "nowhere: unknown target" in str(error)
 
 
-def test_a_timeout_under_a_deadline_tighter_than_predicted_does_not_cool_down() -> None:
+def test_a_timeout_under_a_deadline_tighter_than_predicted_blames_nobody() -> None:
     """50 ms says nothing about the health of a target that takes 80 ms."""
-    slow = TargetEstimator()
-    slow.observe_success(total_ms=80.0, server_ms=20.0, queue_ms=0.0, batch_rows=len(X))
-    primary = fake_target(FakeTransport("edge-a", hang), estimator=slow)
-    executor, plan = setup(primary)
-    error, elapsed = run_failing(executor, plan, deadline_s=0.05)
+    primary = fake_target(FakeTransport("edge-a", hang))
+    executor = executor_for(primary, expected_ms=80.0)
+    error, _ = run_failing(executor, plan_of("edge-a"), deadline_s=0.05)
     assert error.deadline_passed
-    assert elapsed < 0.05 + SLACK_S
-    assert primary.estimator.available
     assert primary.estimator.failures == 0
+    assert executor.breakers["edge-a"].snapshot()["window_calls"] == 0
 
 
-def test_a_timeout_with_ample_time_cools_the_target_down() -> None:
-    primary = fake_target(FakeTransport("edge-a", hang), estimator=observed_fast())
-    executor, plan = setup(primary)
-    error, _ = run_failing(executor, plan, deadline_s=0.05)
-    assert error.deadline_passed
-    assert not primary.estimator.available
+def test_a_timeout_with_ample_time_counts_as_a_failure() -> None:
+    primary = fake_target(FakeTransport("edge-a", hang))
+    executor = executor_for(primary, expected_ms=5.0)
+    run_failing(executor, plan_of("edge-a"), deadline_s=0.05)
     assert primary.estimator.failures == 1
-    assert primary.estimator.in_flight == 0
+    assert executor.breakers["edge-a"].snapshot()["window_failures"] == 1
 
 
-def test_a_partitioned_link_times_out_within_the_deadline() -> None:
-    primary = fake_target(FakeTransport("edge-a"), link=LinkProfile(partitioned=True))
+def test_a_target_whose_breaker_is_open_is_skipped_then_probed_back() -> None:
+    clock = FakeClock()
+    primary = fake_target(FakeTransport("edge-a"))
     fallback = fake_target(FakeTransport("cloud"))
-    executor, plan = setup(primary, fallback)
-    error, elapsed = run_failing(executor, plan, deadline_s=0.1)
-    assert error.deadline_passed
-    assert error.attempts == 1
-    assert elapsed < 0.1 + SLACK_S
-    assert fake_of(primary).calls == 0, "nothing crossed the link"
+    executor = executor_for(primary, fallback, clock=clock,
+                            breaker=BreakerSettings(consecutive_failures=1))
+    plan = plan_of("edge-a", "cloud")
+    permit = executor.breakers["edge-a"].acquire()
+    assert permit is not None
+    permit.failure("refused")
+    assert not executor.allows("edge-a")
+
+    async def main() -> tuple[Served, Served]:
+        skipped = await executor.run(plan, X, clock() + 1.0)
+        clock.advance(2.0)
+        probed = await executor.run(plan, X, clock() + 1.0)
+        return skipped, probed
+
+    skipped, probed = run_async(main)
+    assert skipped.target is fallback and skipped.fallback and skipped.attempts == 1
+    assert probed.target is primary, "once the ejection is over a request probes it"
+    assert executor.breakers["edge-a"].state == "closed"
+    assert fake_of(primary).calls == 1
+
+
+def test_every_target_ejected_fails_fast_with_retry_after_until_the_first_returns() -> None:
+    clock = FakeClock()
+    a, b = fake_target(FakeTransport("edge-a")), fake_target(FakeTransport("edge-b"))
+    executor = executor_for(a, b, clock=clock, breaker=BreakerSettings(consecutive_failures=1))
+    for name, wait_s in (("edge-a", 0.0), ("edge-b", 1.5)):
+        clock.advance(wait_s)
+        permit = executor.breakers[name].acquire()
+        assert permit is not None
+        permit.failure("refused")
+
+    async def main() -> NotServed:
+        with pytest.raises(NotServed) as caught:
+            await executor.run(plan_of("edge-a", "edge-b"), X, clock() + 1.0)
+        return caught.value
+
+    error = run_async(main)
+    assert error.attempts == 0
+    assert not error.deadline_passed
+    assert error.retry_after_s == pytest.approx(0.5), "edge-a half-opens first"
+    assert "breaker open" in str(error)
+
+
+def test_an_unexpected_transport_exception_is_a_retryable_failure() -> None:
+    async def buggy(transport: FakeTransport, x: np.ndarray, timeout_s: float) -> Reply:
+        raise KeyError("probabilities")
+
+    primary = fake_target(FakeTransport("edge-a", buggy))
+    fallback = fake_target(FakeTransport("cloud"))
+    served, _ = run(executor_for(primary, fallback), plan_of("edge-a", "cloud"), 1.0)
+    assert served.target is fallback
+    assert "KeyError" in served.errors[0]
+
+
+def test_a_timeout_error_from_the_transport_hands_over_to_the_fallback() -> None:
+    primary = fake_target(FakeTransport("edge-a", fail_with(
+        lambda name: TargetTimeout(name, "server gave up"))))
+    fallback = fake_target(FakeTransport("cloud"))
+    served, _ = run(executor_for(primary, fallback), plan_of("edge-a", "cloud"), 1.0)
+    assert served.target is fallback
+    assert served.fallback

@@ -1,0 +1,1 @@
+"""Benchmarks of the router's pure logic (run as ``python -m benchmarks.<name>``)."""

@@ -1,0 +1,237 @@
+"""One upstream call, and a race of calls (a hedge): bounded in time, cancelled cleanly.
+
+A call reports its outcome to the target's breaker and estimator exactly once:
+
+* an answer: a success (a slow one if over the breaker's ``slow_call_ms``);
+* a retryable :class:`~router.transport.TargetError`: a failure;
+* a ``TargetRejected`` (4xx): the estimator hears of it, the breaker does not
+  (Envoy's outlier detection counts 5xx and local-origin errors only, so a
+  client cannot eject a target by sending requests it refuses);
+* a timeout: a failure only if the call had at least twice the target's
+  predicted upper latency; a tighter deadline says nothing about its health;
+* a cancellation (the loser of a hedge, a client that went away): a slow call
+  if it had already run that long, else nothing.
+
+Every call runs as its own task under ``asyncio.wait_for`` with a timeout from
+the deadline left (a Ray handle call to a dead node hangs otherwise, see
+DESIGN.md "Facts measured"); the race waits on the tasks with a guard of the
+deadline plus a grace, so a transport that ignores cancellation cannot hold
+a request past its deadline either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from router.admission import InFlightLimits
+from router.breaker import Permit
+from router.targets import Target
+from router.transport import Reply, TargetError, TargetTimeout, TargetUnavailable
+
+ExpectedMs = Callable[[Target, int], float]
+"""A target's predicted upper latency in ms for a batch of so many rows."""
+
+
+def predicted_upper_ms(target: Target, rows: int) -> float:
+    """The estimator's predicted mean plus two standard deviations."""
+    return target.estimator.predict(rows).upper_ms()
+
+
+@dataclass
+class Claim:
+    """A target reserved for one call: a breaker permit and a slot under its in-flight bound."""
+
+    target: Target
+    permit: Permit
+    limits: InFlightLimits
+
+    def release(self) -> None:
+        """Give the reservation back unused."""
+        self.permit.release()
+        self.limits.release(self.target.name)
+
+
+@dataclass(frozen=True)
+class Answer:
+    reply: Reply
+    target: Target
+    elapsed_ms: float
+
+
+Outcome = Literal["success", "failure", "rejected", "timeout", "cancelled"]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One upstream call as handed to ``on_attempt`` (for metrics)."""
+
+    target: str
+    tier: str
+    outcome: Outcome
+    elapsed_ms: float
+
+
+OnAttempt = Callable[[Attempt], None]
+
+
+class Caller:
+    """Makes calls and reports each outcome to the target's breaker and estimator, and to
+    ``on_attempt`` (which must not raise)."""
+
+    def __init__(self, expected_ms: ExpectedMs, clock: Callable[[], float] = time.monotonic,
+                 on_attempt: OnAttempt | None = None) -> None:
+        self._expected_ms = expected_ms
+        self._clock = clock
+        self._on_attempt = on_attempt
+
+    def overdue(self, target: Target, rows: int, seconds: float) -> bool:
+        """Whether ``seconds`` is at least twice what the target is predicted to need."""
+        return seconds * 1000 >= 2 * self._expected_ms(target, rows)
+
+    async def call(self, claim: Claim, x: np.ndarray, timeout_s: float) -> Answer:
+        target = claim.target
+        estimator = target.estimator
+        estimator.in_flight += 1
+        started = self._clock()
+        try:
+            reply = await asyncio.wait_for(target.transport.infer(x, timeout_s), timeout_s)
+        except (asyncio.TimeoutError, TargetTimeout):
+            raise self._timed_out(claim, len(x), timeout_s, self._ms_since(started)) from None
+        except TargetError as error:
+            self._failed(claim, error, self._ms_since(started))
+            raise
+        except asyncio.CancelledError:
+            self._abandoned(claim, len(x), self._ms_since(started))
+            raise
+        except Exception as exc:
+            unexpected = TargetUnavailable(target.name, f"{type(exc).__name__}: {exc}"[:300])
+            self._failed(claim, unexpected, self._ms_since(started))
+            raise unexpected from exc
+        finally:
+            estimator.in_flight -= 1
+            claim.limits.release(target.name)
+        elapsed_ms = self._ms_since(started)
+        claim.permit.success(elapsed_ms)
+        estimator.observe_success(elapsed_ms, reply.server_ms, reply.queue_ms, reply.batch_rows)
+        if target.quality == "small":
+            for top in np.asarray(reply.probabilities).max(axis=1, initial=0.0).tolist():
+                estimator.observe_confidence(top)
+        self._report(target, "success", elapsed_ms)
+        return Answer(reply, target, elapsed_ms)
+
+    def _ms_since(self, started: float) -> float:
+        return (self._clock() - started) * 1000
+
+    def _report(self, target: Target, outcome: Outcome, elapsed_ms: float) -> None:
+        if self._on_attempt is not None:
+            self._on_attempt(Attempt(target.name, target.tier, outcome, elapsed_ms))
+
+    def _timed_out(self, claim: Claim, rows: int, timeout_s: float,
+                   elapsed_ms: float) -> TargetTimeout:
+        reason = f"no answer within {timeout_s * 1000:.0f} ms"
+        if self.overdue(claim.target, rows, timeout_s):
+            claim.permit.failure(reason)
+            claim.target.estimator.observe_failure(reason, elapsed_ms)
+        else:
+            claim.permit.release()
+        self._report(claim.target, "timeout", elapsed_ms)
+        return TargetTimeout(claim.target.name, reason)
+
+    def _failed(self, claim: Claim, error: TargetError, elapsed_ms: float) -> None:
+        claim.target.estimator.observe_failure(error.reason, elapsed_ms)
+        if error.retryable:
+            claim.permit.failure(error.reason)
+        else:
+            claim.permit.release()
+        self._report(claim.target, "failure" if error.retryable else "rejected", elapsed_ms)
+
+    def _abandoned(self, claim: Claim, rows: int, elapsed_ms: float) -> None:
+        if self.overdue(claim.target, rows, elapsed_ms / 1000):
+            claim.permit.slow(f"abandoned after {elapsed_ms:.0f} ms")
+        else:
+            claim.permit.release()
+        self._report(claim.target, "cancelled", elapsed_ms)
+
+
+@dataclass
+class Race:
+    """Waits for the first success among a first call and, after a delay, a hedge.
+
+    The Tail at Scale (Dean and Barroso, 2013): send a second request only once
+    the first has been outstanding longer than it usually takes, and cancel
+    the other as soon as one answers. Failures are handed to ``on_failure``;
+    when every call has failed, the most useful error (a retryable one) is raised.
+    """
+
+    time_left_s: Callable[[], float]
+    on_failure: Callable[[TargetError], None]
+    grace_s: float
+    orphans: set[asyncio.Task[Any]]
+    """Tasks that ignored cancellation, held so they are not garbage-collected mid-flight."""
+
+    async def run(
+        self,
+        first: asyncio.Task[Answer],
+        hedge_after_s: float | None = None,
+        launch_hedge: Callable[[], asyncio.Task[Answer] | None] | None = None,
+    ) -> tuple[Answer, bool]:
+        """The winning answer and whether the hedge won."""
+        pending: set[asyncio.Task[Answer]] = {first}
+        hedge: asyncio.Task[Answer] | None = None
+        awaiting_hedge = hedge_after_s is not None and launch_hedge is not None
+        failures: list[TargetError] = []
+        try:
+            while pending:
+                timeout = max(self.time_left_s(), 0.0) + self.grace_s
+                if awaiting_hedge and hedge_after_s is not None:
+                    timeout = min(timeout, max(hedge_after_s, 0.0))
+                done, pending = await asyncio.wait(
+                    pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    error = _failure(task)
+                    if error is None:
+                        return task.result(), task is hedge
+                    failures.append(error)
+                    self.on_failure(error)
+                if not done and awaiting_hedge and launch_hedge is not None:
+                    awaiting_hedge = False
+                    hedge = launch_hedge()
+                    if hedge is not None:
+                        pending.add(hedge)
+                elif not done:
+                    overran = TargetTimeout(first.get_name(), "no answer by the deadline")
+                    failures.append(overran)
+                    self.on_failure(overran)
+                    break
+            raise next((f for f in failures if f.retryable), failures[0])
+        finally:
+            await self._cancel(pending)
+
+    async def _cancel(self, tasks: set[asyncio.Task[Answer]]) -> None:
+        if not tasks:
+            return
+        for task in tasks:
+            task.cancel()
+        done, stuck = await asyncio.wait(tasks, timeout=self.grace_s)
+        for task in done:
+            if not task.cancelled():
+                task.exception()
+        for task in stuck:
+            self.orphans.add(task)
+            task.add_done_callback(self.orphans.discard)
+
+
+def _failure(task: asyncio.Task[Answer]) -> TargetError | None:
+    if task.cancelled():
+        return TargetUnavailable(task.get_name(), "call cancelled")
+    error = task.exception()
+    if error is None or isinstance(error, TargetError):
+        return error
+    raise error

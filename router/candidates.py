@@ -1,0 +1,165 @@
+"""Candidate plans while a decision is made, and the explanation table it leaves behind.
+
+A :class:`Scored` plan is cheap to enumerate: its risk and cost are computed
+only when the decision needs them (:meth:`Scored.evaluate`), and its p50/p99
+only when the explanation is read. :class:`CandidateTable` is that
+explanation: a lazy sequence of :class:`~router.plan.CandidateRow`, so a
+decision over a thousand targets does not build a thousand rows nobody reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import overload
+
+from router import risk
+from router.plan import CandidateRow, Plan, PlanKind
+from router.view import TargetView
+
+CHOSEN = "chosen"
+OVER_BUDGET = "over risk budget"
+DEARER = "dearer"
+SLOWER = "slower"
+BREAKER_OPEN = "breaker open"
+QUALITY = "quality"
+NOT_ALLOWED = "not allowed by policy"
+HEDGE_TOO_COSTLY = "hedge too costly"
+CASCADE_PREFERRED = "cascade preferred"
+"""A small model alone lost to a cascade or a large model that also meets the budget."""
+FAILING = "failing"
+"""Certain to fail (``p_fail`` 1): no plan starts on it or falls back to it."""
+NOT_DRAWN = "not drawn"
+"""A random or round-robin baseline drew another target."""
+OTHER_TIER = "other tier"
+"""An always-edge or always-cloud baseline does not start on this target's tier."""
+NOT_SHORTLISTED = "not shortlisted"
+"""Among many targets, a plan the shortlist left out that would have won: a pruning miss."""
+
+
+class Scored:
+    """One candidate plan; ``evaluate`` fills in ``p_miss``, ``cost_usd`` and ``extra``."""
+
+    __slots__ = (
+        "_figures",
+        "_fill",
+        "cost_usd",
+        "delay_ms",
+        "escalate",
+        "evaluated",
+        "extra",
+        "fallbacks",
+        "kind",
+        "klass",
+        "p_miss",
+        "partner",
+        "primary",
+        "threshold",
+        "verdict",
+    )
+
+    def __init__(self, kind: PlanKind, primary: TargetView, partner: TargetView | None = None,
+                 *, klass: int = 0, threshold: float | None = None, escalate: float = 0.0,
+                 fill: Callable[[Scored], None] | None = None) -> None:
+        self.kind, self.primary, self.partner = kind, primary, partner
+        self.klass = klass
+        """0 or 1: a plan of class 1 wins only when no plan of class 0 meets the budget."""
+        self.threshold, self.escalate = threshold, escalate
+        self.fallbacks: tuple[TargetView, ...] = ()
+        self.delay_ms: float | None = None
+        self.p_miss = self.cost_usd = self.extra = 0.0
+        self.verdict: str | None = None
+        self.evaluated = fill is None
+        self._fill = fill
+        self._figures: tuple[float, float] | None = None
+
+    def evaluate(self) -> Scored:
+        if not self.evaluated and self._fill is not None:
+            self._fill(self)
+            self.evaluated = True
+        return self
+
+    def cost_floor(self) -> float:
+        """A lower bound on ``cost_usd``, cheaper to get than evaluating."""
+        primary, partner = self.primary, self.partner
+        if partner is None:
+            return primary.cost_usd
+        if self.kind == "cascade":
+            share = (1 - primary.p_fail) * self.escalate
+        else:
+            share = (1 - primary.p_fail) * primary.latency.p_exceed(self.delay_ms or 0.0)
+        return primary.cost_usd + share * partner.cost_usd
+
+    def figures(self) -> tuple[float, float]:
+        """Predicted p50 and p99 when the primary answers (failures left out)."""
+        if self._figures is None:
+            self._figures = (self._quantile(0.5), self._quantile(0.99))
+        return self._figures
+
+    def p50(self) -> float:
+        return self.figures()[0]
+
+    def _quantile(self, q: float) -> float:
+        partner = self.partner
+        if self.kind == "hedged" and partner is not None and self.delay_ms is not None:
+            return risk.hedged_quantile(self.primary, partner, self.delay_ms, q)
+        if self.kind == "cascade" and partner is not None:
+            return risk.cascade_quantile(self.primary, partner, self.escalate, q)
+        return self.primary.latency.quantile(q)
+
+    def plan(self, within_budget: bool) -> Plan:
+        self.evaluate()
+        p50, p99 = self.figures()
+        hedge = self.partner.name if self.kind == "hedged" and self.partner else None
+        escalate_to = self.partner.name if self.kind == "cascade" and self.partner else None
+        return Plan(
+            kind=self.kind, primary=self.primary.name,
+            fallbacks=tuple(v.name for v in self.fallbacks), hedge=hedge,
+            hedge_delay_ms=self.delay_ms if hedge else None, escalate_to=escalate_to,
+            confidence_threshold=self.threshold if escalate_to else None, p_miss=self.p_miss,
+            expected_cost_usd=self.cost_usd, predicted_p50_ms=p50, predicted_p99_ms=p99,
+            within_budget=within_budget, expected_extra_ratio=self.extra,
+        )
+
+    def row(self, verdict: str) -> CandidateRow:
+        self.evaluate()
+        p50, p99 = self.figures()
+        return CandidateRow(self.plan(True).describe(), p50, p99, self.p_miss, self.cost_usd,
+                            verdict)
+
+
+def excluded_row(view: TargetView, verdict: str, deadline_ms: float) -> CandidateRow:
+    """The row of a target no plan may start on."""
+    latency = view.latency
+    return CandidateRow(view.name, latency.quantile(0.5), latency.quantile(0.99),
+                        1.0 - view.meet_alone(deadline_ms), view.cost_usd, verdict)
+
+
+class CandidateTable(Sequence[CandidateRow]):
+    """The rows of a decision, built on first read."""
+
+    def __init__(self, build: Callable[[], list[CandidateRow]]) -> None:
+        self._build: Callable[[], list[CandidateRow]] | None = build
+        self._rows: tuple[CandidateRow, ...] = ()
+
+    def _all(self) -> tuple[CandidateRow, ...]:
+        if self._build is not None:
+            self._rows = tuple(self._build())
+            self._build = None
+        return self._rows
+
+    @overload
+    def __getitem__(self, index: int) -> CandidateRow: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[CandidateRow]: ...
+
+    def __getitem__(self, index: int | slice) -> CandidateRow | Sequence[CandidateRow]:
+        return self._all()[index]
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __iter__(self) -> Iterator[CandidateRow]:
+        return iter(self._all())
+
+    def __repr__(self) -> str:
+        return f"CandidateTable({list(self._all())!r})"

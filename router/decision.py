@@ -1,0 +1,327 @@
+"""The placement decision: which plan serves a request, and why (pure logic).
+
+:func:`decide` is one engine for every named policy (RouteLLM keeps a random
+router beside every clever one; the benchmarks compare arms in one run):
+
+* ``risk-optimal`` (see DESIGN.md, "The decision"): enumerate plans over the
+  targets a plan may start on (policy, quality, breaker not open): each
+  target alone with ordered fallbacks, each hedged by another target, and
+  each small model cascading to a large one (``quality=any``). Take the
+  least expected cost, a miss counted at ``miss_penalty_usd`` (or the least
+  p50, for ``min-latency``), among plans
+  whose ``P_miss`` is within the risk budget; with a cascade preferred
+  (:attr:`~router.policy.CascadeSettings.prefer_over_small`), plans answered
+  by a small model alone come second (verdict ``cascade preferred``). If no
+  plan is within budget, run the least risky one flagged
+  ``within_budget=False``, or reject (``plan=None``), as the policy says.
+  The risk and cost of each shape are in :mod:`router.risk`.
+* baselines keep their one criterion for the primary and get the same
+  ordered fallbacks, so that comparisons are about placement:
+  ``always-edge`` / ``always-cloud`` (the fastest predicted target of that
+  tier, never the other tier), ``random``, ``round-robin``,
+  ``least-latency`` (lowest EWMA of observed latency, as LiteLLM's
+  latency-based routing) and ``least-cost`` (as LiteLLM's cost-based routing).
+
+Fallbacks: up to ``max_fallbacks`` other targets, least likely to miss when
+started after the primary failed first, then the cheaper. Every decision
+carries its candidate table (built when read), each row with its verdict.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from router import risk
+from router.candidates import (
+    CASCADE_PREFERRED,
+    CHOSEN,
+    DEARER,
+    HEDGE_TOO_COSTLY,
+    NOT_DRAWN,
+    NOT_SHORTLISTED,
+    OTHER_TIER,
+    OVER_BUDGET,
+    SLOWER,
+    CandidateTable,
+    Scored,
+    excluded_row,
+)
+from router.plan import CandidateRow, Decision
+from router.policy import RoutingPolicy
+from router.view import TargetView
+from router.viewset import Eligibility, Shortlist, ViewSet
+
+RequestQuality = Literal["any", "high"]
+TOLERANCE = 1e-12
+
+
+@dataclass
+class BaselineState:
+    """What the baselines carry from one decision to the next (round-robin's turn)."""
+
+    turn: int = 0
+
+    def next_turn(self) -> int:
+        self.turn += 1
+        return self.turn - 1
+
+
+class _Context:
+    """One decision's inputs, and the fallbacks already ordered for each primary."""
+
+    __slots__ = ("_rests", "cascading", "deadline_ms", "limit", "policy", "pool", "prefer")
+
+    def __init__(self, deadline_ms: float, policy: RoutingPolicy, pool: tuple[TargetView, ...],
+                 cascading: bool = False) -> None:
+        self.deadline_ms, self.policy, self.pool = deadline_ms, policy, pool
+        self.limit = policy.max_fallbacks
+        self.cascading = cascading
+        """Cascades are enumerated: enabled, ``quality=any``, small and large targets allowed."""
+        self.prefer = cascading and policy.cascade.prefer_over_small
+        self._rests: dict[int, risk.Rest] = {}
+
+    def klass(self, view: TargetView) -> int:
+        """1 for a plan answered by a small model alone while a cascade is preferred."""
+        return 1 if self.prefer and view.quality == "small" else 0
+
+    def single(self, view: TargetView) -> Scored:
+        return Scored("single", view, klass=self.klass(view), fill=self.fill_single)
+
+    def rest(self, primary: TargetView) -> risk.Rest:
+        """Fallbacks after ``primary`` failed (shared by its single plan and its cascades)."""
+        found = self._rests.get(id(primary))
+        if found is None:
+            found = self._rests[id(primary)] = risk.fallbacks(
+                self.pool, (primary,), self.deadline_ms - primary.fail_fast_ms, self.limit)
+        return found
+
+    def fill_single(self, plan: Scored) -> None:
+        rest = self.rest(plan.primary)
+        plan.fallbacks = rest.targets
+        plan.p_miss, plan.cost_usd = risk.single(plan.primary, rest, self.deadline_ms)
+
+    def fill_hedged(self, plan: Scored) -> None:
+        a, b, delay = plan.primary, plan.partner, plan.delay_ms
+        assert b is not None and delay is not None
+        left = risk.hedge_rest_ms(a, b, delay, self.deadline_ms)
+        rest = risk.fallbacks(self.pool, (a, b), left, self.limit)
+        plan.fallbacks = rest.targets
+        plan.p_miss, plan.cost_usd, plan.extra = risk.hedged(a, b, delay, rest, self.deadline_ms)
+        if plan.extra > self.policy.hedge.max_extra_ratio + TOLERANCE:
+            plan.verdict = HEDGE_TOO_COSTLY
+
+    def fill_cascade(self, plan: Scored) -> None:
+        s, e = plan.primary, plan.partner
+        assert e is not None
+        rest = self.rest(s)
+        plan.fallbacks = rest.targets
+        plan.p_miss, plan.cost_usd = risk.cascade(s, e, plan.escalate, rest, self.deadline_ms)
+
+
+def decide(
+    views: Sequence[TargetView] | ViewSet,
+    *,
+    deadline_ms: float,
+    quality: RequestQuality,
+    rows: int,
+    policy: RoutingPolicy,
+    policy_name: str,
+    rng: random.Random,
+    state: BaselineState,
+) -> Decision:
+    """The plan for a request of ``rows`` rows with ``deadline_ms`` left (see the module doc)."""
+    view_set = views if isinstance(views, ViewSet) else ViewSet(views)
+    if view_set.rows is not None and view_set.rows != rows:
+        raise ValueError(f"views were built for {view_set.rows} rows, not {rows}")
+    elig = view_set.eligibility(policy, quality)
+    if not elig.eligible:
+        why = {verdict for _, verdict in elig.excluded} or {"no targets"}
+        reason = f"no target may serve quality={quality} ({', '.join(sorted(why))})"
+        return Decision(None, reason, policy_name, _table(elig, deadline_ms))
+    short = view_set.shortlist(policy, quality, deadline_ms)
+    if policy.strategy != "risk-optimal":
+        return _baseline(_Context(deadline_ms, policy, short.pool), elig, policy_name, rng, state)
+    cascading = policy.cascade.enabled and quality == "any" and bool(short.small and short.large)
+    ctx = _Context(deadline_ms, policy, short.pool, cascading)
+    return _risk_optimal(ctx, elig, short, policy_name)
+
+
+def _enumerate(ctx: _Context, short: Shortlist) -> list[Scored]:
+    policy, deadline = ctx.policy, ctx.deadline_ms
+    plans = [ctx.single(t) for t in short.primaries]
+    if ctx.cascading:
+        threshold = policy.cascade.confidence_threshold
+        for s in short.small:
+            escalate = s.escalation_probability(threshold)
+            plans += [Scored("cascade", s, e, threshold=threshold, escalate=escalate,
+                             fill=ctx.fill_cascade) for e in short.large if e is not s]
+    if policy.hedge.enabled:
+        for a in short.hedged:
+            delay = max(policy.hedge.min_delay_ms, a.latency.quantile(policy.hedge.delay_quantile))
+            if delay >= deadline:
+                continue
+            for b in short.partners:
+                if b is not a:
+                    klass = max(ctx.klass(a), ctx.klass(b))
+                    plan = Scored("hedged", a, b, klass=klass, fill=ctx.fill_hedged)
+                    plan.delay_ms = delay
+                    plans.append(plan)
+    return plans
+
+
+def _feasible(plan: Scored, budget: float) -> bool:
+    return plan.verdict is None and plan.p_miss <= budget + TOLERANCE
+
+
+def _select(plans: list[Scored], policy: RoutingPolicy) -> Scored | None:
+    """The best plan within budget, by branch and bound: plans are visited in order of
+    (class, lower bound on cost); once the best so far beats the next bound, the rest cannot
+    win and stay unevaluated (the table evaluates them if it is read)."""
+    budget = policy.risk_budget
+    if policy.objective == "min-latency":
+        for plan in plans:
+            plan.evaluate()
+        feasible = [p for p in plans if _feasible(p, budget)]
+        return min(feasible, key=lambda p: (p.klass, p.p50(), p.cost_usd), default=None)
+    penalty, tie = policy.miss_penalty_usd, policy.cost_tie_ratio
+    best: Scored | None = None
+    best_cost = 0.0
+    bounded = sorted(((plan.klass, plan.cost_floor(), i) for i, plan in enumerate(plans)))
+    for klass, floor, i in bounded:
+        if best is not None and (klass > best.klass or floor > best_cost * (1 + tie)):
+            break
+        plan = plans[i].evaluate()
+        if not _feasible(plan, budget):
+            continue
+        cost = plan.cost_usd + penalty * plan.p_miss
+        if best is None or klass < best.klass or _cheaper(cost, plan, best_cost, best, tie):
+            best, best_cost = plan, cost
+    return best
+
+
+def _cheaper(cost: float, plan: Scored, best_cost: float, best: Scored, tie: float) -> bool:
+    """Clearly cheaper, or as cheap within ``tie`` and faster (then less risky)."""
+    if cost < best_cost * (1 - tie):
+        return True
+    if cost > best_cost * (1 + tie):
+        return False
+    return (plan.p50(), plan.p_miss, cost) < (best.p50(), best.p_miss, best_cost)
+
+
+def _risk_optimal(ctx: _Context, elig: Eligibility, short: Shortlist,
+                  policy_name: str) -> Decision:
+    policy = ctx.policy
+    plans = _enumerate(ctx, short)
+    chosen = _select(plans, policy)
+    within = chosen is not None
+    what = "fastest p50" if policy.objective == "min-latency" else "least expected cost"
+    if chosen is not None:
+        reason = f"{what} within risk budget {policy.risk_budget:g}"
+        if chosen.klass == 0 and any(p.klass for p in plans):
+            reason += " (small models alone rank below a cascade)"
+        elif chosen.klass:
+            reason += ": no cascade or large-model plan met it, small model alone"
+    else:
+        candidates = [p.evaluate() for p in plans]
+        viable = [p for p in candidates if p.verdict is None]
+        chosen = min(viable or candidates, key=lambda p: (p.p_miss, p.cost_usd))
+        reason = f"no plan meets risk budget {policy.risk_budget:g}"
+        if policy.on_infeasible == "reject":
+            chosen = None
+            reason += ": rejected"
+        else:
+            reason += f": least risky plan (P_miss {chosen.p_miss:.4f})"
+    table = _table(elig, ctx.deadline_ms, _judged(ctx, elig, short, plans),
+                   functools.partial(_verdict, chosen=chosen, policy=policy))
+    return Decision(chosen.plan(within) if chosen else None, reason, policy_name, table)
+
+
+def _verdict(plan: Scored, chosen: Scored | None, policy: RoutingPolicy) -> str:
+    if plan is chosen:
+        return CHOSEN
+    plan.evaluate()
+    if plan.verdict is not None:
+        return plan.verdict
+    if chosen is None or not _feasible(plan, policy.risk_budget):
+        return OVER_BUDGET
+    if plan.klass > chosen.klass:
+        return CASCADE_PREFERRED
+    if policy.objective == "min-latency":
+        lost = (plan.klass, plan.p50(), plan.cost_usd) >= (chosen.klass, chosen.p50(),
+                                                           chosen.cost_usd)
+        return SLOWER if lost else NOT_SHORTLISTED
+    penalty = policy.miss_penalty_usd
+    lost = (plan.klass, plan.cost_usd + penalty * plan.p_miss, plan.p_miss) >= (
+        chosen.klass, chosen.cost_usd + penalty * chosen.p_miss, chosen.p_miss)
+    return DEARER if lost else NOT_SHORTLISTED
+
+
+def _table(elig: Eligibility, deadline_ms: float,
+           judged: Callable[[], Iterable[Scored]] = tuple,
+           verdict: Callable[[Scored], str] = lambda plan: CHOSEN) -> CandidateTable:
+    """The lazy explanation: the chosen plan, every other plan judged, then the targets no plan
+    may start on."""
+
+    def build() -> list[CandidateRow]:
+        rows = [plan.row(verdict(plan)) for plan in judged()]
+        rows.sort(key=lambda r: r.verdict != CHOSEN)
+        return rows + [excluded_row(v, why, deadline_ms) for v, why in elig.excluded]
+
+    return CandidateTable(build)
+
+
+def _judged(ctx: _Context, elig: Eligibility, short: Shortlist,
+            plans: list[Scored]) -> Callable[[], Iterable[Scored]]:
+    """The plans enumerated, then single plans of the targets the shortlist left out."""
+
+    def judged() -> Iterable[Scored]:
+        yield from plans
+        if not short.complete:
+            seen = {p.primary.name for p in plans if p.kind == "single"}
+            yield from (ctx.single(v) for v in elig.eligible if v.name not in seen)
+
+    return judged
+
+
+def _baseline(ctx: _Context, elig: Eligibility, policy_name: str, rng: random.Random,
+              state: BaselineState) -> Decision:
+    strategy, eligible = ctx.policy.strategy, elig.eligible
+    loser = NOT_DRAWN
+    if strategy in ("always-edge", "always-cloud"):
+        tier = "edge" if strategy == "always-edge" else "cloud"
+        tiered = [v for v in eligible if v.tier == tier]
+        if not tiered:
+            return Decision(None, f"{strategy}: no {tier} target may serve this request",
+                            policy_name, _table(elig, ctx.deadline_ms))
+        primary = min(tiered, key=lambda v: (v.latency.quantile(0.5), v.cost_usd))
+        loser, why = SLOWER, f"fastest predicted {tier} target"
+    elif strategy == "random":
+        primary, why = eligible[rng.randrange(len(eligible))], "drawn at random"
+    elif strategy == "round-robin":
+        primary, why = eligible[state.next_turn() % len(eligible)], "next in turn"
+    elif strategy == "least-latency":
+        primary = min(eligible, key=lambda v: v.ewma_latency_ms)
+        loser, why = SLOWER, "lowest EWMA latency"
+    else:
+        primary = min(eligible, key=lambda v: (v.cost_usd, v.ewma_latency_ms))
+        loser, why = DEARER, "lowest marginal cost"
+    chosen = ctx.single(primary).evaluate()
+    within = chosen.p_miss <= ctx.policy.risk_budget + TOLERANCE
+
+    def verdict(plan: Scored) -> str:
+        if plan.primary is primary:
+            return CHOSEN
+        if strategy in ("always-edge", "always-cloud") and plan.primary.tier != primary.tier:
+            return OTHER_TIER
+        return loser
+
+    def judged() -> Iterable[Scored]:
+        yield chosen
+        yield from (ctx.single(v) for v in eligible if v is not primary)
+
+    return Decision(chosen.plan(within), f"{strategy} baseline: {why}", policy_name,
+                    _table(elig, ctx.deadline_ms, judged, verdict))

@@ -1,0 +1,57 @@
+"""What running a plan ends in: a :class:`Served` result, or a :class:`NotServed` failure.
+
+How the app answers each (DESIGN.md "Contracts"):
+
+* :class:`NotServed` with ``deadline_passed``: 504;
+* :class:`NotServed` otherwise: 503 with ``Retry-After``;
+* :class:`Shed` (a ``NotServed``): excess load refused before any upstream call, 503
+  with ``Retry-After`` at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from router.targets import Target
+from router.transport import Reply
+
+
+@dataclass(frozen=True)
+class Served:
+    reply: Reply
+    target: Target
+    attempts: int
+    """Upstream calls made for the request, hedge and escalation included."""
+    retries: int
+    """Tries after a failed one (fallbacks and retries of a target already tried)."""
+    fallback: bool
+    """Served by a target other than the primary, not as the winning hedge."""
+    hedged: bool
+    hedge_won: bool
+    escalated: bool
+    upstream_ms: float
+    """Duration of the call that produced the reply."""
+    elapsed_ms: float
+    """The whole run, waits and losing calls included."""
+    errors: tuple[str, ...] = ()
+
+
+class NotServed(Exception):
+    """No target answered; ``deadline_passed`` picks 504 over 503 (+ ``Retry-After``)."""
+
+    def __init__(self, message: str, *, attempts: int, deadline_passed: bool,
+                 retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+        self.deadline_passed = deadline_passed
+        self.retry_after_s = retry_after_s
+
+
+class Shed(NotServed):
+    """Refused for load before any upstream call: answer 503 with ``Retry-After`` at once."""
+
+    def __init__(self, message: str, *, retry_after_s: float,
+                 scope: Literal["router", "target"]) -> None:
+        super().__init__(message, attempts=0, deadline_passed=False, retry_after_s=retry_after_s)
+        self.scope = scope
