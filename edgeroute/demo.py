@@ -41,7 +41,7 @@ def phases(quick: bool) -> list[Phase]:
     return [
         Phase("warm-up", 5 * scale, 15),
         Phase("steady", 20 * scale, 25),
-        Phase("burst", 8 * scale, 60),
+        Phase("burst", 8 * scale, 50),
         Phase("edge-kill", 25 * scale, 25, events=((3 * scale, f"kill {VICTIM}"),)),
     ]
 

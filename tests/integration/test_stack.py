@@ -9,12 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
+import yaml
 
 from edgeroute.dataset import digits_split
 from tests.integration.conftest import RunningStack, alive
@@ -220,3 +222,58 @@ def test_chaos_holds_a_worker_down_until_released(stack: RunningStack) -> None:
     assert stack.pid("edge-b") != pid
     unknown = _chaos(stack, "kill", "edge-z")
     assert unknown.returncode == 1 and "no edge worker named 'edge-z'" in unknown.stderr
+
+
+def _apply(stack: RunningStack, path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgeroute", "policy", "apply", str(path),
+                           "--state-file", str(stack.state_file)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_policy_reload_under_load_fails_no_request(stack: RunningStack, tmp_path: Path) -> None:
+    before = httpx.get(f"{stack.endpoint}/v1/policy", timeout=5).json()
+    document = before["policy"]
+    document["policies"]["default"]["risk_budget"] = 0.02
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(document))
+    invalid = tmp_path / "invalid.yaml"
+    invalid.write_text("policies:\n  default: {risk_budget: 2}\n")
+
+    async def load_while_applying() -> tuple[list[tuple[int, str]], int]:
+        load = asyncio.create_task(_load(stack.endpoint, 20, 8, 1000, kill=None))
+        await asyncio.sleep(1.0)
+        applied = await asyncio.to_thread(_apply, stack, changed)
+        return await load, applied.returncode
+
+    outcomes, code = asyncio.run(load_while_applying())
+    assert code == 0
+    failed = [o for o in outcomes if o[0] != 200]
+    assert not failed, f"{len(failed)} of {len(outcomes)} failed during the reload: {failed[:3]}"
+    after = httpx.get(f"{stack.endpoint}/v1/policy", timeout=5).json()
+    assert after["sha256"] != before["sha256"]
+    assert after["policy"]["policies"]["default"]["risk_budget"] == 0.02
+    refused = _apply(stack, invalid)
+    assert refused.returncode == 1 and "risk_budget" in refused.stdout
+    assert httpx.get(f"{stack.endpoint}/v1/policy", timeout=5).json()["sha256"] == after["sha256"]
+
+
+def test_tenant_keys_decide_who_may_use_which_policy(stack: RunningStack, tmp_path: Path) -> None:
+    from router.policy import hash_key
+
+    document = httpx.get(f"{stack.endpoint}/v1/policy", timeout=5).json()["policy"]
+    document["tenants"] = [{"name": "acme", "key_sha256": hash_key("er_acme_key"),
+                            "default_policy": "default", "allowed_policies": ["default"]}]
+    path = tmp_path / "tenants.yaml"
+    path.write_text(yaml.safe_dump(document))
+    assert _apply(stack, path).returncode == 0
+    url = f"{stack.endpoint}/v2/models/digits/infer"
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
+                        "data": digits_split().x_test[0].tolist()}]}
+    ok = httpx.post(url, json=body, headers={"authorization": "Bearer er_acme_key"}, timeout=10)
+    assert ok.status_code == 200 and ok.json()["parameters"]["tenant"] == "acme"
+    wrong = httpx.post(url, json=body, headers={"authorization": "Bearer nope"}, timeout=10)
+    assert wrong.status_code == 401
+    body["parameters"] = {"policy": "always-cloud"}
+    forbidden = httpx.post(url, json=body, headers={"authorization": "Bearer er_acme_key"},
+                           timeout=10)
+    assert forbidden.status_code == 403
