@@ -25,6 +25,8 @@ from rich.table import Table
 from edgeroute import contract
 from edgeroute.oip import InferRequest, Tensor, encode_request
 
+EDGE_DEADLINE_MS = 60.0
+"""Tight enough that no cloud plan or cascade fits: the routed call goes to the nearest edge."""
 ZERO_LINK = {"base_ms": 0.0, "jitter_ms": 0.0, "spike_probability": 0.0, "loss_probability": 0.0}
 
 
@@ -78,7 +80,7 @@ def measure(endpoint: str, token: str, rows: np.ndarray, *, edge_name: str, edge
     with httpx.Client(timeout=10) as client:
 
         def routed(row: np.ndarray, **parameters: Any) -> str:
-            body, headers = _body(row, deadline_ms=1000, **parameters)
+            body, headers = _body(row, **parameters)
             response = client.post(infer_url, content=body, headers=headers)
             return str(response.json().get("parameters", {}).get("target", ""))
 
@@ -91,10 +93,11 @@ def measure(endpoint: str, token: str, rows: np.ndarray, *, edge_name: str, edge
             cloud_handle.infer.remote(row[None, :]).result(timeout_s=10)
 
         with zero_link(client, endpoint, token, edge_name):
-            edge = _compare(edge_direct, routed, rows, edge_name, n)
+            edge = _compare(edge_direct, lambda r: routed(r, deadline_ms=EDGE_DEADLINE_MS), rows,
+                            edge_name, n)
         with zero_link(client, endpoint, token, cloud_name):
-            cloud = _compare(cloud_direct, lambda r: routed(r, quality="high"), rows, cloud_name,
-                             n)
+            cloud = _compare(cloud_direct, lambda r: routed(r, quality="high", deadline_ms=1000),
+                             rows, cloud_name, n)
     return {"edge": edge, "cloud": cloud}
 
 
