@@ -60,3 +60,15 @@ def test_yaml_file_with_overrides(tmp_path: Path) -> None:
     assert config.cloud.num_gpus == 1
     assert config.cloud.autoscaling.min_replicas == 0
     assert config.edges == StackConfig().edges
+
+
+def test_shipped_policy_file_keeps_the_defaults_but_opens_the_baselines() -> None:
+    from router.policy import PolicyDocument
+
+    shipped = PolicyDocument.load(ROOT / "infra" / "policy.yaml")
+    default = PolicyDocument()
+    assert shipped.policies == default.policies
+    assert shipped.prices == default.prices
+    assert (shipped.retry, shipped.breaker, shipped.admission) == (
+        default.retry, default.breaker, default.admission)
+    assert set(shipped.anonymous.allowed_policies) == set(default.policies) - {"default"}
