@@ -7,6 +7,7 @@ server reports its queue and compute time to the caller.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from starlette.requests import Request
@@ -67,6 +68,11 @@ def infer_response(
     merged = {k: v for k, v in wire_headers.items() if k != "content-type"}
     merged.update(headers or {})
     return Response(body, media_type=wire_headers["content-type"], headers=merged)
+
+
+def retry_after_header(seconds: float) -> str:
+    """``Retry-After`` in whole seconds, never 0 (a breaker may half-open in a moment)."""
+    return str(max(1, math.ceil(seconds)))
 
 
 def server_timing(**durations_s: float) -> str:

@@ -24,7 +24,13 @@ from ray.serve.handle import DeploymentHandle
 from cloud.deployment import CloudModel
 from edgeroute import contract
 from edgeroute.config import LinkProfile, StackConfig
-from edgeroute.http import check_content_type, error_response, infer_response, read_body
+from edgeroute.http import (
+    check_content_type,
+    error_response,
+    infer_response,
+    read_body,
+    retry_after_header,
+)
 from edgeroute.oip import (
     InferRequest,
     InferResponse,
@@ -210,11 +216,11 @@ class Router:
             self.service.metrics.shed.record(1, {"reason": shed.scope})
             status = 503
             return error_response(OIPError(str(shed), status=503),
-                                  {**echo, "retry-after": _retry_after(shed.retry_after_s)})
+                                  {**echo, "retry-after": retry_after_header(shed.retry_after_s)})
         except NotServed as failure:
             status = 504 if failure.deadline_passed else 503
             headers = echo if status == 504 else {
-                **echo, "retry-after": _retry_after(failure.retry_after_s)}
+                **echo, "retry-after": retry_after_header(failure.retry_after_s)}
             return error_response(OIPError(str(failure), status=status), headers)
         except Rejected as rejected:
             status = 503
@@ -265,10 +271,6 @@ class Router:
         target.link.profile = profile
         log.info("link of %s set to %s", name, profile.model_dump())
         return JSONResponse({"target": name, "link_emulation": profile.model_dump()})
-
-
-def _retry_after(seconds: float) -> str:
-    return str(max(1, math.ceil(seconds)))
 
 
 def app_builder(args: dict[str, Any]) -> Any:

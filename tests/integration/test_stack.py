@@ -277,3 +277,22 @@ def test_tenant_keys_decide_who_may_use_which_policy(stack: RunningStack, tmp_pa
     forbidden = httpx.post(url, json=body, headers={"authorization": "Bearer er_acme_key"},
                            timeout=10)
     assert forbidden.status_code == 403
+
+
+def test_all_edges_down_cloud_serves_and_tight_deadlines_fail_fast(stack: RunningStack) -> None:
+    """Scenario 3: with every edge worker down, quality=any is served by the cloud when the
+    deadline allows, and a deadline only an edge could meet gets a fast 503/504, never a 500."""
+    for edge in ("edge-a", "edge-b"):
+        assert _chaos(stack, "down", edge).returncode == 0
+    try:
+        relaxed = asyncio.run(_load(stack.endpoint, 10, 3, 2000, kill=None))
+        tight = asyncio.run(_load(stack.endpoint, 10, 2, 40, kill=None))
+    finally:
+        for edge in ("edge-a", "edge-b"):
+            assert _chaos(stack, "up", edge).returncode == 0
+    assert {status for status, _ in relaxed} == {200}
+    assert {target for _, target in relaxed[-10:]} == {"cloud"}
+    assert {status for status, _ in tight} <= {503, 504}, tight
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and "edge-a" not in _edge_tiers(stack, 5):
+        time.sleep(1)
