@@ -246,7 +246,11 @@ class Stack:
             targets = response.json()["targets"]
         except (httpx.HTTPError, ValueError, KeyError):
             return False
-        return all(t["estimates"]["observed"] and t["estimates"]["available"] for t in targets)
+        return all(
+            t["estimates"]["replicas"] == 0  # scaled to zero: nothing to reach until woken
+            or (t["estimates"]["observed"] and t["estimates"]["available"])
+            for t in targets
+        )
 
     def processes(self) -> list[ProcessInfo]:
         infos = [ProcessInfo("supervisor", "supervisor", os.getpid(), self.endpoint,

@@ -249,6 +249,7 @@ class Router:
 
     @app.get("/v1/targets")
     async def list_targets(self) -> dict[str, Any]:
+        self._ensure_background()
         return self.service.snapshot()
 
     @app.put("/v1/links/{name}")

@@ -33,7 +33,8 @@ class Target:
     address: str
     """Where it lives: a URL, or ``serve:<deployment>`` for a handle."""
     scales_to_zero: bool = False
-    """A deployment that may have no replica: probes must not wake it."""
+    """A deployment that may have no replica: it is probed only while replicas are known to
+    run (a probe would otherwise wake it, and a GPU node with it)."""
 
     @property
     def link(self) -> Link:
@@ -117,7 +118,7 @@ class TargetSet:
         return [
             t for t in self.targets.values()
             if t.estimator.needs_probe(now)
-            and not (t.scales_to_zero and t.estimator.replicas == 0)
+            and not (t.scales_to_zero and not t.estimator.replicas)
         ]
 
     async def probe_due(self) -> None:
