@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from edgeroute.config import StackConfig
@@ -89,11 +89,19 @@ def _up(args: argparse.Namespace) -> int:
     policy = _load_policy(args)
     models = ensure_models(progress=print)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    def take_signals(handler: Any) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, handler)
+
+    take_signals(interrupt)
     stack = Stack(config, models, policy=policy, state_file=Path(args.state_file))
     try:
         stack.start()
+        take_signals(lambda *_: stop.set())  # ray.init installed its own SIGTERM handler
         print(f"state file: {args.state_file}")
         print("press Ctrl-C to stop", flush=True)
         while not stop.wait(0.5):
@@ -101,7 +109,10 @@ def _up(args: argparse.Namespace) -> int:
     except StackError as exc:
         print(f"edgeroute up: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        pass
     finally:
+        take_signals(signal.SIG_IGN)
         print("stopping ...", flush=True)
         stack.stop()
         print("stopped", flush=True)

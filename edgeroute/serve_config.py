@@ -3,7 +3,8 @@
 :func:`serve_config` turns a stack config and a policy into a Ray Serve
 ``ServeDeploySchema`` document: the app is built by ``router.app:app_builder``
 from the stack config, and the policy travels as the router deployment's
-``user_config``. Deploying a document that differs only in ``user_config``
+``user_config``. Logs are JSON lines that carry Serve's request id. Deploying a
+document that differs only in ``user_config``
 updates the running router replicas in place (``reconfigure()``, same
 processes), which is how a policy is applied live without dropping requests.
 
@@ -35,6 +36,7 @@ def serve_config(config: StackConfig, policy: dict[str, Any]) -> dict[str, Any]:
             "name": APP_NAME,
             "route_prefix": "/",
             "import_path": IMPORT_PATH,
+            "logging_config": {"encoding": "JSON", "log_level": "INFO"},
             "args": {"config": config.model_dump(mode="json")},
             "deployments": [
                 {

@@ -39,7 +39,12 @@ from edgeroute.oip import (
     decode_request,
     select_outputs,
 )
-from router.context import REQUEST_ID_HEADER, bind_request_id, pick_request_id
+from router.context import (
+    REQUEST_ID_HEADER,
+    bind_request_id,
+    pick_request_id,
+    serve_request_id,
+)
 from router.decision import RequestQuality
 from router.estimator import EstimatorSettings, TargetEstimator
 from router.metrics import RouterMetrics, ServeFactory
@@ -194,9 +199,10 @@ class Router:
     async def infer(self, model: str, request: Request) -> Response:
         received = time.monotonic()
         self._ensure_background()
-        rid = pick_request_id(request.headers.get(REQUEST_ID_HEADER))
+        # Serve's proxy takes the client's x-request-id (or makes one), logs it and returns
+        # it on the response; the same id goes on to the targets.
+        rid = pick_request_id(request.headers.get(REQUEST_ID_HEADER), serve_request_id())
         bind_request_id(rid)
-        echo = {REQUEST_ID_HEADER: rid}
         policy_name, tier, status = "-", "-", 200
         try:
             contract.check_model_name(model)
@@ -216,18 +222,18 @@ class Router:
             self.service.metrics.shed.record(1, {"reason": shed.scope})
             status = 503
             return error_response(OIPError(str(shed), status=503),
-                                  {**echo, "retry-after": retry_after_header(shed.retry_after_s)})
+                                  {"retry-after": retry_after_header(shed.retry_after_s)})
         except NotServed as failure:
             status = 504 if failure.deadline_passed else 503
-            headers = echo if status == 504 else {
-                **echo, "retry-after": retry_after_header(failure.retry_after_s)}
+            headers = {} if status == 504 else {
+                "retry-after": retry_after_header(failure.retry_after_s)}
             return error_response(OIPError(str(failure), status=status), headers)
         except Rejected as rejected:
             status = 503
-            return error_response(rejected, {**echo, "retry-after": "1"})
+            return error_response(rejected, {"retry-after": "1"})
         except OIPError as error:
             status = error.status
-            return error_response(error, echo)
+            return error_response(error)
         finally:
             self.service.metrics.request(policy_name, status, tier,
                                          (time.monotonic() - received) * 1000)
@@ -239,7 +245,7 @@ class Router:
         response = InferResponse(contract.MODEL_NAME, outputs, reply.model_version,
                                  oip_request.id or rid,
                                  routed.parameters(caller, deadline_ms, explain))
-        return infer_response(response, binary_set(oip_request, outputs), echo)
+        return infer_response(response, binary_set(oip_request, outputs))
 
     @app.get("/v1/policy")
     async def current_policy(self) -> dict[str, Any]:

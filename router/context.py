@@ -14,6 +14,7 @@ from edgeroute.http import DEADLINE_HEADER, REQUEST_ID_HEADER
 
 __all__ = [
     "DEADLINE_HEADER", "REQUEST_ID_HEADER", "bind_request_id", "pick_request_id", "request_id",
+    "serve_request_id",
 ]
 
 request_id: ContextVar[str | None] = ContextVar("edgeroute_request_id", default=None)
@@ -25,6 +26,17 @@ def bind_request_id(value: str) -> None:
     """Set the id for the current request (a function, so that Serve's pickling of the
     ingress class, which cannot carry a ``ContextVar``, references it by import)."""
     request_id.set(value)
+
+
+def serve_request_id() -> str | None:
+    """The id Ray Serve gave the request being handled, if any (Serve's request context is
+    not public API: any failure just means no id)."""
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        return _get_serve_request_context().request_id or None
+    except Exception:
+        return None
 
 
 def pick_request_id(*candidates: str | None) -> str:

@@ -66,5 +66,7 @@ def test_cloud_scales_from_zero_while_the_edge_serves(tmp_path: Path, models: ob
         print(f"cold start seen by the client: {cold_start_s:.1f} s; "
               f"ledger: {view['ledger']['targets']['cloud']}")
     finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=90)
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=90)
+    assert code == 0, "edgeroute up did not stop cleanly on SIGTERM"
+    assert not state.exists()
