@@ -122,6 +122,7 @@ class Router:
                                       metrics=RouterMetrics(ServeFactory()),
                                       min_attempt_ms=self.settings.min_attempt_ms)
         self.policy_sha256 = policy_digest(self.service.policy)
+        self.replica = serve.get_replica_context().replica_id.unique_id
         self._background: list[asyncio.Task[None]] = []
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -242,9 +243,10 @@ class Router:
         outputs = select_outputs(
             oip_request, contract.output_tensors(reply.probabilities, reply.labels)
         )
+        parameters = routed.parameters(caller, deadline_ms, explain)
+        parameters["router_replica"] = self.replica
         response = InferResponse(contract.MODEL_NAME, outputs, reply.model_version,
-                                 oip_request.id or rid,
-                                 routed.parameters(caller, deadline_ms, explain))
+                                 oip_request.id or rid, parameters)
         return infer_response(response, binary_set(oip_request, outputs))
 
     @app.get("/v1/policy")
