@@ -296,3 +296,23 @@ def test_all_edges_down_cloud_serves_and_tight_deadlines_fail_fast(stack: Runnin
     deadline = time.monotonic() + 40
     while time.monotonic() < deadline and "edge-a" not in _edge_tiers(stack, 5):
         time.sleep(1)
+
+
+def test_a_hung_edge_worker_costs_no_request(stack: RunningStack) -> None:
+    """Scenario 2: SIGSTOP edge-a under load at a deadline only the edges can meet (the test
+    cloud is 150 ms away); fallbacks and hedges to edge-b serve, and edge-a is used again
+    after SIGCONT. The requests already waiting on edge-a when it hangs can miss (their
+    attempt ran out most of the deadline): at most a few, never a hang or a 5xx."""
+    assert _chaos(stack, "hang", "edge-a").returncode == 0
+    try:
+        outcomes = asyncio.run(_load(stack.endpoint, 20, 6, 100, kill=None))
+    finally:
+        assert _chaos(stack, "resume", "edge-a").returncode == 0
+    failed = [o for o in outcomes if o[0] != 200]
+    assert len(failed) <= 3, f"{len(failed)} of {len(outcomes)} failed: {failed[:3]}"
+    assert {status for status, _ in failed} <= {504}
+    assert "edge-a" not in {target for _, target in outcomes[-40:]}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "edge-a" not in _edge_tiers(stack, 5):
+        time.sleep(1)
+    assert "edge-a" in _edge_tiers(stack, 5), "edge-a did not get traffic back after SIGCONT"
