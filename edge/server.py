@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
+import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -61,15 +62,26 @@ class EdgeWorker:
         max_queue: int = 32,
         max_batch: int = contract.DEFAULT_MAX_BATCH,
         max_body_bytes: int = 4 * 1024 * 1024,
+        service_delay_ms: float = 0.0,
     ) -> None:
         self.model = model
         self.name = name
         self.max_batch = max_batch
         self.max_body_bytes = max_body_bytes
         self.admission = Admission(concurrency, max_queue)
+        self.service_delay_s = service_delay_ms / 1000
+        """Added to every inference while it holds its slot: emulates a slower edge device
+        (this machine computes the student in microseconds), so queues form as they would."""
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="infer")
         self.served = 0
         self.expired = 0
+
+    def _predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Run the model on an inference thread, plus the emulated device slowness."""
+        result = self.model.predict(x)
+        if self.service_delay_s:
+            time.sleep(self.service_delay_s)
+        return result
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -89,9 +101,7 @@ class EdgeWorker:
                     raise OIPError("the caller's deadline passed while queued", status=504)
                 started = time.perf_counter()
                 loop = asyncio.get_running_loop()
-                probabilities, labels = await loop.run_in_executor(
-                    self._pool, self.model.predict, x
-                )
+                probabilities, labels = await loop.run_in_executor(self._pool, self._predict, x)
                 infer_s = time.perf_counter() - started
             outputs = select_outputs(oip_request, contract.output_tensors(probabilities, labels))
         except OIPError as error:
@@ -180,6 +190,7 @@ def serve(
     name: str = "edge",
     concurrency: int = 1,
     max_queue: int = 32,
+    service_delay_ms: float = 0.0,
 ) -> None:
     """Run a worker until SIGINT/SIGTERM; uvicorn drains in-flight requests before exiting."""
     from pathlib import Path
@@ -187,7 +198,8 @@ def serve(
     import uvicorn
 
     model = OnnxModel(Path(model_path), threads=1)
-    worker = EdgeWorker(model, name=name, concurrency=concurrency, max_queue=max_queue)
+    worker = EdgeWorker(model, name=name, concurrency=concurrency, max_queue=max_queue,
+                        service_delay_ms=service_delay_ms)
     uvicorn.run(
         create_app(worker),
         host=host,

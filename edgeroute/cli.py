@@ -44,7 +44,8 @@ def _edge(args: argparse.Namespace) -> int:
     if not path.exists():
         path = model_path(args.model, ensure_models().directory)
     serve(str(path), host=args.host, port=args.port, name=args.name,
-          concurrency=args.concurrency, max_queue=args.max_queue)
+          concurrency=args.concurrency, max_queue=args.max_queue,
+          service_delay_ms=args.service_delay_ms)
     return 0
 
 
@@ -307,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--port", type=int, default=8101)
     edge.add_argument("--name", default="edge")
     edge.add_argument("--concurrency", type=int, default=1)
+    edge.add_argument("--service-delay-ms", type=float, default=0.0,
+                      help="emulated extra compute per request (a slower device)")
     edge.add_argument("--max-queue", type=int, default=32)
     edge.set_defaults(func=_edge)
 

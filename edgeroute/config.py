@@ -48,6 +48,8 @@ class EdgeWorker(Frozen):
     port: int = Field(ge=1, le=65535)
     concurrency: int = Field(1, ge=1, le=64)
     max_queue: int = Field(32, ge=0, le=10_000)
+    service_delay_ms: float = Field(0.0, ge=0, le=60_000)
+    """Emulated extra compute per request (a slower device than this machine); 0: none."""
     link: LinkProfile = LinkProfile()
 
     @property

@@ -131,6 +131,7 @@ class Stack:
             "--model", str(model_path(edge.model, self.models.directory)),
             "--name", edge.name, "--host", edge.host, "--port", str(edge.port),
             "--concurrency", str(edge.concurrency), "--max-queue", str(edge.max_queue),
+            "--service-delay-ms", str(edge.service_delay_ms),
         ]
 
     def _edge(self, name: str) -> EdgeWorker:

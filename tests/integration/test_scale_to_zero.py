@@ -1,8 +1,11 @@
 """Serverless cloud tier: the cloud deployment idles at zero replicas; deadline-critical
-requests go to the edge meanwhile, and a request that can wait wakes it (a cold start)."""
+requests go to the edge meanwhile, and a request that can wait wakes it (a cold start).
+Then the edge congests (workers emulate a device needing 40 ms a request) and the excess
+spills to the cloud."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -31,6 +34,7 @@ def test_cloud_scales_from_zero_while_the_edge_serves(tmp_path: Path, models: ob
     document["port"] = 18800
     for edge, port in zip(document["edges"], (18901, 18902), strict=True):
         edge["port"] = port
+        edge["service_delay_ms"] = 40.0
     document["cloud"]["autoscaling"] = {"min_replicas": 0, "max_replicas": 1,
                                         "initial_replicas": 0, "upscale_delay_s": 0,
                                         "downscale_delay_s": 600}
@@ -65,8 +69,35 @@ def test_cloud_scales_from_zero_while_the_edge_serves(tmp_path: Path, models: ob
         assert view["ledger"]["targets"]["cloud"]["provisioned_s"] > 0
         print(f"cold start seen by the client: {cold_start_s:.1f} s; "
               f"ledger: {view['ledger']['targets']['cloud']}")
+        outcomes = asyncio.run(_burst(endpoint, rate_rps=60, duration_s=5, deadline_ms=300))
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=90)
     assert code == 0, "edgeroute up did not stop cleanly on SIGTERM"
     assert not state.exists()
+    answered = [tier for status, tier in outcomes if status == 200]
+    spilled = answered.count("cloud") / max(len(answered), 1)
+    print(f"edge congested at 60 rps (capacity 50): {len(answered)} of {len(outcomes)} "
+          f"answered, {spilled:.0%} by the cloud")
+    assert len(answered) >= 0.8 * len(outcomes)
+    assert spilled >= 0.2, "the congested edge did not spill to the cloud"
+
+
+async def _burst(endpoint: str, *, rate_rps: float, duration_s: float,
+                 deadline_ms: float) -> list[tuple[int, str]]:
+    rows = digits_split().x_test
+    async with httpx.AsyncClient(timeout=deadline_ms / 1000 + 5) as client:
+
+        async def one(i: int) -> tuple[int, str]:
+            body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
+                                "data": rows[i % len(rows)].tolist()}],
+                    "parameters": {"deadline_ms": deadline_ms}}
+            response = await client.post(f"{endpoint}/v2/models/digits/infer", json=body)
+            return response.status_code, str(response.json().get("parameters", {}).get("tier"))
+
+        start = time.monotonic()
+        tasks = []
+        for i in range(int(rate_rps * duration_s)):
+            await asyncio.sleep(max(start + i / rate_rps - time.monotonic(), 0))
+            tasks.append(asyncio.create_task(one(i)))
+        return list(await asyncio.gather(*tasks))
