@@ -1,0 +1,92 @@
+"""The routing service without Ray or HTTP: decide, execute, account, over fake targets."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from edgeroute.config import Quality, Tier
+from router.decision import RequestQuality
+from router.estimator import TargetEstimator
+from router.metrics import MemoryFactory, RouterMetrics
+from router.policy import PolicyDocument, RoutingPolicy
+from router.served import NotServed
+from router.service import Rejected, Routed, RoutingService
+from router.targets import TargetSet
+from router.tenancy import Caller
+from tests.unit.fakes import FakeTransport, fail_with, fake_target, refused, run_async
+
+X = np.zeros((1, 64), dtype=np.float32)
+DEFAULT = Caller("anonymous", "default", RoutingPolicy())
+
+
+def service(
+    *transports: tuple[FakeTransport, Tier, Quality],
+) -> tuple[RoutingService, MemoryFactory]:
+    targets = TargetSet([
+        fake_target(t, tier=tier, quality=quality,
+                    estimator=TargetEstimator(name=t.name, tier=tier, quality=quality))
+        for t, tier, quality in transports
+    ])
+    factory = MemoryFactory()
+    return RoutingService(targets, metrics=RouterMetrics(factory)), factory
+
+
+def route(svc: RoutingService, quality: RequestQuality = "any",
+          caller: Caller = DEFAULT) -> Routed:
+    async def main() -> Routed:
+        return await svc.route(X, deadline_ms=500.0, received=time.monotonic(),
+                               quality=quality, caller=caller)
+
+    return run_async(main)
+
+
+def test_a_request_is_served_priced_and_counted() -> None:
+    svc, factory = service((FakeTransport("edge-a"), "edge", "small"),
+                           (FakeTransport("cloud"), "cloud", "large"))
+    routed = route(svc)
+    params = routed.parameters(DEFAULT, 500.0, explain=True)
+    assert params["target"] in {"edge-a", "cloud"}
+    assert params["cost_usd"] > 0
+    assert params["explanation"]["candidates"]
+    assert factory.instruments["edgeroute_placements_total"].total() == 1
+    assert factory.instruments["edgeroute_attempts_total"].total(outcome="success") >= 1
+    assert factory.instruments["edgeroute_decision_us"].total() == 1
+    assert svc.ledger.snapshot()["total"]["requests"] == 1
+
+
+def test_quality_high_without_a_large_model_is_rejected_with_the_reason() -> None:
+    svc, _ = service((FakeTransport("edge-a"), "edge", "small"))
+    with pytest.raises(Rejected, match="quality"):
+        route(svc, quality="high")
+
+
+def test_a_failing_target_falls_back_and_its_breaker_hears_of_it() -> None:
+    broken = FakeTransport("edge-a", fail_with(refused))
+    svc, factory = service((broken, "edge", "small"), (FakeTransport("edge-b"), "edge", "small"))
+    served = [route(svc).served.target.name for _ in range(8)]
+    assert set(served) == {"edge-b"}
+    assert factory.instruments["edgeroute_attempts_total"].total(target="edge-a") >= 1
+    assert svc.snapshot()["targets"][0]["breaker"]["consecutive_failures"] >= 1
+
+
+def test_everything_failing_is_not_served_fast() -> None:
+    svc, _ = service((FakeTransport("edge-a", fail_with(refused)), "edge", "small"))
+    with pytest.raises(NotServed) as failure:
+        route(svc)
+    assert not failure.value.deadline_passed and failure.value.retry_after_s >= 1 - 1e-9
+
+
+def test_a_new_policy_takes_effect_and_keeps_what_was_learned() -> None:
+    svc, _ = service((FakeTransport("edge-a"), "edge", "small"),
+                     (FakeTransport("cloud"), "cloud", "large"))
+    route(svc)
+    learned = svc.targets.get("edge-a").estimator.successes  # type: ignore[union-attr]
+    document = PolicyDocument.model_validate(
+        {"policies": {"default": {}, "always-cloud": {"strategy": "always-cloud"}}})
+    svc.apply_policy(document)
+    caller = Caller("anonymous", "always-cloud", document.policies["always-cloud"])
+    assert route(svc, caller=caller).served.target.name == "cloud"
+    assert svc.targets.get("edge-a").estimator.successes == learned  # type: ignore[union-attr]
