@@ -3,18 +3,21 @@
 The stack uses its own ports and a test config in which the edge is the more
 expensive tier, so that placement by deadline and by price can be told apart:
 a relaxed deadline goes to the (cheaper) cloud, a tight one to the (nearer)
-edge. Teardown sends SIGTERM, as Ctrl-C would, and checks nothing is left.
+edge. Teardown sends SIGINT, as Ctrl-C would, and checks nothing is left. Tests that
+need a stack of their own use :func:`running_stack` on other ports.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ import pytest
 import yaml
 
 from edgeroute.config import StackConfig
+from edgeroute.dataset import digits_split
 from router.policy import PolicyDocument
 
 PORT = 18000
@@ -31,11 +35,9 @@ START_TIMEOUT_S = 240
 
 
 def test_config() -> dict[str, Any]:
-    document = StackConfig().model_dump(mode="json")
-    document["port"] = PORT
+    document = stack_config(PORT, EDGE_PORTS)
     document["cloud"]["link"] = {"base_ms": 150.0, "jitter_ms": 3.0}
-    for edge, port, base_ms in zip(document["edges"], EDGE_PORTS, (4.0, 12.0), strict=True):
-        edge["port"] = port
+    for edge, base_ms in zip(document["edges"], (4.0, 12.0), strict=True):
         edge["link"] = {"base_ms": base_ms, "jitter_ms": 1.0}
     return document
 
@@ -95,22 +97,32 @@ class RunningStack:
         return {t["name"]: t for t in body["targets"]}
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, models: Any) -> Iterator[RunningStack]:
-    workdir = tmp_path_factory.mktemp("stack")
-    config = workdir / "stack.yaml"
-    config.write_text(yaml.safe_dump(test_config()))
-    policy = workdir / "policy.yaml"
-    policy.write_text(yaml.safe_dump(test_policy()))
-    state_file = workdir / "state.json"
-    log = workdir / "up.log"
+def stack_config(port: int, edge_ports: tuple[int, int]) -> dict[str, Any]:
+    """The embedded default stack on its own ports (so stacks of different tests never meet)."""
+    document = StackConfig().model_dump(mode="json")
+    document["port"] = port
+    for edge, edge_port in zip(document["edges"], edge_ports, strict=True):
+        edge["port"] = edge_port
+    return document
+
+
+@contextmanager
+def running_stack(workdir: Path, config: dict[str, Any], policy: dict[str, Any] | None = None,
+                  stop_signal: signal.Signals = signal.SIGINT) -> Iterator[RunningStack]:
+    """``edgeroute up`` in a subprocess, as a user runs it; on exit it is stopped with
+    ``stop_signal`` and must leave no edge worker, Ray process or state file behind."""
+    config_file = workdir / "stack.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    argv = [sys.executable, "-m", "edgeroute", "up", "--config", str(config_file)]
+    if policy is not None:
+        policy_file = workdir / "policy.yaml"
+        policy_file.write_text(yaml.safe_dump(policy))
+        argv += ["--policy", str(policy_file)]
+    state_file, log = workdir / "state.json", workdir / "up.log"
     ray_before = ray_pids()
     with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "edgeroute", "up", "--config", str(config),
-             "--policy", str(policy), "--state-file", str(state_file)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
+        process = subprocess.Popen([*argv, "--state-file", str(state_file)], stdout=out,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + START_TIMEOUT_S
     while not state_file.exists():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -119,13 +131,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory, models: Any) -> Iterator[Run
         time.sleep(0.5)
     running = RunningStack(process, state_file, log)
     children = [p["pid"] for p in running.state["processes"] if p["kind"] == "edge"]
-    yield running
-    process.send_signal(signal.SIGINT)
     try:
-        code = process.wait(timeout=90)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        pytest.fail("edgeroute up did not stop within 90 s of SIGINT")
+        yield running
+    finally:
+        process.send_signal(stop_signal)
+        try:
+            code = process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            pytest.fail(f"edgeroute up did not stop within 90 s of {stop_signal.name}")
     current = [p["pid"] for p in json.loads(state_file.read_text())["processes"]
                if p["kind"] == "edge"] if state_file.exists() else []
     leftovers = [pid for pid in {*children, *current} if alive(pid)]
@@ -133,3 +147,38 @@ def stack(tmp_path_factory: pytest.TempPathFactory, models: Any) -> Iterator[Run
     assert code == 0, log.read_text()[-4000:]
     assert not leftovers, f"processes left behind: {leftovers}"
     assert not state_file.exists(), "the state file outlived the stack"
+
+
+async def open_loop(endpoint: str, rate_rps: float, duration_s: float, *, field: str = "target",
+                    on_send: Callable[[float], None] | None = None,
+                    **parameters: Any) -> list[tuple[int, str]]:
+    """Requests sent on a fixed schedule whatever the answers (open loop), each with the
+    given request ``parameters``; returns (status, the response parameter ``field`` or the
+    error). ``on_send(elapsed_s)`` runs before each send (to inject a fault on time)."""
+    rows = digits_split().x_test
+    deadline_s = float(parameters.get("deadline_ms", 1000)) / 1000
+    async with httpx.AsyncClient(timeout=deadline_s + 5) as client:
+
+        async def one(i: int) -> tuple[int, str]:
+            body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
+                                "data": rows[i % len(rows)].tolist()}],
+                    "parameters": parameters}
+            response = await client.post(f"{endpoint}/v2/models/digits/infer", json=body)
+            document = response.json()
+            return response.status_code, str(
+                document.get("parameters", {}).get(field, document.get("error", "")))
+
+        start = time.monotonic()
+        tasks = []
+        for i in range(int(rate_rps * duration_s)):
+            await asyncio.sleep(max(start + i / rate_rps - time.monotonic(), 0))
+            if on_send is not None:
+                on_send(time.monotonic() - start)
+            tasks.append(asyncio.create_task(one(i)))
+        return list(await asyncio.gather(*tasks))
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, models: Any) -> Iterator[RunningStack]:
+    with running_stack(tmp_path_factory.mktemp("stack"), test_config(), test_policy()) as running:
+        yield running

@@ -10,18 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgeroute.config import StackConfig
+from tests.integration.conftest import stack_config
 
 pytestmark = pytest.mark.integration
 
 
 def test_quick_demo_reports_every_phase_and_stops_cleanly(tmp_path: Path, models: object) -> None:
-    document = StackConfig().model_dump(mode="json")
-    document["port"] = 18600
-    for edge, port in zip(document["edges"], (18701, 18702), strict=True):
-        edge["port"] = port
     config = tmp_path / "stack.yaml"
-    config.write_text(yaml.safe_dump(document))
+    config.write_text(yaml.safe_dump(stack_config(18600, (18701, 18702))))
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-m", "edgeroute", "demo", "--quick", "--config", str(config),

@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from edgeroute.config import StackConfig
 from edgeroute.dataset import digits_split
+from tests.integration.conftest import open_loop, running_stack, stack_config
 
 pytestmark = pytest.mark.integration
 
@@ -30,26 +27,14 @@ def _infer(endpoint: str, i: int, timeout_s: float, **parameters: Any) -> httpx.
 
 
 def test_cloud_scales_from_zero_while_the_edge_serves(tmp_path: Path, models: object) -> None:
-    document = StackConfig().model_dump(mode="json")
-    document["port"] = 18800
-    for edge, port in zip(document["edges"], (18901, 18902), strict=True):
-        edge["port"] = port
+    config = stack_config(18800, (18901, 18902))
+    for edge in config["edges"]:
         edge["service_delay_ms"] = 40.0
-    document["cloud"]["autoscaling"] = {"min_replicas": 0, "max_replicas": 1,
-                                        "initial_replicas": 0, "upscale_delay_s": 0,
-                                        "downscale_delay_s": 600}
-    config = tmp_path / "stack.yaml"
-    config.write_text(yaml.safe_dump(document))
-    state = tmp_path / "state.json"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "edgeroute", "up", "--config", str(config), "--state-file",
-         str(state)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 240
-        while not state.exists():
-            assert process.poll() is None and time.monotonic() < deadline, "stack did not start"
-            time.sleep(0.5)
-        endpoint = "http://127.0.0.1:18800"
+    config["cloud"]["autoscaling"] = {"min_replicas": 0, "max_replicas": 1,
+                                      "initial_replicas": 0, "upscale_delay_s": 0,
+                                      "downscale_delay_s": 600}
+    with running_stack(tmp_path, config, stop_signal=signal.SIGTERM) as stack:
+        endpoint = stack.endpoint
         cloud = httpx.get(f"{endpoint}/v1/targets", timeout=5).json()["targets"][0]
         assert cloud["name"] == "cloud" and cloud["estimates"]["replicas"] == 0
         for i in range(10):
@@ -69,35 +54,10 @@ def test_cloud_scales_from_zero_while_the_edge_serves(tmp_path: Path, models: ob
         assert view["ledger"]["targets"]["cloud"]["provisioned_s"] > 0
         print(f"cold start seen by the client: {cold_start_s:.1f} s; "
               f"ledger: {view['ledger']['targets']['cloud']}")
-        outcomes = asyncio.run(_burst(endpoint, rate_rps=60, duration_s=5, deadline_ms=300))
-    finally:
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=90)
-    assert code == 0, "edgeroute up did not stop cleanly on SIGTERM"
-    assert not state.exists()
+        outcomes = asyncio.run(open_loop(endpoint, 60, 5, field="tier", deadline_ms=300))
     answered = [tier for status, tier in outcomes if status == 200]
     spilled = answered.count("cloud") / max(len(answered), 1)
     print(f"edge congested at 60 rps (capacity 50): {len(answered)} of {len(outcomes)} "
           f"answered, {spilled:.0%} by the cloud")
     assert len(answered) >= 0.8 * len(outcomes)
     assert spilled >= 0.2, "the congested edge did not spill to the cloud"
-
-
-async def _burst(endpoint: str, *, rate_rps: float, duration_s: float,
-                 deadline_ms: float) -> list[tuple[int, str]]:
-    rows = digits_split().x_test
-    async with httpx.AsyncClient(timeout=deadline_ms / 1000 + 5) as client:
-
-        async def one(i: int) -> tuple[int, str]:
-            body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
-                                "data": rows[i % len(rows)].tolist()}],
-                    "parameters": {"deadline_ms": deadline_ms}}
-            response = await client.post(f"{endpoint}/v2/models/digits/infer", json=body)
-            return response.status_code, str(response.json().get("parameters", {}).get("tier"))
-
-        start = time.monotonic()
-        tasks = []
-        for i in range(int(rate_rps * duration_s)):
-            await asyncio.sleep(max(start + i / rate_rps - time.monotonic(), 0))
-            tasks.append(asyncio.create_task(one(i)))
-        return list(await asyncio.gather(*tasks))

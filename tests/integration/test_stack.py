@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import tritonclient.http as triton
 import yaml
 
 from edgeroute.dataset import digits_split
-from tests.integration.conftest import RunningStack, alive
+from tests.integration.conftest import RunningStack, alive, open_loop
 
 pytestmark = pytest.mark.integration
 
@@ -124,33 +125,17 @@ def test_targets_view_reports_every_target(stack: RunningStack) -> None:
         assert view["cost_usd_per_request"] > 0
 
 
-async def _load(endpoint: str, rate_rps: float, duration_s: float, deadline_ms: float,
-                kill: tuple[float, int] | None) -> list[tuple[int, str]]:
-    split = digits_split()
-    outcomes: list[tuple[int, str]] = []
-    async with httpx.AsyncClient(timeout=10) as c:
+def _load(endpoint: str, rate_rps: float, duration_s: float, deadline_ms: float,
+          kill: tuple[float, int] | None) -> Coroutine[Any, Any, list[tuple[int, str]]]:
+    """Open-loop load at one deadline; ``kill=(at_s, pid)`` SIGKILLs ``pid`` once, on time."""
+    killed: list[int] = []
 
-        async def one(i: int) -> None:
-            row = split.x_test[i % len(split.x_test)]
-            body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
-                                "data": row.tolist()}],
-                    "parameters": {"deadline_ms": deadline_ms}}
-            response = await c.post(f"{endpoint}/v2/models/digits/infer", json=body)
-            document = response.json()
-            target = document.get("parameters", {}).get("target", document.get("error", ""))
-            outcomes.append((response.status_code, target))
+    def on_send(elapsed_s: float) -> None:
+        if kill and not killed and elapsed_s >= kill[0]:
+            os.kill(kill[1], signal.SIGKILL)
+            killed.append(kill[1])
 
-        start = time.monotonic()
-        tasks = []
-        killed = False
-        for i in range(int(rate_rps * duration_s)):
-            await asyncio.sleep(max(start + i / rate_rps - time.monotonic(), 0))
-            if kill and not killed and time.monotonic() - start >= kill[0]:
-                os.kill(kill[1], signal.SIGKILL)
-                killed = True
-            tasks.append(asyncio.create_task(one(i)))
-        await asyncio.gather(*tasks)
-    return outcomes
+    return open_loop(endpoint, rate_rps, duration_s, on_send=on_send, deadline_ms=deadline_ms)
 
 
 def test_sigkill_of_an_edge_worker_under_load_loses_no_request(stack: RunningStack) -> None:
@@ -267,7 +252,7 @@ def test_tenant_keys_decide_who_may_use_which_policy(stack: RunningStack, tmp_pa
     path.write_text(yaml.safe_dump(document))
     assert _apply(stack, path).returncode == 0
     url = f"{stack.endpoint}/v2/models/digits/infer"
-    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
+    body: dict[str, Any] = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
                         "data": digits_split().x_test[0].tolist()}]}
     ok = httpx.post(url, json=body, headers={"authorization": "Bearer er_acme_key"}, timeout=10)
     assert ok.status_code == 200 and ok.json()["parameters"]["tenant"] == "acme"
