@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from edgeroute.config import LinkProfile, Quality, Tier
 from router.breaker import Breakers
 from router.estimator import TargetEstimator
@@ -19,6 +21,7 @@ from router.transport import TargetError, Transport
 from router.view import TargetView
 
 PROBE_TIMEOUT_S = 1.0
+TRIAL_ROW = np.zeros((1, 64), dtype=np.float32)
 MAINTAIN_S = 0.1
 """How often estimates are rebuilt off the request path (they are due every 0.25 s)."""
 
@@ -111,7 +114,33 @@ class TargetSet:
         target.estimator.observe_probe((self._clock() - started) * 1000)
         if self.breakers is not None:
             self.breakers[target.name].probe_succeeded()
+            await self._trial(target)
         return True
+
+    async def _trial(self, target: Target) -> None:
+        """Make the half-open trial call of an idle target with a blank row.
+
+        A half-open breaker closes on a successful call, but a target that is only ever a
+        fallback (a restarted backup site) may get none: it would keep one trial slot and
+        fail requests that need it. The prober makes the trial instead."""
+        assert self.breakers is not None
+        breaker = self.breakers[target.name]
+        if breaker.state != "half_open" or target.estimator.in_flight:
+            return
+        permit = breaker.acquire()
+        if permit is None:
+            return
+        started = self._clock()
+        try:
+            await asyncio.wait_for(target.transport.infer(TRIAL_ROW, PROBE_TIMEOUT_S),
+                                   PROBE_TIMEOUT_S)
+        except (TargetError, asyncio.TimeoutError) as exc:
+            permit.failure(f"trial: {exc}")
+            return
+        except BaseException:
+            permit.release()
+            raise
+        permit.success((self._clock() - started) * 1000)
 
     def due(self) -> list[Target]:
         now = self._clock()

@@ -90,3 +90,27 @@ def test_a_new_policy_takes_effect_and_keeps_what_was_learned() -> None:
     caller = Caller("anonymous", "always-cloud", document.policies["always-cloud"])
     assert route(svc, caller=caller).served.target.name == "cloud"
     assert svc.targets.get("edge-a").estimator.successes == learned  # type: ignore[union-attr]
+
+
+def test_the_prober_makes_the_trial_call_that_closes_a_restarted_targets_breaker() -> None:
+    from router.breaker import Breakers
+    from router.policy import BreakerSettings
+
+    backup = FakeTransport("edge-b")
+    targets = TargetSet([fake_target(backup)])
+    breakers = Breakers(BreakerSettings())
+    targets.breakers = breakers
+    breaker = breakers["edge-b"]
+    for _ in range(5):
+        permit = breaker.acquire()
+        assert permit is not None
+        permit.failure("connection refused")
+    breaker.probe_failed()  # down: killed or restarting
+    assert breaker.state == "open"
+
+    async def main() -> bool:
+        return await targets.probe(targets.targets["edge-b"])
+
+    assert run_async(main)
+    assert breaker.state == "closed", "a target only ever used as fallback stayed half-open"
+    assert backup.calls == 1
