@@ -247,8 +247,9 @@ class Executor:
         return self._launch(req, claim)
 
     def _call_timeout(self, req: _Request, target: Target) -> float:
-        """The deadline left, less what the next fallback is predicted to need, if this call
-        can still have its own predicted time; else all of the deadline left."""
+        """The deadline left, less what the next fallback is predicted to need (and the grace
+        a timed-out call gets to finish cancelling), if this call can still have its own
+        predicted time; else all of the deadline left."""
         left = self._time_left(req)
         if req.calls + 1 >= self.retry.max_attempts:
             return left
@@ -258,7 +259,7 @@ class Executor:
         if fallback is None:
             return left
         rows = len(req.x)
-        cut = left - self._expected_ms(fallback, rows) / 1000 - self.min_attempt_s
+        cut = left - self._expected_ms(fallback, rows) / 1000 - self.min_attempt_s - self.grace_s
         own = max(self._expected_ms(target, rows) / 1000, self.min_attempt_s)
         return cut if cut >= own else left
 
