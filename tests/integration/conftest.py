@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,8 +53,9 @@ def test_policy() -> dict[str, Any]:
     return document
 
 
-def ray_pids() -> set[int]:
-    pids = set()
+def _ray_processes() -> dict[int, bytes]:
+    """Ray's GCS servers and raylets on this machine: pid -> command line."""
+    found: dict[int, bytes] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -62,8 +64,24 @@ def ray_pids() -> set[int]:
         except OSError:
             continue
         if b"gcs_server" in cmdline or b"raylet" in cmdline:
-            pids.add(int(entry.name))
-    return pids
+            found[int(entry.name)] = cmdline
+    return found
+
+
+def ray_session(gcs_address: str) -> bytes | None:
+    """The session name of the running cluster at ``gcs_address`` (its raylet says)."""
+    needle = b"=" + gcs_address.encode() + b" "
+    for cmdline in _ray_processes().values():
+        match = re.search(rb"--session-name=(\S+)", cmdline)
+        if needle in cmdline and match:
+            return match.group(1)
+    return None
+
+
+def ray_pids(session: bytes) -> set[int]:
+    """The Ray processes of one session (a stack run elsewhere on the machine is not ours)."""
+    return {pid for pid, cmdline in _ray_processes().items()
+            if b"--session-name=" + session + b" " in cmdline}
 
 
 def alive(pid: int) -> bool:
@@ -119,7 +137,6 @@ def running_stack(workdir: Path, config: dict[str, Any], policy: dict[str, Any] 
         policy_file.write_text(yaml.safe_dump(policy))
         argv += ["--policy", str(policy_file)]
     state_file, log = workdir / "state.json", workdir / "up.log"
-    ray_before = ray_pids()
     with open(log, "wb") as out:
         process = subprocess.Popen([*argv, "--state-file", str(state_file)], stdout=out,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -131,6 +148,8 @@ def running_stack(workdir: Path, config: dict[str, Any], policy: dict[str, Any] 
         time.sleep(0.5)
     running = RunningStack(process, state_file, log)
     children = [p["pid"] for p in running.state["processes"] if p["kind"] == "edge"]
+    gcs_address = running.state.get("ray_address")
+    session = ray_session(gcs_address) if gcs_address else None
     try:
         yield running
     finally:
@@ -143,7 +162,7 @@ def running_stack(workdir: Path, config: dict[str, Any], policy: dict[str, Any] 
     current = [p["pid"] for p in json.loads(state_file.read_text())["processes"]
                if p["kind"] == "edge"] if state_file.exists() else []
     leftovers = [pid for pid in {*children, *current} if alive(pid)]
-    leftovers += sorted(ray_pids() - ray_before)
+    leftovers += sorted(ray_pids(session)) if session else []
     assert code == 0, log.read_text()[-4000:]
     assert not leftovers, f"processes left behind: {leftovers}"
     assert not state_file.exists(), "the state file outlived the stack"
