@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,12 +37,29 @@ MAX_ERROR_CHARS = 300
 
 @dataclass(frozen=True)
 class Phase:
-    """``duration_s`` of Poisson arrivals at ``rate_rps``; ``events`` are (offset_s, name)."""
+    """``duration_s`` of Poisson arrivals at ``rate_rps``, or, with ``end_rate_rps``, at a
+    rate that moves linearly from one to the other (a ramp, as the slopes of a diurnal
+    cycle); ``events`` are (offset_s, name)."""
 
     name: str
     duration_s: float
     rate_rps: float
     events: tuple[tuple[float, str], ...] = ()
+    end_rate_rps: float | None = None
+
+    def arrival_times(self, rng: np.random.Generator) -> np.ndarray:
+        """Sorted send offsets: a Poisson count, placed by the inverse of the rate's
+        cumulative integral (uniform for a constant rate)."""
+        r0 = self.rate_rps
+        r1 = r0 if self.end_rate_rps is None else self.end_rate_rps
+        d = self.duration_s
+        count = int(rng.poisson((r0 + r1) / 2 * d))
+        u = np.sort(rng.uniform(0.0, 1.0, count))
+        if abs(r1 - r0) < 1e-12:
+            return u * d
+        # Solve r0*t + (r1-r0)*t^2/(2d) = u*(r0+r1)*d/2 for t in [0, d].
+        slope = (r1 - r0) / d
+        return (np.sqrt(r0 * r0 + slope * u * (r0 + r1) * d) - r0) / slope
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -51,6 +68,8 @@ class Phase:
             raise ValueError(f"phase {self.name!r}: duration_s must be positive")
         if not self.rate_rps >= 0:
             raise ValueError(f"phase {self.name!r}: rate_rps must be non-negative")
+        if self.end_rate_rps is not None and not self.end_rate_rps >= 0:
+            raise ValueError(f"phase {self.name!r}: end_rate_rps must be non-negative")
         for offset, _ in self.events:
             if not 0 <= offset <= self.duration_s:
                 raise ValueError(f"phase {self.name!r}: event offset {offset} outside the phase")
@@ -84,6 +103,8 @@ class Planned:
     label: int
     deadline_ms: float
     quality: str
+    seq: int = 0
+    """Position in the schedule: the same request in every replay of one plan."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +140,10 @@ class Outcome:
     error: str | None
     send_lag_ms: float = 0.0
     """How late the request actually left; large values mean the client itself saturated."""
+    seq: int = 0
+    """The request's position in the schedule (see :class:`Planned`)."""
+    decision_us: float | None = None
+    escalated: bool = False
 
     @property
     def ok(self) -> bool:
@@ -162,15 +187,15 @@ def plan(phases: Sequence[Phase], data: Split, mix: RequestMix, seed: int = 0) -
     for index, phase in enumerate(phases):
         arrivals = np.random.default_rng([seed, index])
         choices = np.random.default_rng([mix.seed, index])
-        count = int(arrivals.poisson(phase.rate_rps * phase.duration_s))
-        times = np.sort(arrivals.uniform(0.0, phase.duration_s, count))
+        times = phase.arrival_times(arrivals)
+        count = len(times)
         rows = arrivals.integers(0, len(data.y_test), count)
         picked = choices.choice(deadlines, size=count, p=weights / weights.sum())
         high = choices.random(count) < mix.high_quality_share
         requests.extend(
             Planned(phase.name, start + float(t), int(row), int(data.y_test[row]), float(d),
-                    "high" if is_high else "any")
-            for t, row, d, is_high in zip(times, rows, picked, high, strict=True)
+                    "high" if is_high else "any", len(requests) + i)
+            for i, (t, row, d, is_high) in enumerate(zip(times, rows, picked, high, strict=True))
         )
         events.extend((start + offset, name) for offset, name in phase.events)
         bounds.append((phase.name, start, start + phase.duration_s))
@@ -184,7 +209,8 @@ def _truncate(text: str) -> str:
 
 def _failure(p: Planned, latency_ms: float, status: int, error: str, lag_ms: float) -> Outcome:
     return Outcome(p.phase, p.at_s, latency_ms, status, p.deadline_ms, p.quality, p.label,
-                   None, None, None, 0.0, 0, False, False, None, _truncate(error), lag_ms)
+                   None, None, None, 0.0, 0, False, False, None, _truncate(error), lag_ms,
+                   p.seq)
 
 
 def _error_of(response: httpx.Response) -> str:
@@ -206,13 +232,15 @@ def _parse(p: Planned, response: httpx.Response, latency_ms: float, lag_ms: floa
         labels = [t.data for t in decoded.outputs if t.name == OUTPUT_LABEL]
         params: dict[str, Any] = dict(decoded.parameters)
         upstream = params.get("upstream_ms")
+        decision = params.get("decision_us")
         return Outcome(
             p.phase, p.at_s, latency_ms, 200, p.deadline_ms, p.quality, p.label,
             int(np.asarray(labels[0]).reshape(-1)[0]),
             str(params["target"]), str(params["tier"]), float(params.get("cost_usd", 0.0)),
             int(params.get("attempts", 1)), bool(params.get("fallback", False)),
             bool(params.get("hedged", False)),
-            None if upstream is None else float(upstream), None, lag_ms,
+            None if upstream is None else float(upstream), None, lag_ms, p.seq,
+            None if decision is None else float(decision), bool(params.get("escalated", False)),
         )
     except (OIPError, KeyError, IndexError, TypeError, ValueError) as exc:
         return _failure(p, latency_ms, 200, f"malformed response: {exc!r}", lag_ms)
@@ -224,8 +252,10 @@ class _Run:
     def __init__(self, url: str, client: httpx.AsyncClient, schedule: Schedule, data: Split,
                  *, on_event: EventHook | None, progress: Callable[[ProgressTick], None] | None,
                  max_in_flight: int, timeout_slack_s: float, clock: Clock, sleep: Sleep,
-                 progress_interval_s: float, event_timeout_s: float) -> None:
+                 progress_interval_s: float, event_timeout_s: float,
+                 parameters: Mapping[str, Any]) -> None:
         self.url, self.client, self.schedule, self.data = url, client, schedule, data
+        self.parameters = dict(parameters)
         self.on_event, self.progress = on_event, progress
         self.max_in_flight, self.slack_s = max_in_flight, timeout_slack_s
         self.clock, self.sleep = clock, sleep
@@ -316,7 +346,8 @@ class _Run:
         lag_ms = max(0.0, (self.now() - p.at_s) * 1000)
         x = self.data.x_test[p.row : p.row + 1]
         request = InferRequest(inputs=(Tensor(INPUT_NAME, x),),
-                               parameters={"deadline_ms": p.deadline_ms, "quality": p.quality})
+                               parameters={**self.parameters, "deadline_ms": p.deadline_ms,
+                                           "quality": p.quality})
         body, headers = encode_request(request, binary=False)
         timeout_s = p.deadline_ms / 1000 + self.slack_s
         try:
@@ -370,6 +401,7 @@ async def run_load(
     seed: int = 0,
     progress_interval_s: float = 0.25,
     event_timeout_s: float = 60.0,
+    parameters: Mapping[str, Any] | None = None,
 ) -> LoadResult:
     """Replay ``plan(phases, data, mix, seed)`` against ``{endpoint}/v2/models/digits/infer``.
 
@@ -377,6 +409,7 @@ async def run_load(
     slow hook never delays sends. Without ``client`` one is made with a
     connection pool as large as ``max_in_flight`` (a smaller pool would queue
     requests inside the client) and closed at the end; a passed client is left open.
+    ``parameters`` go with every request beside its deadline and quality (e.g. ``policy``).
     """
     if max_in_flight < 1:
         raise ValueError("max_in_flight must be at least 1")
@@ -391,7 +424,7 @@ async def run_load(
         runner = _Run(url, http, schedule, data, on_event=on_event, progress=progress,
                       max_in_flight=max_in_flight, timeout_slack_s=timeout_slack_s,
                       clock=clock, sleep=sleep, progress_interval_s=progress_interval_s,
-                      event_timeout_s=event_timeout_s)
+                      event_timeout_s=event_timeout_s, parameters=parameters or {})
         return await runner.run()
     finally:
         if own:

@@ -13,9 +13,10 @@ the difference is the router hop itself: proxy, parsing, decision, transport.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import httpx
@@ -99,6 +100,63 @@ def measure(endpoint: str, token: str, rows: np.ndarray, *, edge_name: str, edge
             cloud = _compare(cloud_direct, lambda r: routed(r, quality="high", deadline_ms=1000),
                              rows, cloud_name, n)
     return {"edge": edge, "cloud": cloud}
+
+
+async def _saturate(url: str, bodies: Sequence[tuple[bytes, dict[str, str]]], concurrency: int,
+                    duration_s: float) -> tuple[int, int]:
+    """Closed loop: ``concurrency`` callers post back to back for ``duration_s``;
+    returns (answered 200, other outcomes)."""
+    ok = failed = 0
+    stop_at = time.monotonic() + duration_s
+    async with httpx.AsyncClient(timeout=5, trust_env=False,
+                                 limits=httpx.Limits(max_connections=concurrency)) as client:
+
+        async def caller(k: int) -> None:
+            nonlocal ok, failed
+            i = k
+            while time.monotonic() < stop_at:
+                body, headers = bodies[i % len(bodies)]
+                i += concurrency
+                try:
+                    response = await client.post(url, content=body, headers=headers)
+                except httpx.HTTPError:
+                    failed += 1
+                    continue
+                if response.status_code == 200:
+                    ok += 1
+                else:
+                    failed += 1
+
+        await asyncio.gather(*(caller(k) for k in range(concurrency)))
+    return ok, failed
+
+
+def throughput(endpoint: str, token: str, rows: np.ndarray, edges: dict[str, str], *,
+               concurrency: int = 16, duration_s: float = 5.0) -> dict[str, Any]:
+    """Answers per second at saturation: the edge workers called directly (callers split
+    evenly between them) against the router with an edge-only deadline, links zeroed."""
+    path = f"/v2/models/{contract.MODEL_NAME}/infer"
+    plain = [_body(row) for row in rows[:64]]
+    routed = [_body(row, deadline_ms=EDGE_DEADLINE_MS) for row in rows[:64]]
+    share = max(concurrency // len(edges), 1)
+
+    async def direct() -> tuple[int, int]:
+        counts = await asyncio.gather(*(_saturate(url + path, plain, share, duration_s)
+                                        for url in edges.values()))
+        return sum(c[0] for c in counts), sum(c[1] for c in counts)
+
+    with httpx.Client(timeout=10) as client, ExitStack() as links:
+        for name in edges:
+            links.enter_context(zero_link(client, endpoint, token, name))
+        direct_ok, direct_failed = asyncio.run(direct())
+        routed_ok, routed_failed = asyncio.run(
+            _saturate(endpoint + path, routed, share * len(edges), duration_s))
+    return {
+        "concurrency": share * len(edges), "duration_s": duration_s,
+        "direct_rps": direct_ok / duration_s, "routed_rps": routed_ok / duration_s,
+        "direct_failed": direct_failed, "routed_failed": routed_failed,
+        "ratio": routed_ok / direct_ok if direct_ok else None,
+    }
 
 
 def overhead_table(figures: dict[str, Any]) -> Table:

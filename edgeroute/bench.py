@@ -1,0 +1,194 @@
+"""``edgeroute bench SCENARIO``: every arm of a scenario on the real stack, one after another.
+
+One stack is started for the run. After an unrecorded warm-up, each arm (a
+named policy) replays the same seeded open-loop trace with the scenario's
+faults; between arms hung workers are resumed, links restored and every target
+must be healthy again. Then the router hop and throughput are measured against
+direct calls, the hindsight oracle is computed from the arms' outcomes, and the
+report is written (see :mod:`edgeroute.bench_report`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+
+from edgeroute import chaos
+from edgeroute.dataset import digits_split
+from edgeroute.loadgen import LoadResult, Phase, run_load
+from edgeroute.models.store import ensure_models
+from edgeroute.overhead import measure, throughput
+from edgeroute.report import rich_progress
+from edgeroute.scenario import Fault, Scenario
+from edgeroute.serve_config import APP_NAME
+from edgeroute.stack import Stack, StackError
+
+RESTORE_TIMEOUT_S = 90.0
+
+
+@dataclass(frozen=True)
+class ArmRun:
+    name: str
+    result: LoadResult
+    provisioned_usd: float
+    """Provisioned dollars the router's ledger accrued during the arm."""
+    restarts: tuple[tuple[float, str], ...]
+
+
+class Bench:
+    """One benchmark run on one stack (started by :meth:`run`, always stopped)."""
+
+    def __init__(self, scenario: Scenario, console: Console, port: int | None = None) -> None:
+        self.scenario = scenario
+        self.console = console
+        config = scenario.stack_config(port)
+        router = config.router.model_copy(update={"admin_token": secrets.token_urlsafe(24)})
+        self.config = config.model_copy(update={"router": router})
+        self.data = digits_split()
+        self.stack: Stack | None = None
+        self.links: dict[str, dict[str, Any]] = {}
+
+    @property
+    def state(self) -> dict[str, Any]:
+        assert self.stack is not None
+        return self.stack.state()
+
+    def _targets(self) -> dict[str, Any]:
+        assert self.stack is not None
+        body: dict[str, Any] = httpx.get(f"{self.stack.endpoint}/v1/targets", timeout=10).json()
+        return body
+
+    def _provisioned_usd(self) -> float:
+        return float(self._targets()["ledger"]["total"]["provisioned_usd"])
+
+    async def _fault(self, name: str) -> None:
+        fault: Fault = self.scenario.faults()[name]
+        await asyncio.to_thread(self._apply, fault)
+
+    def _apply(self, fault: Fault) -> None:
+        assert self.stack is not None
+        if fault.action == "kill":
+            self.stack.kill(fault.target)
+        elif fault.action == "hang":
+            self.stack.kill(fault.target, signal.SIGSTOP)
+        elif fault.action == "resume":
+            self.stack.kill(fault.target, signal.SIGCONT)
+        else:
+            changes: dict[str, Any] = dict(fault.link)
+            if fault.action in ("partition", "heal"):
+                changes = {"partitioned": fault.action == "partition"}
+            chaos.set_link(self.state, fault.target, changes)
+
+    def _restore(self) -> None:
+        """Undo every fault: resume hung workers, restore links, wait until the router sees
+        every target healthy, then settle."""
+        assert self.stack is not None
+        for edge in self.config.edges:
+            with contextlib.suppress(ProcessLookupError, KeyError, StackError):
+                self.stack.kill(edge.name, signal.SIGCONT)
+        current = {t["name"]: t["link_emulation"] for t in self._targets()["targets"]}
+        for name, link in self.links.items():
+            if current.get(name) != link:
+                chaos.set_link(self.state, name, link)
+        self.stack.wait_all_targets(RESTORE_TIMEOUT_S)
+        time.sleep(self.scenario.settle_s)
+
+    def _load(self, phases: list[Phase], policy: str, progress: Any = None,
+              on_event: Any = None) -> LoadResult:
+        assert self.stack is not None
+        return asyncio.run(run_load(
+            self.stack.endpoint, phases, self.data, self.scenario.request_mix(),
+            on_event=on_event, progress=progress, seed=self.scenario.seed,
+            parameters={"policy": policy}))
+
+    def _arm(self, name: str, index: int) -> ArmRun:
+        assert self.stack is not None
+        before = self._provisioned_usd()
+        started = time.monotonic()
+        self.console.print(f"[bold]arm {index + 1}/{len(self.scenario.arms)}: {name}[/bold]")
+        with rich_progress(self.console) as progress:
+            result = self._load(self.scenario.load_phases(), name, progress, self._fault)
+        restarts = tuple((t - started, f"restart {edge}") for t, edge, _ in self.stack.restarts
+                         if t >= started)
+        for event, error in result.event_errors:
+            self.console.print(f"[red]fault {event!r} failed: {error}[/red]")
+        provisioned = self._provisioned_usd() - before
+        self._restore()
+        return ArmRun(name, result, provisioned, restarts)
+
+    def _overhead(self) -> dict[str, Any]:
+        from ray import serve
+
+        assert self.stack is not None
+        settings = self.scenario.overhead
+        token = self.config.router.admin_token or ""
+        figures: dict[str, Any] = {}
+        if settings.requests:
+            edge = self.config.edges[0]
+            handle = serve.get_deployment_handle(self.config.cloud.name, app_name=APP_NAME)
+            figures["hop"] = measure(self.stack.endpoint, token, self.data.x_test,
+                                     edge_name=edge.name, edge_url=edge.url,
+                                     cloud_name=self.config.cloud.name, cloud_handle=handle,
+                                     n=settings.requests)
+        if settings.throughput_s:
+            figures["throughput"] = throughput(
+                self.stack.endpoint, token, self.data.x_test,
+                {e.name: e.url for e in self.config.edges},
+                concurrency=settings.concurrency, duration_s=settings.throughput_s)
+        return figures
+
+    def run(self) -> tuple[dict[str, ArmRun], dict[str, Any]]:
+        """Start the stack, run every arm and the overhead measurement, stop the stack."""
+        models = ensure_models(progress=self.console.print)
+        policy = self.scenario.policy_document().model_dump(mode="json")
+        self.stack = Stack(self.config, models, policy=policy, say=self.console.print)
+        try:
+            self.stack.start()
+            self.stack.wait_all_targets(RESTORE_TIMEOUT_S)
+            self.links = {t["name"]: t["link_emulation"] for t in self._targets()["targets"]}
+            if self.scenario.warmup_s:
+                self.console.print(f"warm-up: {self.scenario.warmup_s:.0f} s, not recorded")
+                self._load([Phase("warm-up", self.scenario.warmup_s, self.scenario.warmup_rps)],
+                           self.scenario.arms[0])
+            arms = {name: self._arm(name, i) for i, name in enumerate(self.scenario.arms)}
+            self.console.print("measuring the router hop and throughput against direct calls")
+            overhead = self._overhead()
+        finally:
+            self.console.print("stopping the stack ...")
+            self.stack.stop()
+        return arms, overhead
+
+
+def run_bench(scenario_path: Path, out_dir: Path | None = None, port: int | None = None) -> int:
+    """The ``edgeroute bench`` command: run, report, and return the exit status."""
+    from edgeroute.bench_report import write_report
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    scenario = Scenario.load(scenario_path)
+    out = out_dir or Path("out/bench") / scenario.name
+    per_arm = scenario.duration_s + scenario.settle_s
+    console.print(f"scenario {scenario.name}: {len(scenario.arms)} arms x "
+                  f"{scenario.duration_s:.0f} s of load (~{len(scenario.arms) * per_arm / 60:.0f} "
+                  f"min plus start-up and overhead measurement)")
+    started = time.monotonic()
+    try:
+        arms, overhead = Bench(scenario, console, port).run()
+    except StackError as exc:
+        console.print(f"[red]edgeroute bench: {exc}[/red]")
+        return 1
+    paths = write_report(scenario, arms, overhead, out, console,
+                         wall_s=time.monotonic() - started)
+    for path in paths:
+        console.print(f"wrote {path}")
+    return 0
