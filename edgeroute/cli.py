@@ -120,6 +120,17 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from edgeroute.bench import run_bench
+    from edgeroute.scenario import ScenarioError
+
+    try:
+        return run_bench(Path(args.scenario), Path(args.out) if args.out else None, args.port)
+    except ScenarioError as exc:
+        print(f"edgeroute bench: {exc}", file=sys.stderr)
+        return 2
+
+
 def _demo(args: argparse.Namespace) -> int:
     from edgeroute.demo import run_demo
 
@@ -323,6 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo", help="where the report and plot go")
     demo.add_argument("--quick", action="store_true", help="a 15 s run instead of a minute")
     demo.set_defaults(func=_demo)
+
+    bench = sub.add_parser("bench", help="run a benchmark scenario: every arm on the real stack, "
+                                         "the oracle, goals, report and plots")
+    bench.add_argument("scenario", help="scenario YAML, e.g. infra/scenarios/default.yaml")
+    bench.add_argument("--out", help="report directory (default: out/bench/<scenario name>)")
+    bench.add_argument("--port", type=int, help="router port (default from the scenario: 8000)")
+    bench.set_defaults(func=_bench)
 
     link = sub.add_parser("link", help="change a target's emulated link on a running stack")
     link.add_argument("target")
