@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install models demo up test test-unit lint lock clean
+.PHONY: install models demo bench up test test-unit lint lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ models: install
 
 demo: install
 	$(BIN)/edgeroute demo
+
+# About 13 minutes: every routing policy on the same trace, with faults; see docs/benchmark.md.
+bench: install
+	$(BIN)/edgeroute bench infra/scenarios/default.yaml
 
 up: install
 	$(BIN)/edgeroute up
