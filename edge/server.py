@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from edge.admission import Admission, QueueFull
+from edge.fleet import FleetAgent
 from edgeroute import contract
 from edgeroute.http import (
     DEADLINE_HEADER,
@@ -134,7 +135,10 @@ class EdgeWorker:
         }
 
 
-def create_app(worker: EdgeWorker) -> Starlette:
+def create_app(worker: EdgeWorker, agent: FleetAgent | None = None) -> Starlette:
+    """The worker's routes; with ``agent``, it joins a router's fleet while it runs and
+    leaves on shutdown."""
+
     async def live(_: Request) -> Response:
         return JSONResponse({"live": True})
 
@@ -174,9 +178,14 @@ def create_app(worker: EdgeWorker) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        beating = asyncio.create_task(agent.run()) if agent is not None else None
         try:
             yield
         finally:
+            if beating is not None and agent is not None:
+                beating.cancel()
+                await asyncio.gather(beating, return_exceptions=True)
+                await agent.leave()
             worker.close()
 
     return Starlette(routes=routes, lifespan=lifespan)
@@ -191,8 +200,12 @@ def serve(
     concurrency: int = 1,
     max_queue: int = 32,
     service_delay_ms: float = 0.0,
+    join: Callable[[Callable[[], bool]], FleetAgent] | None = None,
 ) -> None:
-    """Run a worker until SIGINT/SIGTERM; uvicorn drains in-flight requests before exiting."""
+    """Run a worker until SIGINT/SIGTERM; uvicorn drains in-flight requests before exiting.
+
+    ``join(ready)`` makes the agent that keeps the worker in a router's fleet
+    (``ready()`` turns true once the server listens)."""
     from pathlib import Path
 
     import uvicorn
@@ -200,11 +213,15 @@ def serve(
     model = OnnxModel(Path(model_path), threads=1)
     worker = EdgeWorker(model, name=name, concurrency=concurrency, max_queue=max_queue,
                         service_delay_ms=service_delay_ms)
-    uvicorn.run(
-        create_app(worker),
+    holder: list[uvicorn.Server] = []
+    agent = join(lambda: bool(holder) and holder[0].started) if join is not None else None
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(worker, agent),
         host=host,
         port=port,
         log_level="warning",
         timeout_graceful_shutdown=5,
         access_log=False,
-    )
+    ))
+    holder.append(server)
+    server.run()

@@ -45,12 +45,58 @@ def _edge(args: argparse.Namespace) -> int:
         path = model_path(args.model, ensure_models().directory)
     serve(str(path), host=args.host, port=args.port, name=args.name,
           concurrency=args.concurrency, max_queue=args.max_queue,
-          service_delay_ms=args.service_delay_ms)
+          service_delay_ms=args.service_delay_ms, join=_fleet_agent(args))
+    return 0
+
+
+def _fleet_agent(args: argparse.Namespace) -> Any:
+    """With ``--join``: a factory of the agent that keeps this worker in the router's fleet."""
+    import logging
+    import os
+    import socket
+
+    if not args.join:
+        return None
+    token = args.fleet_token or os.environ.get("EDGEROUTE_FLEET_TOKEN")
+    if not token:
+        raise SystemExit("edgeroute edge: --join needs --fleet-token or EDGEROUTE_FLEET_TOKEN")
+    from edge.fleet import FleetAgent
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    host = socket.getfqdn() if args.host in ("0.0.0.0", "::") else args.host
+    member = {
+        "url": args.advertise_url or f"http://{host}:{args.port}",
+        "tier": "edge",
+        "quality": "large" if Path(args.model).name.startswith("teacher") else "small",
+        "concurrency": args.concurrency,
+        "link": {"base_ms": args.link_base_ms, "jitter_ms": args.link_jitter_ms},
+    }
+    return lambda ready: FleetAgent(args.join, token, args.name, member,
+                                    interval_s=args.heartbeat_interval_s, ready=ready)
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    import httpx
+    from rich.console import Console
+
+    from edgeroute.tables import fleet_table
+
+    state = _read_state(args.state_file)
+    response = httpx.get(f"{state['endpoint']}/v1/fleet", timeout=10)
+    document = response.json()
+    if response.status_code != 200:
+        print(f"edgeroute fleet: {document.get('error', response.text)}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        Console().print(fleet_table(document["members"], document["ttl_ms"]))
     return 0
 
 
 def _load_config(args: argparse.Namespace) -> StackConfig:
-    """The stack config with command-line overrides and an admin token for this run."""
+    """The stack config with command-line overrides, and admin and fleet tokens for this run."""
     import secrets
 
     from edgeroute.config import DEFAULT_CONFIG_PATH, StackConfig
@@ -61,9 +107,8 @@ def _load_config(args: argparse.Namespace) -> StackConfig:
     document = StackConfig.load(path).model_dump()
     if args.port is not None:
         document["port"] = args.port
-    document["router"]["admin_token"] = (
-        document["router"]["admin_token"] or secrets.token_urlsafe(24)
-    )
+    for token in ("admin_token", "fleet_token"):
+        document["router"][token] = document["router"][token] or secrets.token_urlsafe(24)
     return StackConfig.model_validate(document)
 
 
@@ -322,6 +367,17 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--service-delay-ms", type=float, default=0.0,
                       help="emulated extra compute per request (a slower device)")
     edge.add_argument("--max-queue", type=int, default=32)
+    edge.add_argument("--join", metavar="ROUTER_URL",
+                      help="join this router's edge fleet (heartbeats; leaves on shutdown)")
+    edge.add_argument("--fleet-token", help="the router's fleet token "
+                                            "(default: $EDGEROUTE_FLEET_TOKEN)")
+    edge.add_argument("--advertise-url", help="where the router reaches this worker "
+                                              "(default: http://HOST:PORT)")
+    edge.add_argument("--heartbeat-interval-s", type=float, default=1.0,
+                      help="at most this long between heartbeats (the router may ask for less)")
+    edge.add_argument("--link-base-ms", type=float, default=0.0,
+                      help="emulated link the router applies to this worker (local tests)")
+    edge.add_argument("--link-jitter-ms", type=float, default=0.0)
     edge.set_defaults(func=_edge)
 
     up = sub.add_parser("up", help="start the local stack and serve until Ctrl-C")
@@ -357,6 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("--state-file", default=str(DEFAULT_STATE_FILE))
     targets.add_argument("--json", action="store_true")
     targets.set_defaults(func=_targets)
+
+    fleet = sub.add_parser("fleet", help="the edge workers that joined the running router")
+    fleet_actions = fleet.add_subparsers(dest="action", required=True)
+    fleet_list = fleet_actions.add_parser("list", help="members and their last heartbeats")
+    fleet_list.add_argument("--state-file", default=str(DEFAULT_STATE_FILE))
+    fleet_list.add_argument("--json", action="store_true")
+    fleet.set_defaults(func=_fleet)
     _policy_parser(sub)
     _chaos_parser(sub)
     _infra_parser(sub)

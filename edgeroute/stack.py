@@ -269,6 +269,7 @@ class Stack:
         return {
             "endpoint": self.endpoint,
             "admin_token": self.config.router.admin_token,
+            "fleet_token": self.config.router.fleet_token,
             "ray_address": ray.get_runtime_context().gcs_address if self._ray_started else None,
             "serve_config": self.serve_document,
             "control_dir": str(self.control_dir),

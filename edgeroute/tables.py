@@ -41,3 +41,14 @@ def targets_table(targets: list[dict[str, Any]]) -> Table:
             f"{t['cost_usd_per_request']:.2e}", (e["last_error"] or "")[:40],
         )
     return table
+
+
+def fleet_table(members: list[dict[str, Any]], ttl_ms: float) -> Table:
+    table = Table(title=f"edge fleet (dropped {ttl_ms / 1000:g} s after the last heartbeat)")
+    for column in ("member", "url", "tier", "quality", "concurrency", "joined s ago",
+                   "last heartbeat s ago"):
+        table.add_column(column)
+    for m in members:
+        table.add_row(m["name"], m["url"], m["tier"], m["quality"], str(m["concurrency"]),
+                      f"{m['joined_s_ago']:.1f}", f"{m['last_heartbeat_s_ago']:.1f}")
+    return table

@@ -5,12 +5,15 @@ is and which policy applies is :mod:`router.tenancy`'s, routing is
 :class:`router.service.RoutingService`'s. Endpoints: the OIP health, metadata
 and infer routes (JSON and binary tensors), ``GET /v1/targets`` (the live view
 of every target), ``GET /v1/policy``, and the admin route
-``PUT /v1/links/{target}`` that changes a target's emulated link.
+``PUT /v1/links/{target}`` that changes a target's emulated link, and the edge
+fleet: ``PUT``/``DELETE /v1/fleet/{name}`` (join or heartbeat, leave; fleet
+token) and ``GET /v1/fleet`` (:mod:`router.fleet`, :mod:`router.fleet_actor`).
 """
 
 import asyncio
 import logging
 import math
+import os
 import secrets
 import time
 from typing import Any
@@ -23,7 +26,7 @@ from ray.serve.handle import DeploymentHandle
 
 from cloud.deployment import CloudModel
 from edgeroute import contract
-from edgeroute.config import LinkProfile, StackConfig
+from edgeroute.config import LinkProfile, RouterSettings, StackConfig
 from edgeroute.http import (
     check_content_type,
     error_response,
@@ -47,6 +50,8 @@ from router.context import (
 )
 from router.decision import RequestQuality
 from router.estimator import EstimatorSettings, TargetEstimator
+from router.fleet import Member
+from router.fleet_actor import FleetClient, FleetSync, RegistryUnavailable
 from router.metrics import RouterMetrics, ServeFactory
 from router.policy import PolicyDocument, policy_digest
 from router.served import NotServed, Shed
@@ -84,17 +89,37 @@ def request_options(
     return float(deadline), quality, explain
 
 
+def target_estimator(settings: RouterSettings, name: str, tier: str, quality: str,
+                     concurrency: int) -> TargetEstimator:
+    """A fresh estimator: the prior latency until probes and answers come in."""
+    return TargetEstimator(
+        name=name, tier=tier, quality=quality,  # type: ignore[arg-type]
+        prior_latency_ms=settings.prior_latency_ms,
+        failure_cooldown_ms=settings.failure_cooldown_ms,
+        settings=EstimatorSettings(probe_interval_s=settings.probe_interval_ms / 1000,
+                                   concurrency=concurrency),
+    )
+
+
+def fleet_target(member: Member, settings: RouterSettings) -> Target:
+    """The target for a worker that joined the fleet (reached over HTTP at its URL)."""
+    return make_target(member.name, member.tier, member.quality, member.link,
+                       HttpTransport(member.name, member.url), member.url,
+                       target_estimator(settings, member.name, member.tier, member.quality,
+                                        member.concurrency))
+
+
+def bearer_ok(request: Request, token: str | None) -> bool:
+    """Whether the request carries ``Authorization: Bearer <token>`` (never, without a token)."""
+    supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    return token is not None and secrets.compare_digest(supplied.encode(), token.encode())
+
+
 def build_targets(config: StackConfig, cloud: DeploymentHandle) -> TargetSet:
     settings = config.router
 
     def estimator(name: str, tier: str, quality: str, concurrency: int) -> TargetEstimator:
-        return TargetEstimator(
-            name=name, tier=tier, quality=quality,  # type: ignore[arg-type]
-            prior_latency_ms=settings.prior_latency_ms,
-            failure_cooldown_ms=settings.failure_cooldown_ms,
-            settings=EstimatorSettings(probe_interval_s=settings.probe_interval_ms / 1000,
-                                       concurrency=concurrency),
-        )
+        return target_estimator(settings, name, tier, quality, concurrency)
 
     c = config.cloud
     targets: list[Target] = [make_target(
@@ -122,7 +147,15 @@ class Router:
                                       metrics=RouterMetrics(ServeFactory()),
                                       min_attempt_ms=self.settings.min_attempt_ms)
         self.policy_sha256 = policy_digest(self.service.policy)
+        self.static_targets = frozenset(t.name for t in self.service.targets)
         self.replica = serve.get_replica_context().replica_id.unique_id
+        self.admin_token = self.settings.admin_token or os.environ.get("EDGEROUTE_ADMIN_TOKEN")
+        self.fleet_token = self.settings.fleet_token or os.environ.get("EDGEROUTE_FLEET_TOKEN")
+        self.fleet = FleetClient(max_members=self.settings.fleet_max_members)
+        self.fleet_sync = FleetSync(
+            lambda: self.fleet.members(self.settings.fleet_ttl_ms / 1000), self.service,
+            lambda member: fleet_target(member, self.settings),
+            interval_s=self.settings.fleet_sync_interval_ms / 1000)
         self._background: list[asyncio.Task[None]] = []
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -142,7 +175,8 @@ class Router:
                 task.cancel()
             loop = asyncio.get_running_loop()
             self._background = [loop.create_task(self.service.targets.run_probes()),
-                                loop.create_task(self._watch_replicas())]
+                                loop.create_task(self._watch_replicas()),
+                                loop.create_task(self.fleet_sync.run())]
 
     async def _watch_replicas(self) -> None:
         """Running cloud replicas, read from Serve every few seconds (a bounded rate)."""
@@ -263,9 +297,7 @@ class Router:
     @app.put("/v1/links/{name}")
     async def set_link(self, name: str, request: Request) -> Response:
         """Replace fields of a target's emulated link (admin token required)."""
-        token = self.settings.admin_token
-        supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if token is None or not secrets.compare_digest(supplied, token):
+        if not bearer_ok(request, self.admin_token):
             return error_response(OIPError("admin token required", status=401))
         target = self.service.targets.get(name)
         if target is None:
@@ -281,6 +313,56 @@ class Router:
         log.info("link of %s set to %s", name, profile.model_dump())
         return JSONResponse({"target": name, "link_emulation": profile.model_dump()})
 
+    @app.put("/v1/fleet/{name}")
+    async def fleet_heartbeat(self, name: str, request: Request) -> Response:
+        """Join the fleet, or stay in it: workers repeat this within ``fleet_ttl_ms``."""
+        self._ensure_background()
+        if not bearer_ok(request, self.fleet_token):
+            return error_response(OIPError("fleet token required", status=401))
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise ValueError("body must be a JSON object")
+            member = Member.model_validate({**body, "name": name})
+        except (ValueError, ValidationError) as exc:
+            return error_response(OIPError(f"invalid fleet member: {exc}"))
+        if name in self.static_targets:
+            return error_response(OIPError(f"'{name}' is a configured target", status=409))
+        try:
+            outcome = await self.fleet.heartbeat(member)
+            if outcome == "joined":
+                await self.fleet_sync.sync_once()
+        except RegistryUnavailable as exc:
+            return error_response(OIPError(str(exc), status=503), {"retry-after": "1"})
+        if outcome == "full":
+            return error_response(OIPError("the fleet is full", status=409))
+        ttl_ms = self.settings.fleet_ttl_ms
+        return JSONResponse({"name": name, "status": outcome, "ttl_ms": ttl_ms,
+                             "heartbeat_interval_ms": ttl_ms / 3})
+
+    @app.delete("/v1/fleet/{name}")
+    async def fleet_leave(self, name: str, request: Request) -> Response:
+        """Leave the fleet now (a worker shutting down cleanly)."""
+        if not bearer_ok(request, self.fleet_token):
+            return error_response(OIPError("fleet token required", status=401))
+        try:
+            left = await self.fleet.leave(name)
+            await self.fleet_sync.sync_once()
+        except RegistryUnavailable as exc:
+            return error_response(OIPError(str(exc), status=503), {"retry-after": "1"})
+        if not left:
+            return error_response(OIPError(f"'{name}' is not a fleet member", status=404))
+        return JSONResponse({"name": name, "status": "left"})
+
+    @app.get("/v1/fleet")
+    async def fleet_members(self) -> Response:
+        """The fleet's live members and the age of each one's last heartbeat."""
+        try:
+            members = await self.fleet.members(self.settings.fleet_ttl_ms / 1000)
+        except RegistryUnavailable as exc:
+            return error_response(OIPError(str(exc), status=503), {"retry-after": "1"})
+        return JSONResponse({"members": members, "ttl_ms": self.settings.fleet_ttl_ms})
+
 
 def app_builder(args: dict[str, Any]) -> Any:
     """Serve's entry point for config files (``import_path: router.app:app_builder``)."""
@@ -294,7 +376,8 @@ def build_app(config: StackConfig) -> Any:
     cloud = CloudModel.options(
         name=cloud_cfg.name,
         autoscaling_config=scaling,
-        ray_actor_options={"num_cpus": cloud_cfg.num_cpus, "num_gpus": cloud_cfg.num_gpus},
+        ray_actor_options={"num_cpus": cloud_cfg.num_cpus, "num_gpus": cloud_cfg.num_gpus,
+                           "resources": cloud_cfg.resources},
         max_ongoing_requests=max(cloud_cfg.max_batch_size * 4, 16),
     ).bind(
         model=cloud_cfg.model,

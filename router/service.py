@@ -27,7 +27,7 @@ from router.metrics import RouterMetrics
 from router.plan import Decision
 from router.policy import PolicyDocument
 from router.served import Served
-from router.targets import TargetSet
+from router.targets import Target, TargetSet
 from router.tenancy import Caller
 
 
@@ -103,11 +103,24 @@ class RoutingService:
     def apply_policy(self, policy: PolicyDocument) -> None:
         """Swap the policy; learned state (estimates, breakers, budgets) carries over."""
         self.policy = policy
-        self.ledger.set_prices({t.name: policy.prices.for_target(t.name, t.tier)
-                                for t in self.targets})
+        self._price_ledger()
         self.breakers.configure(policy.breaker)
         self.executor.configure(retry=policy.retry, breaker=policy.breaker,
                                 admission=policy.admission)
+
+    def add_target(self, target: Target) -> None:
+        """A target that joined while the router runs (the edge fleet); used from the next
+        decision on, starting from its estimator's prior until probes and answers come in."""
+        self.targets.add(target)
+        self._price_ledger()
+
+    def _price_ledger(self) -> None:
+        self.ledger.set_prices({t.name: self.policy.prices.for_target(t.name, t.tier)
+                                for t in self.targets})
+
+    def remove_target(self, name: str) -> Target | None:
+        """No new decision uses ``name``; requests already sent there finish or fail over."""
+        return self.targets.remove(name)
 
     def decide(self, rows: int, deadline_ms: float, quality: RequestQuality,
                caller: Caller) -> tuple[Decision, float]:

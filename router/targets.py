@@ -94,6 +94,8 @@ class TargetSet:
         self.targets = {t.name: t for t in targets}
         self.probe_interval_s = probe_interval_s
         self.breakers: Breakers | None = None
+        self.generation = 0
+        """Counts additions and removals, so that caches of the target list can tell."""
         self._clock = clock
 
     def __iter__(self) -> Iterator[Target]:
@@ -101,6 +103,21 @@ class TargetSet:
 
     def get(self, name: str) -> Target | None:
         return self.targets.get(name)
+
+    def add(self, target: Target) -> None:
+        """Add (or replace) a target while the router runs: a worker that joined the fleet.
+
+        The dict is replaced, not mutated, so a loop iterating the old one is unaffected."""
+        self.targets = {**self.targets, target.name: target}
+        self.generation += 1
+
+    def remove(self, name: str) -> Target | None:
+        """Stop offering a target to new decisions; calls already made to it finish."""
+        target = self.targets.get(name)
+        if target is not None:
+            self.targets = {n: t for n, t in self.targets.items() if n != name}
+            self.generation += 1
+        return target
 
     async def probe(self, target: Target) -> bool:
         started = self._clock()
