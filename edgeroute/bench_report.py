@@ -10,6 +10,7 @@ per arm with the faults marked.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import json
 import os
@@ -26,7 +27,7 @@ from rich.table import Table
 
 from edgeroute.compare import ORACLE, goals, hedging_effect, oracle
 from edgeroute.loadgen import Outcome
-from edgeroute.report import TARGET_COLOURS, figures
+from edgeroute.report import TARGET_COLOURS, attained_slo, figures
 
 if TYPE_CHECKING:
     from edgeroute.bench import ArmRun
@@ -271,6 +272,22 @@ def _plot_timeline(summary: Mapping[str, Any], arms: Mapping[str, ArmRun], path:
     figure.savefig(path, dpi=100)
 
 
+REQUEST_FIELDS = ("seq", "phase", "scheduled_s", "latency_ms", "status", "deadline_ms", "quality",
+                  "label", "predicted", "target", "tier", "cost_usd", "attempts", "fallback",
+                  "hedged", "escalated", "upstream_ms", "decision_us", "send_lag_ms", "error")
+
+
+def write_requests(arms: Mapping[str, ArmRun], path: Path) -> None:
+    """One row per request and arm, for analysis beyond the report."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("arm", *REQUEST_FIELDS, "attained_slo"))
+        for name, run in arms.items():
+            for o in run.result.outcomes:
+                writer.writerow((name, *(getattr(o, f) for f in REQUEST_FIELDS),
+                                 attained_slo(o)))
+
+
 def write_report(scenario: Scenario, arms: Mapping[str, ArmRun], overhead: Mapping[str, Any],
                  out: Path, console: Console, wall_s: float) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
@@ -283,6 +300,8 @@ def write_report(scenario: Scenario, arms: Mapping[str, ArmRun], overhead: Mappi
     _plot_timeline(summary, arms, out / "timeline.png")
     (out / "report.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     (out / "report.md").write_text(markdown(summary, plots))
+    write_requests(arms, out / "requests.csv")
     render(summary, console)
-    return [out / "report.json", out / "report.md", *(out / p for p in plots.values())]
+    return [out / "report.json", out / "report.md", out / "requests.csv",
+            *(out / p for p in plots.values())]
 

@@ -192,9 +192,10 @@ def plan(phases: Sequence[Phase], data: Split, mix: RequestMix, seed: int = 0) -
         rows = arrivals.integers(0, len(data.y_test), count)
         picked = choices.choice(deadlines, size=count, p=weights / weights.sum())
         high = choices.random(count) < mix.high_quality_share
+        first = len(requests)
         requests.extend(
             Planned(phase.name, start + float(t), int(row), int(data.y_test[row]), float(d),
-                    "high" if is_high else "any", len(requests) + i)
+                    "high" if is_high else "any", first + i)
             for i, (t, row, d, is_high) in enumerate(zip(times, rows, picked, high, strict=True))
         )
         events.extend((start + offset, name) for offset, name in phase.events)

@@ -156,12 +156,13 @@ class Scenario(Frozen):
         return StackConfig.model_validate(document)
 
     def policy_document(self) -> PolicyDocument:
-        """The default policy with the scenario's changes; every arm is open to anonymous
-        callers (the benchmark's load has no API key)."""
+        """The default policy with the scenario's changes; every arm, and ``always-edge``
+        for the throughput measurement, is open to anonymous callers (the benchmark's load
+        has no API key)."""
         document = merge(PolicyDocument().model_dump(mode="json"), self.policy)
         anonymous = document.setdefault("anonymous", {})
         anonymous["allowed_policies"] = sorted({*anonymous.get("allowed_policies", []),
-                                                *self.arms})
+                                                *self.arms, "always-edge"})
         return PolicyDocument.model_validate(document)
 
     def load_phases(self) -> list[Phase]:

@@ -48,6 +48,8 @@ def test_smoke_scenario_reports_every_arm_and_the_oracle_bounds_them(
     assert report["arms"]["always-edge"]["overall"]["placement"].get("cloud") is None
     assert {g["name"] for g in report["goals"]} >= {"cost vs always-cloud", "attainment vs oracle"}
     assert report["overhead"]["throughput"]["direct_rps"] > 0
+    rows = (out / "requests.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(arms) * report["arms"][ORACLE]["overall"]["requests"]
     markdown = (out / "report.md").read_text()
     assert "| oracle |" in markdown and "## Goals" in markdown
     for plot in ("cdf.png", "cost_attainment.png", "timeline.png"):

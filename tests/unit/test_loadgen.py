@@ -122,6 +122,8 @@ def test_outcomes_record_answers_failures_and_placement(data: Split) -> None:
             assert outcome.target == ("edge-a" if outcome.label % 2 == 0 else "cloud")
             assert outcome.cost_usd == pytest.approx(1e-6) and outcome.upstream_ms == 1.0
     assert result.phases == (("warm", 0.0, 0.3), ("hot", 0.3, 0.6))
+    assert [r.seq for r in schedule.requests] == list(range(len(schedule.requests)))
+    assert sorted(o.seq for o in result.outcomes) == list(range(len(schedule.requests)))
 
 
 def test_latency_counts_from_the_scheduled_time_not_the_send(data: Split) -> None:
