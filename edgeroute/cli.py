@@ -398,6 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--port", type=int, help="router port (default from the scenario: 8000)")
     bench.set_defaults(func=_bench)
 
+    from edgeroute.sim.command import add_arguments, simulate
+
+    sim = sub.add_parser("simulate", help="discrete-event simulation in virtual time: the real "
+                                          "decision code over 1,000 synthetic sites, vs the oracle")
+    add_arguments(sim)
+    sim.set_defaults(func=simulate)
+
     link = sub.add_parser("link", help="change a target's emulated link on a running stack")
     link.add_argument("target")
     link.add_argument("--state-file", default=str(DEFAULT_STATE_FILE))

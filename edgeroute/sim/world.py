@@ -1,0 +1,91 @@
+"""One arm's view of the world: the slots its own traffic fills at each site, and one call.
+
+Every arm places the same requests, so each keeps its own queues: an arm that
+sends everything to a site's few slots sees that site's queue grow and its
+requests refused (503, queue full) or dropped (the worker drops work whose
+caller's deadline passed), and an arm that spreads load does not. Outages and
+the drawn network and service times are shared by all arms.
+
+A site is ``concurrency`` FIFO slots: a call arriving at the site (half a
+network leg after it starts) takes the slot that frees first, waits until
+then, and holds it for its service time (the workload-vector form of a
+multi-server FIFO queue, Kiefer and Wolfowitz 1955). The cloud autoscales: no
+queue.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from edgeroute.sim.scenario import DOWN, HANG, Topology
+
+OK, FAILED, TIMEOUT, CANCELLED = 0, 1, 2, 3
+
+
+class Call:
+    """One upstream call of one request; times are ms from the request's arrival."""
+
+    __slots__ = ("end_ms", "outcome", "permit", "served", "service_ms", "start_ms", "target",
+                 "total_ms", "wait_ms")
+
+    def __init__(self, target: int, start_ms: float, end_ms: float, outcome: int,
+                 wait_ms: float = 0.0, service_ms: float = 0.0, served: bool = False) -> None:
+        self.target, self.start_ms, self.end_ms, self.outcome = target, start_ms, end_ms, outcome
+        self.wait_ms, self.service_ms, self.served = wait_ms, service_ms, served
+        self.total_ms = end_ms - start_ms
+        self.permit: object | None = None
+        """The breaker permit the call holds (router arms only)."""
+
+
+class World:
+    """The queues of one arm; outages come from the shared :class:`Topology`."""
+
+    def __init__(self, topo: Topology) -> None:
+        self.topo = topo
+        self.concurrency = topo.concurrency.tolist()
+        self.max_wait_ms = topo.max_wait_ms.tolist()
+        self.slots: list[list[float]] = [[] for _ in range(topo.sites + 1)]
+        self.refused = 0
+        self.dropped = 0
+
+    def call(self, target: int, arrival_ms: float, start_ms: float, timeout_ms: float,
+             network_ms: float, service_ms: float, deadline_ms: float) -> Call:
+        """The call to ``target`` started ``start_ms`` after a request arrived at
+        ``arrival_ms`` (absolute), given up after ``timeout_ms``."""
+        status = self.topo.status(target, (arrival_ms + start_ms) / 1000.0)
+        if status == HANG:
+            return Call(target, start_ms, start_ms + timeout_ms, TIMEOUT)
+        if status == DOWN:
+            if network_ms > timeout_ms:
+                return Call(target, start_ms, start_ms + timeout_ms, TIMEOUT)
+            return Call(target, start_ms, start_ms + network_ms, FAILED)
+        wait = self._admit(target, arrival_ms + start_ms + network_ms / 2, service_ms,
+                           arrival_ms + deadline_ms)
+        if wait is None:
+            return Call(target, start_ms, start_ms + min(network_ms, timeout_ms), FAILED)
+        total = network_ms + wait + service_ms
+        if wait < 0.0:
+            return Call(target, start_ms, start_ms + timeout_ms, TIMEOUT)
+        if total > timeout_ms:
+            return Call(target, start_ms, start_ms + timeout_ms, TIMEOUT, wait, service_ms, True)
+        return Call(target, start_ms, start_ms + total, OK, wait, service_ms, True)
+
+    def _admit(self, target: int, at_ms: float, service_ms: float,
+               deadline_at_ms: float) -> float | None:
+        """The wait at the site (ms); ``None``: refused, queue full; negative: dropped, the
+        caller's deadline passed before a slot freed."""
+        if target == self.topo.cloud:
+            return 0.0
+        slots = self.slots[target]
+        if len(slots) < self.concurrency[target]:
+            heapq.heappush(slots, at_ms + service_ms)
+            return 0.0
+        wait = max(slots[0] - at_ms, 0.0)
+        if wait > self.max_wait_ms[target]:
+            self.refused += 1
+            return None
+        if at_ms + wait > deadline_at_ms:
+            self.dropped += 1
+            return -1.0
+        heapq.heapreplace(slots, at_ms + wait + service_ms)
+        return wait
