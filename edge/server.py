@@ -11,6 +11,7 @@ network part on its own.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -76,6 +77,11 @@ class EdgeWorker:
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="infer")
         self.served = 0
         self.expired = 0
+        self.unavailable = False
+        """Set by SIGUSR1, cleared by SIGUSR2 (``edgeroute chaos unavailable|available``):
+        every inference is answered 503 with ``Retry-After`` while health checks still pass,
+        as a worker whose model backend failed would."""
+        self.refused = 0
 
     def _predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Run the model on an inference thread, plus the emulated device slowness."""
@@ -89,6 +95,10 @@ class EdgeWorker:
 
     async def infer(self, request: Request) -> Response:
         echo = {k: v for k, v in request.headers.items() if k == REQUEST_ID_HEADER}
+        if self.unavailable:
+            self.refused += 1
+            return error_response(OIPError(f"{self.name} is unavailable", status=503),
+                                  {"retry-after": "1", **echo})
         try:
             contract.check_model_name(request.path_params["model"])
             check_content_type(request.headers)
@@ -132,6 +142,7 @@ class EdgeWorker:
             "waiting": self.admission.waiting,
             "rejected": self.admission.rejected,
             "expired": self.expired,
+            "refused": self.refused,
         }
 
 
@@ -213,6 +224,8 @@ def serve(
     model = OnnxModel(Path(model_path), threads=1)
     worker = EdgeWorker(model, name=name, concurrency=concurrency, max_queue=max_queue,
                         service_delay_ms=service_delay_ms)
+    signal.signal(signal.SIGUSR1, lambda *_: setattr(worker, "unavailable", True))
+    signal.signal(signal.SIGUSR2, lambda *_: setattr(worker, "unavailable", False))
     holder: list[uvicorn.Server] = []
     agent = join(lambda: bool(holder) and holder[0].started) if join is not None else None
     server = uvicorn.Server(uvicorn.Config(

@@ -1,7 +1,7 @@
 """``edgeroute chaos``: faults for ops and SREs, acting on a running stack's processes.
 
 Every action works from the state file ``edgeroute up`` writes: edge workers
-are signalled by pid (kill, hang, resume), kept down or restarted through
+are signalled by pid (kill, hang, resume, unavailable, available), kept down or restarted through
 markers the supervisor's watchdog obeys, and links are slowed, cut or healed
 through the router's admin endpoint.
 """
@@ -54,6 +54,16 @@ def hang(state: dict[str, Any], name: str) -> str:
 
 def resume(state: dict[str, Any], name: str) -> str:
     return _signal(state, name, signal.SIGCONT)
+
+
+def unavailable(state: dict[str, Any], name: str) -> str:
+    """SIGUSR1: the worker answers every inference 503 with ``Retry-After`` (its health
+    checks still pass) until ``available``."""
+    return _signal(state, name, signal.SIGUSR1) + ": answering 503"
+
+
+def available(state: dict[str, Any], name: str) -> str:
+    return _signal(state, name, signal.SIGUSR2) + ": serving again"
 
 
 def down(state: dict[str, Any], name: str) -> str:

@@ -217,6 +217,8 @@ def _chaos_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         "kill": "SIGKILL an edge worker (the supervisor restarts it after its delay)",
         "hang": "SIGSTOP an edge worker (port open, no answers)",
         "resume": "SIGCONT a hung edge worker",
+        "unavailable": "make an edge worker answer every inference 503 (health still passes)",
+        "available": "end 'unavailable'",
         "down": "stop an edge worker and keep it down",
         "up": "let a held-down edge worker start again",
         "restart": "restart an edge worker now",

@@ -88,6 +88,8 @@ class CloudDeployment(Frozen):
     num_gpus: float = Field(0.0, ge=0, le=8)
     """GPUs per replica; with 0 the replica runs onnxruntime on the CPU."""
     num_cpus: float = Field(0.0, ge=0, le=64)
+    resources: dict[str, float] = {}
+    """Custom Ray resources each replica needs: pins the cloud to the nodes that carry them."""
     threads: int = Field(1, ge=1, le=64)
     max_batch_size: int = Field(32, ge=1, le=1024)
     batch_wait_timeout_ms: float = Field(4.0, ge=0, le=1000)
@@ -147,6 +149,9 @@ class StackConfig(Frozen):
     external: list[ExternalTarget] = []
     edge_restart_delay_s: float | None = Field(5.0, ge=0, le=3600)
     """The supervisor restarts a dead edge worker after this long; ``null`` never does."""
+    ray_address: str | None = None
+    """A running Ray cluster (``host:port`` of its GCS) to deploy on; ``null`` starts a local
+    one. The stack leaves a cluster it did not start running when it stops."""
 
     @model_validator(mode="after")
     def _unique(self) -> StackConfig:

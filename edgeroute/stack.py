@@ -229,10 +229,15 @@ class Stack:
         # Drivers that connect later (``edgeroute policy apply``) present the same token.
         # Ray reads the mode when it is imported.
         os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # Ray renices its workers to 15 (batch jobs); the router and the Serve proxy are
+        # latency-critical workers: at 15 any busy process (an edge worker starting) starves
+        # them and answers go out seconds after their deadline.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         import ray
 
         self.say("starting Ray and the Serve app (router + cloud) ...")
-        ray.init(address="local", include_dashboard=False, log_to_driver=False,
+        ray.init(address=self.config.ray_address or "local", include_dashboard=False,
+                 log_to_driver=False,
                  logging_level=logging.WARNING, namespace=APP_NAME)
         self._ray_started = True
         deploy(self.serve_document)

@@ -53,11 +53,13 @@ from router.estimator import EstimatorSettings, TargetEstimator
 from router.fleet import Member
 from router.fleet_actor import FleetClient, FleetSync, RegistryUnavailable
 from router.metrics import RouterMetrics, ServeFactory
+from router.openapi import INFER_OPENAPI
 from router.policy import PolicyDocument, policy_digest
 from router.served import NotServed, Shed
 from router.service import Rejected, RoutingService
 from router.targets import Target, TargetSet, make_target
 from router.tenancy import resolve
+from router.timing import ServerTiming
 from router.transport import HandleTransport, HttpTransport
 
 log = logging.getLogger("ray.serve")
@@ -68,6 +70,7 @@ app = FastAPI(
     summary="Edge-versus-cloud placement router speaking the Open Inference Protocol (v2).",
     version="0.1.0",
 )
+app.add_middleware(ServerTiming)
 
 
 def request_options(
@@ -230,7 +233,7 @@ class Router:
             return error_response(error)
         return JSONResponse({"name": model, "ready": True})
 
-    @app.post("/v2/models/{model}/infer")
+    @app.post("/v2/models/{model}/infer", openapi_extra=INFER_OPENAPI)
     async def infer(self, model: str, request: Request) -> Response:
         received = time.monotonic()
         self._ensure_background()

@@ -1,38 +1,24 @@
-"""The real stack for integration tests: ``edgeroute up`` as a user runs it, in a subprocess.
+"""The session stack of the integration tests: ``edgeroute up`` as a user runs it.
 
 The stack uses its own ports and a test config in which the edge is the more
 expensive tier, so that placement by deadline and by price can be told apart:
 a relaxed deadline goes to the (cheaper) cloud, a tight one to the (nearer)
-edge. Teardown sends SIGINT, as Ctrl-C would, and checks nothing is left. Tests that
-need a stack of their own use :func:`running_stack` on other ports.
+edge. Tests that need a stack of their own use :func:`tests.stackkit.running_stack`
+on other ports.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import re
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
-import yaml
 
-from edgeroute.config import StackConfig
-from edgeroute.dataset import digits_split
 from router.policy import PolicyDocument
+from tests.stackkit import RunningStack, running_stack, stack_config
 
 PORT = 18000
 EDGE_PORTS = (18101, 18102)
-START_TIMEOUT_S = 240
 
 
 def test_config() -> dict[str, Any]:
@@ -51,150 +37,6 @@ def test_policy() -> dict[str, Any]:
     document["prices"]["cloud"] = {"usd_per_compute_hour": 2.5, "usd_per_request": 1e-7}
     document["anonymous"]["allowed_policies"] = sorted(document["policies"])
     return document
-
-
-def _ray_processes() -> dict[int, bytes]:
-    """Ray's GCS servers and raylets on this machine: pid -> command line."""
-    found: dict[int, bytes] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if b"gcs_server" in cmdline or b"raylet" in cmdline:
-            found[int(entry.name)] = cmdline
-    return found
-
-
-def ray_session(gcs_address: str) -> bytes | None:
-    """The session name of the running cluster at ``gcs_address`` (its raylet says)."""
-    needle = b"=" + gcs_address.encode() + b" "
-    for cmdline in _ray_processes().values():
-        match = re.search(rb"--session-name=(\S+)", cmdline)
-        if needle in cmdline and match:
-            return match.group(1)
-    return None
-
-
-def ray_pids(session: bytes) -> set[int]:
-    """The Ray processes of one session (a stack run elsewhere on the machine is not ours)."""
-    return {pid for pid, cmdline in _ray_processes().items()
-            if b"--session-name=" + session + b" " in cmdline}
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = Path(f"/proc/{pid}/stat")
-    return status.exists() and status.read_text().split(")")[-1].split()[0] != "Z"
-
-
-class RunningStack:
-    def __init__(self, process: subprocess.Popen[bytes], state_file: Path, log: Path) -> None:
-        self.process = process
-        self.state_file = state_file
-        self.log = log
-
-    @property
-    def state(self) -> dict[str, Any]:
-        return json.loads(self.state_file.read_text())
-
-    @property
-    def endpoint(self) -> str:
-        return str(self.state["endpoint"])
-
-    def pid(self, name: str) -> int:
-        return next(p["pid"] for p in self.state["processes"] if p["name"] == name)
-
-    def targets(self) -> dict[str, dict[str, Any]]:
-        body = httpx.get(f"{self.endpoint}/v1/targets", timeout=5).json()
-        return {t["name"]: t for t in body["targets"]}
-
-
-def stack_config(port: int, edge_ports: tuple[int, int]) -> dict[str, Any]:
-    """The embedded default stack on its own ports (so stacks of different tests never meet)."""
-    document = StackConfig().model_dump(mode="json")
-    document["port"] = port
-    for edge, edge_port in zip(document["edges"], edge_ports, strict=True):
-        edge["port"] = edge_port
-    return document
-
-
-@contextmanager
-def running_stack(workdir: Path, config: dict[str, Any], policy: dict[str, Any] | None = None,
-                  stop_signal: signal.Signals = signal.SIGINT) -> Iterator[RunningStack]:
-    """``edgeroute up`` in a subprocess, as a user runs it; on exit it is stopped with
-    ``stop_signal`` and must leave no edge worker, Ray process or state file behind."""
-    config_file = workdir / "stack.yaml"
-    config_file.write_text(yaml.safe_dump(config))
-    argv = [sys.executable, "-m", "edgeroute", "up", "--config", str(config_file)]
-    if policy is not None:
-        policy_file = workdir / "policy.yaml"
-        policy_file.write_text(yaml.safe_dump(policy))
-        argv += ["--policy", str(policy_file)]
-    state_file, log = workdir / "state.json", workdir / "up.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen([*argv, "--state-file", str(state_file)], stdout=out,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not state_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"edgeroute up did not start:\n{log.read_text()[-4000:]}")
-        time.sleep(0.5)
-    running = RunningStack(process, state_file, log)
-    children = [p["pid"] for p in running.state["processes"] if p["kind"] == "edge"]
-    gcs_address = running.state.get("ray_address")
-    session = ray_session(gcs_address) if gcs_address else None
-    try:
-        yield running
-    finally:
-        process.send_signal(stop_signal)
-        try:
-            code = process.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            pytest.fail(f"edgeroute up did not stop within 90 s of {stop_signal.name}")
-    current = [p["pid"] for p in json.loads(state_file.read_text())["processes"]
-               if p["kind"] == "edge"] if state_file.exists() else []
-    leftovers = [pid for pid in {*children, *current} if alive(pid)]
-    leftovers += sorted(ray_pids(session)) if session else []
-    assert code == 0, log.read_text()[-4000:]
-    assert not leftovers, f"processes left behind: {leftovers}"
-    assert not state_file.exists(), "the state file outlived the stack"
-
-
-async def open_loop(endpoint: str, rate_rps: float, duration_s: float, *, field: str = "target",
-                    on_send: Callable[[float], None] | None = None,
-                    **parameters: Any) -> list[tuple[int, str]]:
-    """Requests sent on a fixed schedule whatever the answers (open loop), each with the
-    given request ``parameters``; returns (status, the response parameter ``field`` or the
-    error). ``on_send(elapsed_s)`` runs before each send (to inject a fault on time)."""
-    rows = digits_split().x_test
-    deadline_s = float(parameters.get("deadline_ms", 1000)) / 1000
-    async with httpx.AsyncClient(timeout=deadline_s + 5) as client:
-
-        async def one(i: int) -> tuple[int, str]:
-            body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
-                                "data": rows[i % len(rows)].tolist()}],
-                    "parameters": parameters}
-            response = await client.post(f"{endpoint}/v2/models/digits/infer", json=body)
-            document = response.json()
-            return response.status_code, str(
-                document.get("parameters", {}).get(field, document.get("error", "")))
-
-        start = time.monotonic()
-        tasks = []
-        for i in range(int(rate_rps * duration_s)):
-            await asyncio.sleep(max(start + i / rate_rps - time.monotonic(), 0))
-            if on_send is not None:
-                on_send(time.monotonic() - start)
-            tasks.append(asyncio.create_task(one(i)))
-        return list(await asyncio.gather(*tasks))
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.conftest import stack_config
+from tests.stackkit import stack_config
 
 pytestmark = pytest.mark.integration
 

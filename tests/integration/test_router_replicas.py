@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import open_loop, running_stack, stack_config
+from tests.stackkit import open_loop, running_stack, stack_config
 
 pytestmark = pytest.mark.integration
 

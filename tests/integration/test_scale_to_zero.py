@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from edgeroute.dataset import digits_split
-from tests.integration.conftest import open_loop, running_stack, stack_config
+from tests.stackkit import open_loop, running_stack, stack_config
 
 pytestmark = pytest.mark.integration
 

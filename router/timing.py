@@ -1,0 +1,36 @@
+"""``Server-Timing: router;dur=<ms>`` on every router response (raw ASGI, no per-request task).
+
+Clients behind the Serve proxy see the proxy's time added to the router's; this
+header tells them apart, so a shed request's cost in the router itself can be
+measured from outside (W3C Server Timing).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+Scope = dict[str, Any]
+Receive = Any
+Send = Any
+
+
+class ServerTiming:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+
+        async def timed(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                ms = (time.perf_counter() - started) * 1000
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"],
+                                      (b"server-timing", f"router;dur={ms:.3f}".encode())]
+            await send(message)
+
+        await self.app(scope, receive, timed)
