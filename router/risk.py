@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+from router.distribution import Distribution
 from router.view import TargetView
 
 
@@ -123,14 +124,13 @@ def hedged_quantile(a: TargetView, b: TargetView, delay_ms: float, q: float) -> 
     la, lb = a.latency, b.latency
     if la.p_exceed(delay_ms) <= 1.0 - q:
         return la.quantile(q)
-
-    def compute() -> float:
-        top = min(la.quantile(q), delay_ms + lb.quantile(q))
-        return _invert(lambda x: la.p_exceed(x) * lb.p_exceed(x - delay_ms), delay_ms, top,
-                       1.0 - q)
-
     key = ("hedged", q, delay_ms, la.offset, lb.origin, lb.offset)
-    return la.origin.derived(key, compute)
+    return la.origin.derived(key, _hedged_quantile, la, lb, delay_ms, q)
+
+
+def _hedged_quantile(la: Distribution, lb: Distribution, delay_ms: float, q: float) -> float:
+    top = min(la.quantile(q), delay_ms + lb.quantile(q))
+    return _invert(lambda x: la.p_exceed(x) * lb.p_exceed(x - delay_ms), delay_ms, top, 1.0 - q)
 
 
 def cascade_quantile(small: TargetView, large: TargetView, escalate: float, q: float) -> float:
@@ -138,14 +138,16 @@ def cascade_quantile(small: TargetView, large: TargetView, escalate: float, q: f
     the pair's sum table, so a cascade chosen again costs a lookup)."""
     ls = small.latency
     both, offset = ls.sum_with(large.latency)
+    key = ("cascade", q, escalate, ls.offset, offset)
+    return both.derived(key, _cascade_quantile, ls, both, offset, escalate, q)
 
+
+def _cascade_quantile(ls: Distribution, both: Distribution, offset: float, escalate: float,
+                      q: float) -> float:
     def survival(x: float) -> float:
         return (1.0 - escalate) * ls.p_exceed(x) + escalate * both.p_exceed(x - offset)
 
-    def compute() -> float:
-        return _invert(survival, ls.quantile(q), both.quantile(q) + offset, 1.0 - q)
-
-    return both.derived(("cascade", q, escalate, ls.offset, offset), compute)
+    return _invert(survival, ls.quantile(q), both.quantile(q) + offset, 1.0 - q)
 
 
 class Rest(NamedTuple):
@@ -158,13 +160,26 @@ class Rest(NamedTuple):
 
 
 NO_REST = Rest()
+EXACT_UP_TO = 5
+"""Fallback candidates (after the plan's own targets) up to which their best order is searched
+for; beyond, the greedy order stands (a longer deadline may then raise P_miss slightly)."""
+IMPROVEMENT = 1e-12
+"""How much likelier to answer in time another order must be to replace the greedy one."""
 
 
 def fallbacks(
     pool: Sequence[TargetView], exclude: Sequence[TargetView], remaining_ms: float, limit: int
 ) -> Rest:
-    """Up to ``limit`` targets of ``pool`` (less ``exclude``), least likely to miss when started
-    with ``remaining_ms`` left first, then the cheaper; with their chained risk and cost."""
+    """Up to ``limit`` targets of ``pool`` (less ``exclude``) to try in turn with
+    ``remaining_ms`` left, with their chained risk and cost.
+
+    The order is greedy, least likely to miss alone first, then the cheaper, unless another
+    order is likelier to answer in time: greedy is not always best (a target that fails less
+    often leaves the next one more time), and ranking by it alone let a longer deadline raise
+    a plan's P_miss. Up to :data:`EXACT_UP_TO` candidates the best order is found (branch and
+    bound), so the chain's ``meet`` never falls as ``remaining_ms`` grows: it is within
+    :data:`IMPROVEMENT` of a maximum over fixed orders, each non-decreasing in the time left.
+    """
     if limit <= 0 or remaining_ms <= 0.0:
         return NO_REST
     ranked = [((v.p_fail - 1.0) * (1.0 - v.latency.p_exceed(remaining_ms)), v.cost_usd, i)
@@ -173,9 +188,60 @@ def fallbacks(
         return NO_REST
     if len(ranked) > 1:
         ranked.sort()
-        del ranked[limit:]
-    chosen = tuple(pool[i] for _, _, i in ranked)
+    greedy = _rest(tuple(pool[i] for _, _, i in ranked[:limit]), -ranked[0][0], remaining_ms)
+    if limit == 1 or len(ranked) == 1 or len(ranked) > EXACT_UP_TO:
+        return greedy
+    candidates = [(-key, pool[i]) for key, _, i in ranked]
+    found = _better_order(candidates, remaining_ms, limit, greedy.meet + IMPROVEMENT)
+    if found is None:
+        return greedy
+    order = found[1]
+    order += tuple(v for _, v in candidates if v not in order)[:limit - len(order)]
+    better = _rest(order, next(m for m, v in candidates if v is order[0]), remaining_ms)
+    return better if better.meet > greedy.meet + IMPROVEMENT else greedy
+
+
+def _rest(chosen: tuple[TargetView, ...], first_meet: float, remaining_ms: float) -> Rest:
+    """The :class:`Rest` of trying ``chosen`` in turn; ``first_meet``: the first one's
+    ``P(answered in time)`` with ``remaining_ms`` left."""
     first = chosen[0]
     rest_meet, rest_cost = chain(chosen[1:], remaining_ms - first.fail_fast_ms)
     pf = first.p_fail
-    return Rest(chosen, -ranked[0][0] + pf * rest_meet, first.cost_usd + pf * rest_cost)
+    return Rest(chosen, first_meet + pf * rest_meet, first.cost_usd + pf * rest_cost)
+
+
+def _better_order(
+    candidates: Sequence[tuple[float, TargetView]], left_ms: float, depth: int, floor: float
+) -> tuple[float, tuple[TargetView, ...]] | None:
+    """``(P(answered in time), order)`` of the likeliest chain of up to ``depth`` of
+    ``candidates`` (each with its own ``P(answered in time)`` with ``left_ms`` left) if it is
+    above ``floor``, else ``None``. Depth first; a first target is skipped when even the best
+    conceivable rest (:func:`_chain_bound`) cannot lift it above the best found."""
+    best: tuple[float, tuple[TargetView, ...]] | None = None
+    worst = max(v.p_fail for _, v in candidates)
+    meets = sorted((m for m, _ in candidates), reverse=True)
+    for k, (meet, view) in enumerate(candidates):
+        pf = view.p_fail
+        tail: tuple[TargetView, ...] = ()
+        if depth > 1 and pf > 0.0 and len(meets) > 1:
+            top = meets[1] if meet == meets[0] else meets[0]
+            if meet + pf * _chain_bound(top, worst, depth - 1) <= floor:
+                continue
+            left = left_ms - view.fail_fast_ms
+            inner = [((1.0 - w.p_fail) * (1.0 - w.latency.p_exceed(left)) if left > 0.0 else 0.0,
+                      w) for i, (_, w) in enumerate(candidates) if i != k]
+            found = _better_order(inner, left, depth - 1, (floor - meet) / pf)
+            if found is not None:
+                meet, tail = meet + pf * found[0], found[1]
+        if meet > floor:
+            best, floor = (meet, (view, *tail)), meet
+    return best
+
+
+def _chain_bound(top: float, worst: float, depth: int) -> float:
+    """An upper bound on ``P(answered in time)`` of any chain of ``depth`` targets, each
+    answering alone with at most ``top`` and failing with at most ``worst``."""
+    bound = 0.0
+    for _ in range(depth):
+        bound = min(1.0, top + worst * bound)
+    return bound

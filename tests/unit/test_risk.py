@@ -62,9 +62,9 @@ def test_the_risk_of_each_plan_shape_matches_simulation() -> None:
     c = cloud(median=25.0, sigma=0.4, p_fail=0.2, fail_fast=3.0)
     deadline = 45.0
     rest = risk.fallbacks((a, b, c), (a,), deadline - a.fail_fast_ms, 2)
-    assert rest.targets == (b, c), "b is likelier to answer in the 40 ms left"
+    assert rest.targets == (c, b), "c fails fast, leaving b nearly all of the 40 ms left"
     p_miss, _ = risk.single(a, rest, deadline)
-    simulated = 1 - np.mean([simulate_chain((a, b, c), deadline, rng) for _ in range(TRIALS)])
+    simulated = 1 - np.mean([simulate_chain((a, c, b), deadline, rng) for _ in range(TRIALS)])
     assert p_miss == pytest.approx(simulated, abs=0.01)
     h = a.latency.quantile(0.8)
     rest = risk.fallbacks((c,), (), risk.hedge_rest_ms(a, b, h, deadline), 1)
@@ -79,3 +79,20 @@ def test_the_risk_of_each_plan_shape_matches_simulation() -> None:
                              for _ in range(TRIALS)])
     assert p_miss == pytest.approx(simulated, abs=0.01)
     assert cost == pytest.approx(1e-7 + 0.9 * 0.4 * 2e-6 + 0.1 * 1e-7)
+
+
+def test_fallbacks_run_in_the_order_likeliest_to_answer_not_greedily() -> None:
+    """Alone, b is likelier than c to answer in 40 ms; but c fails often and fast, which
+    leaves b almost all the time, while b fails rarely and slowly: c then b answers more
+    often. Ordering greedily by each one's chance alone let a longer deadline raise P_miss."""
+    b = view("b", median=30.0, sigma=0.3, p_fail=0.05, fail_fast=8.0)
+    c = cloud(median=25.0, sigma=0.4, p_fail=0.2, fail_fast=3.0)
+    assert b.meet_alone(40.0) > c.meet_alone(40.0)
+    rest = risk.fallbacks((b, c), (), 40.0, 2)
+    assert rest.targets == (c, b)
+    assert rest.meet == pytest.approx(c.meet_alone(40.0) + 0.2 * b.meet_alone(37.0))
+    assert rest.meet > b.meet_alone(40.0) + 0.05 * c.meet_alone(32.0)
+    rng = np.random.default_rng(3)
+    simulated = np.mean([simulate_chain((c, b), 40.0, rng) for _ in range(TRIALS)])
+    assert rest.meet == pytest.approx(simulated, abs=0.01)
+    assert risk.fallbacks((b, c), (), 40.0, 1).targets == (b,), "one fallback: the likeliest"
