@@ -48,24 +48,30 @@ class Scored:
         "evaluated",
         "extra",
         "fallbacks",
+        "floor",
         "kind",
         "klass",
         "p_miss",
         "partner",
+        "place",
         "primary",
         "threshold",
         "verdict",
     )
 
-    def __init__(self, kind: PlanKind, primary: TargetView, partner: TargetView | None = None,
-                 *, klass: int = 0, threshold: float | None = None, escalate: float = 0.0,
-                 fill: Callable[[Scored], None] | None = None) -> None:
+    def __init__(self, kind: PlanKind, primary: TargetView, partner: TargetView | None,
+                 klass: int, floor: float, fill: Callable[[Scored], None] | None = None, *,
+                 threshold: float | None = None, escalate: float = 0.0,
+                 delay_ms: float | None = None, place: tuple[int, ...] = ()) -> None:
         self.kind, self.primary, self.partner = kind, primary, partner
         self.klass = klass
         """0 or 1: a plan of class 1 wins only when no plan of class 0 meets the budget."""
-        self.threshold, self.escalate = threshold, escalate
+        self.floor = floor
+        """A lower bound on ``cost_usd``, known without evaluating (see :func:`cost_floor`)."""
+        self.threshold, self.escalate, self.delay_ms = threshold, escalate, delay_ms
+        self.place = place
+        """Where the plan comes in the enumeration (the table's order)."""
         self.fallbacks: tuple[TargetView, ...] = ()
-        self.delay_ms: float | None = None
         self.p_miss = self.cost_usd = self.extra = 0.0
         self.verdict: str | None = None
         self.evaluated = fill is None
@@ -77,17 +83,6 @@ class Scored:
             self._fill(self)
             self.evaluated = True
         return self
-
-    def cost_floor(self) -> float:
-        """A lower bound on ``cost_usd``, cheaper to get than evaluating."""
-        primary, partner = self.primary, self.partner
-        if partner is None:
-            return primary.cost_usd
-        if self.kind == "cascade":
-            share = (1 - primary.p_fail) * self.escalate
-        else:
-            share = (1 - primary.p_fail) * primary.latency.p_exceed(self.delay_ms or 0.0)
-        return primary.cost_usd + share * partner.cost_usd
 
     def figures(self) -> tuple[float, float]:
         """Predicted p50 and p99 when the primary answers (failures left out)."""
@@ -125,6 +120,15 @@ class Scored:
         p50, p99 = self.figures()
         return CandidateRow(self.plan(True).describe(), p50, p99, self.p_miss, self.cost_usd,
                             verdict)
+
+
+def cost_floor(primary: TargetView, partner: TargetView | None, share: float) -> float:
+    """A lower bound on a plan's expected cost: its primary's price, plus the partner's times
+    ``share``, the least probability that the partner is called (a cascade escalates, a hedge
+    fires); fallbacks can only add to it."""
+    if partner is None:
+        return primary.cost_usd
+    return primary.cost_usd + share * partner.cost_usd
 
 
 def excluded_row(view: TargetView, verdict: str, deadline_ms: float) -> CandidateRow:

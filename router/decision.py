@@ -22,9 +22,12 @@ router beside every clever one; the benchmarks compare arms in one run):
   ``least-latency`` (lowest EWMA of observed latency, as LiteLLM's
   latency-based routing) and ``least-cost`` (as LiteLLM's cost-based routing).
 
-Fallbacks: up to ``max_fallbacks`` other targets, least likely to miss when
-started after the primary failed first, then the cheaper. Every decision
-carries its candidate table (built when read), each row with its verdict.
+Fallbacks: up to ``max_fallbacks`` other targets, in the order likeliest to
+answer in time once the primary failed (:func:`router.risk.fallbacks`).
+Plans of class 1 (a small model alone while a cascade is preferred) are only
+enumerated when no plan of class 0 meets the budget, or when the table is
+read. Every decision carries its candidate table (built when read), each
+row with its verdict.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from router.candidates import (
     SLOWER,
     CandidateTable,
     Scored,
+    cost_floor,
     excluded_row,
 )
 from router.plan import CandidateRow, Decision
@@ -71,25 +75,47 @@ class BaselineState:
 
 
 class _Context:
-    """One decision's inputs, and the fallbacks already ordered for each primary."""
+    """One decision's inputs, its plans by class (enumerated when first needed), and the
+    fallbacks already ordered for each primary."""
 
-    __slots__ = ("_rests", "cascading", "deadline_ms", "limit", "policy", "pool", "prefer")
+    __slots__ = ("_classes", "_rests", "cascading", "deadline_ms", "limit", "policy", "pool",
+                 "prefer", "short")
 
-    def __init__(self, deadline_ms: float, policy: RoutingPolicy, pool: tuple[TargetView, ...],
+    def __init__(self, deadline_ms: float, policy: RoutingPolicy, short: Shortlist,
                  cascading: bool = False) -> None:
-        self.deadline_ms, self.policy, self.pool = deadline_ms, policy, pool
+        self.deadline_ms, self.policy, self.short = deadline_ms, policy, short
+        self.pool = short.pool
         self.limit = policy.max_fallbacks
         self.cascading = cascading
         """Cascades are enumerated: enabled, ``quality=any``, small and large targets allowed."""
         self.prefer = cascading and policy.cascade.prefer_over_small
         self._rests: dict[int, risk.Rest] = {}
+        self._classes: list[list[Scored] | None] = [None, None if self.prefer else []]
 
     def klass(self, view: TargetView) -> int:
         """1 for a plan answered by a small model alone while a cascade is preferred."""
         return 1 if self.prefer and view.quality == "small" else 0
 
     def single(self, view: TargetView) -> Scored:
-        return Scored("single", view, klass=self.klass(view), fill=self.fill_single)
+        return Scored("single", view, None, self.klass(view), view.cost_usd, self.fill_single)
+
+    def plans(self, klass: int) -> list[Scored]:
+        """The plans of class ``klass`` in enumeration order, enumerated on first use: while a
+        plan of class 0 meets the budget, those of class 1 are never built."""
+        found = self._classes[klass]
+        if found is None:
+            found = self._classes[klass] = _enumerate(self, klass)
+        return found
+
+    def every_plan(self) -> list[Scored]:
+        """Every plan, in enumeration order (singles, cascades, hedges)."""
+        second = self.plans(1)
+        return sorted(self.plans(0) + second, key=_place) if second else self.plans(0)
+
+    def any_small_alone(self) -> bool:
+        """Whether some plan (of class 1) is answered by a small model alone."""
+        return self.prefer and (any(v.quality == "small" for v in self.short.primaries)
+                                or bool(self.plans(1)))
 
     def rest(self, primary: TargetView) -> risk.Rest:
         """Fallbacks after ``primary`` failed (shared by its single plan and its cascades)."""
@@ -144,61 +170,92 @@ def decide(
         return Decision(None, reason, policy_name, _table(elig, deadline_ms))
     short = view_set.shortlist(policy, quality, deadline_ms)
     if policy.strategy != "risk-optimal":
-        return _baseline(_Context(deadline_ms, policy, short.pool), elig, policy_name, rng, state)
+        return _baseline(_Context(deadline_ms, policy, short), elig, policy_name, rng, state)
     cascading = policy.cascade.enabled and quality == "any" and bool(short.small and short.large)
-    ctx = _Context(deadline_ms, policy, short.pool, cascading)
-    return _risk_optimal(ctx, elig, short, policy_name)
+    return _risk_optimal(_Context(deadline_ms, policy, short, cascading), elig, policy_name)
 
 
-def _enumerate(ctx: _Context, short: Shortlist) -> list[Scored]:
-    policy, deadline = ctx.policy, ctx.deadline_ms
-    plans = [ctx.single(t) for t in short.primaries]
-    if ctx.cascading:
-        threshold = policy.cascade.confidence_threshold
-        for s in short.small:
+def _enumerate(ctx: _Context, klass: int) -> list[Scored]:
+    """The plans of class ``klass`` over the shortlist, unevaluated, in enumeration order
+    (singles, cascades, hedges), each with its cost floor and its place in that order."""
+    short, policy, prefer, alone = ctx.short, ctx.policy, ctx.prefer, klass == 1
+    fill = ctx.fill_single
+    plans = [Scored("single", t, None, klass, t.cost_usd, fill, place=(0, i))
+             for i, t in enumerate(short.primaries) if (prefer and t.quality == "small") == alone]
+    if ctx.cascading and not alone:
+        threshold, fill = policy.cascade.confidence_threshold, ctx.fill_cascade
+        for i, s in enumerate(short.small):
             escalate = s.escalation_probability(threshold)
-            plans += [Scored("cascade", s, e, threshold=threshold, escalate=escalate,
-                             fill=ctx.fill_cascade) for e in short.large if e is not s]
-    if policy.hedge.enabled:
-        for a in short.hedged:
-            delay = max(policy.hedge.min_delay_ms, a.latency.quantile(policy.hedge.delay_quantile))
-            if delay >= deadline:
+            share = (1 - s.p_fail) * escalate
+            plans += [Scored("cascade", s, e, 0, cost_floor(s, e, share), fill, place=(1, i, j),
+                             threshold=threshold, escalate=escalate)
+                      for j, e in enumerate(short.large) if e is not s]
+    hedge = policy.hedge
+    if hedge.enabled:
+        fill = ctx.fill_hedged
+        for i, a in enumerate(short.hedged):
+            small = prefer and a.quality == "small"
+            partners = [(j, b) for j, b in enumerate(short.partners) if b is not a
+                        and (small or (prefer and b.quality == "small")) == alone]
+            if not partners:
                 continue
-            for b in short.partners:
-                if b is not a:
-                    klass = max(ctx.klass(a), ctx.klass(b))
-                    plan = Scored("hedged", a, b, klass=klass, fill=ctx.fill_hedged)
-                    plan.delay_ms = delay
-                    plans.append(plan)
+            delay = max(hedge.min_delay_ms, a.latency.quantile(hedge.delay_quantile))
+            if delay >= ctx.deadline_ms:
+                continue
+            share = (1 - a.p_fail) * a.latency.p_exceed(delay)
+            plans += [Scored("hedged", a, b, klass, cost_floor(a, b, share), fill,
+                             place=(2, i, j), delay_ms=delay) for j, b in partners]
     return plans
+
+
+def _place(plan: Scored) -> tuple[int, ...]:
+    return plan.place
 
 
 def _feasible(plan: Scored, budget: float) -> bool:
     return plan.verdict is None and plan.p_miss <= budget + TOLERANCE
 
 
-def _select(plans: list[Scored], policy: RoutingPolicy) -> Scored | None:
-    """The best plan within budget, by branch and bound: plans are visited in order of
-    (class, lower bound on cost); once the best so far beats the next bound, the rest cannot
+def _floor(plan: Scored) -> float:
+    return plan.floor
+
+
+def _select(ctx: _Context) -> Scored | None:
+    """The best plan within budget: of class 0 if one qualifies, else of class 1."""
+    policy = ctx.policy
+    for klass in (0, 1):
+        plans = ctx.plans(klass)
+        if policy.objective == "min-latency":
+            best = _fastest(plans, policy.risk_budget)
+        else:
+            best = _cheapest(plans, policy)
+        if best is not None:
+            return best
+    return None
+
+
+def _fastest(plans: list[Scored], budget: float) -> Scored | None:
+    for plan in plans:
+        plan.evaluate()
+    feasible = [p for p in plans if _feasible(p, budget)]
+    return min(feasible, key=lambda p: (p.p50(), p.cost_usd), default=None)
+
+
+def _cheapest(plans: list[Scored], policy: RoutingPolicy) -> Scored | None:
+    """The least expected cost within budget, by branch and bound: plans are visited in order
+    of their lower bound on cost; once the best so far beats the next bound, the rest cannot
     win and stay unevaluated (the table evaluates them if it is read)."""
-    budget = policy.risk_budget
-    if policy.objective == "min-latency":
-        for plan in plans:
-            plan.evaluate()
-        feasible = [p for p in plans if _feasible(p, budget)]
-        return min(feasible, key=lambda p: (p.klass, p.p50(), p.cost_usd), default=None)
-    penalty, tie = policy.miss_penalty_usd, policy.cost_tie_ratio
+    budget, penalty, tie = policy.risk_budget, policy.miss_penalty_usd, policy.cost_tie_ratio
     best: Scored | None = None
     best_cost = 0.0
-    bounded = sorted(((plan.klass, plan.cost_floor(), i) for i, plan in enumerate(plans)))
-    for klass, floor, i in bounded:
-        if best is not None and (klass > best.klass or floor > best_cost * (1 + tie)):
+    for plan in sorted(plans, key=_floor):
+        if best is not None and plan.floor > best_cost * (1 + tie):
             break
-        plan = plans[i].evaluate()
+        plan.evaluate()
         if not _feasible(plan, budget):
             continue
         cost = plan.cost_usd + penalty * plan.p_miss
-        if best is None or klass < best.klass or _cheaper(cost, plan, best_cost, best, tie):
+        if best is None or _cheaper(cost, plan, best_cost, best, tie):
             best, best_cost = plan, cost
     return best
 
@@ -212,21 +269,19 @@ def _cheaper(cost: float, plan: Scored, best_cost: float, best: Scored, tie: flo
     return (plan.p50(), plan.p_miss, cost) < (best.p50(), best.p_miss, best_cost)
 
 
-def _risk_optimal(ctx: _Context, elig: Eligibility, short: Shortlist,
-                  policy_name: str) -> Decision:
+def _risk_optimal(ctx: _Context, elig: Eligibility, policy_name: str) -> Decision:
     policy = ctx.policy
-    plans = _enumerate(ctx, short)
-    chosen = _select(plans, policy)
+    chosen = _select(ctx)
     within = chosen is not None
     what = "fastest p50" if policy.objective == "min-latency" else "least expected cost"
     if chosen is not None:
         reason = f"{what} within risk budget {policy.risk_budget:g}"
-        if chosen.klass == 0 and any(p.klass for p in plans):
+        if chosen.klass == 0 and ctx.any_small_alone():
             reason += " (small models alone rank below a cascade)"
         elif chosen.klass:
             reason += ": no cascade or large-model plan met it, small model alone"
     else:
-        candidates = [p.evaluate() for p in plans]
+        candidates = [p.evaluate() for p in ctx.every_plan()]
         viable = [p for p in candidates if p.verdict is None]
         chosen = min(viable or candidates, key=lambda p: (p.p_miss, p.cost_usd))
         reason = f"no plan meets risk budget {policy.risk_budget:g}"
@@ -235,7 +290,7 @@ def _risk_optimal(ctx: _Context, elig: Eligibility, short: Shortlist,
             reason += ": rejected"
         else:
             reason += f": least risky plan (P_miss {chosen.p_miss:.4f})"
-    table = _table(elig, ctx.deadline_ms, _judged(ctx, elig, short, plans),
+    table = _table(elig, ctx.deadline_ms, _judged(ctx, elig),
                    functools.partial(_verdict, chosen=chosen, policy=policy))
     return Decision(chosen.plan(within) if chosen else None, reason, policy_name, table)
 
@@ -274,13 +329,13 @@ def _table(elig: Eligibility, deadline_ms: float,
     return CandidateTable(build)
 
 
-def _judged(ctx: _Context, elig: Eligibility, short: Shortlist,
-            plans: list[Scored]) -> Callable[[], Iterable[Scored]]:
+def _judged(ctx: _Context, elig: Eligibility) -> Callable[[], Iterable[Scored]]:
     """The plans enumerated, then single plans of the targets the shortlist left out."""
 
     def judged() -> Iterable[Scored]:
+        plans = ctx.every_plan()
         yield from plans
-        if not short.complete:
+        if not ctx.short.complete:
             seen = {p.primary.name for p in plans if p.kind == "single"}
             yield from (ctx.single(v) for v in elig.eligible if v.name not in seen)
 

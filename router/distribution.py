@@ -26,6 +26,7 @@ import weakref
 from bisect import bisect_right
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -175,9 +176,10 @@ class Distribution:
             object.__setattr__(shifted, name, value)
         return shifted
 
-    def derived(self, key: Hashable, compute: Callable[[], float]) -> float:
-        """A figure derived from this (immutable) table, memoised under ``key``; ``key`` must
-        hold everything else the figure depends on. At most :data:`MAX_DERIVED` are kept."""
+    def derived(self, key: Hashable, compute: Callable[..., float], *args: Any) -> float:
+        """A figure derived from this (immutable) table, ``compute(*args)``, memoised under
+        ``key``; ``key`` must hold everything else the figure depends on. At most
+        :data:`MAX_DERIVED` are kept."""
         memo = self._derived
         if memo is None:
             memo = {}
@@ -186,7 +188,7 @@ class Distribution:
         if found is None:
             if len(memo) >= MAX_DERIVED:
                 memo.clear()
-            found = memo[key] = compute()
+            found = memo[key] = compute(*args)
         return found
 
     def sum_with(self, other: Distribution) -> tuple[Distribution, float]:
