@@ -75,11 +75,10 @@ class BaselineState:
 
 
 class _Context:
-    """One decision's inputs, its plans by class (enumerated when first needed), and the
-    fallbacks already ordered for each primary."""
+    """One decision's inputs, and the fallbacks already ordered for each primary."""
 
-    __slots__ = ("_classes", "_rests", "cascading", "deadline_ms", "limit", "policy", "pool",
-                 "prefer", "short")
+    __slots__ = ("_rests", "cascading", "deadline_ms", "limit", "policy", "pool", "prefer",
+                 "short")
 
     def __init__(self, deadline_ms: float, policy: RoutingPolicy, short: Shortlist,
                  cascading: bool = False) -> None:
@@ -90,7 +89,6 @@ class _Context:
         """Cascades are enumerated: enabled, ``quality=any``, small and large targets allowed."""
         self.prefer = cascading and policy.cascade.prefer_over_small
         self._rests: dict[int, risk.Rest] = {}
-        self._classes: list[list[Scored] | None] = [None, None if self.prefer else []]
 
     def klass(self, view: TargetView) -> int:
         """1 for a plan answered by a small model alone while a cascade is preferred."""
@@ -98,24 +96,6 @@ class _Context:
 
     def single(self, view: TargetView) -> Scored:
         return Scored("single", view, None, self.klass(view), view.cost_usd, self.fill_single)
-
-    def plans(self, klass: int) -> list[Scored]:
-        """The plans of class ``klass`` in enumeration order, enumerated on first use: while a
-        plan of class 0 meets the budget, those of class 1 are never built."""
-        found = self._classes[klass]
-        if found is None:
-            found = self._classes[klass] = _enumerate(self, klass)
-        return found
-
-    def every_plan(self) -> list[Scored]:
-        """Every plan, in enumeration order (singles, cascades, hedges)."""
-        second = self.plans(1)
-        return sorted(self.plans(0) + second, key=_place) if second else self.plans(0)
-
-    def any_small_alone(self) -> bool:
-        """Whether some plan (of class 1) is answered by a small model alone."""
-        return self.prefer and (any(v.quality == "small" for v in self.short.primaries)
-                                or bool(self.plans(1)))
 
     def rest(self, primary: TargetView) -> risk.Rest:
         """Fallbacks after ``primary`` failed (shared by its single plan and its cascades)."""
@@ -146,6 +126,35 @@ class _Context:
         rest = self.rest(s)
         plan.fallbacks = rest.targets
         plan.p_miss, plan.cost_usd = risk.cascade(s, e, plan.escalate, rest, self.deadline_ms)
+
+
+class _Plans:
+    """A decision's plans by class, each class enumerated on first use: while a plan of class 0
+    meets the budget, those of class 1 are never built. (Plans refer to their context, so the
+    context must not refer to them: no reference cycle is left for the garbage collector.)"""
+
+    __slots__ = ("_classes", "ctx")
+
+    def __init__(self, ctx: _Context) -> None:
+        self.ctx = ctx
+        self._classes: list[list[Scored] | None] = [None, None if ctx.prefer else []]
+
+    def of_class(self, klass: int) -> list[Scored]:
+        """The plans of class ``klass``, in enumeration order."""
+        found = self._classes[klass]
+        if found is None:
+            found = self._classes[klass] = _enumerate(self.ctx, klass)
+        return found
+
+    def every(self) -> list[Scored]:
+        """Every plan, in enumeration order (singles, cascades, hedges)."""
+        second = self.of_class(1)
+        return sorted(self.of_class(0) + second, key=_place) if second else self.of_class(0)
+
+    def any_small_alone(self) -> bool:
+        """Whether some plan (of class 1) is answered by a small model alone."""
+        return self.ctx.prefer and (any(v.quality == "small" for v in self.ctx.short.primaries)
+                                    or bool(self.of_class(1)))
 
 
 def decide(
@@ -220,11 +229,11 @@ def _floor(plan: Scored) -> float:
     return plan.floor
 
 
-def _select(ctx: _Context) -> Scored | None:
+def _select(plans_of: _Plans) -> Scored | None:
     """The best plan within budget: of class 0 if one qualifies, else of class 1."""
-    policy = ctx.policy
+    policy = plans_of.ctx.policy
     for klass in (0, 1):
-        plans = ctx.plans(klass)
+        plans = plans_of.of_class(klass)
         if policy.objective == "min-latency":
             best = _fastest(plans, policy.risk_budget)
         else:
@@ -270,18 +279,18 @@ def _cheaper(cost: float, plan: Scored, best_cost: float, best: Scored, tie: flo
 
 
 def _risk_optimal(ctx: _Context, elig: Eligibility, policy_name: str) -> Decision:
-    policy = ctx.policy
-    chosen = _select(ctx)
+    policy, plans = ctx.policy, _Plans(ctx)
+    chosen = _select(plans)
     within = chosen is not None
     what = "fastest p50" if policy.objective == "min-latency" else "least expected cost"
     if chosen is not None:
         reason = f"{what} within risk budget {policy.risk_budget:g}"
-        if chosen.klass == 0 and ctx.any_small_alone():
+        if chosen.klass == 0 and plans.any_small_alone():
             reason += " (small models alone rank below a cascade)"
         elif chosen.klass:
             reason += ": no cascade or large-model plan met it, small model alone"
     else:
-        candidates = [p.evaluate() for p in ctx.every_plan()]
+        candidates = [p.evaluate() for p in plans.every()]
         viable = [p for p in candidates if p.verdict is None]
         chosen = min(viable or candidates, key=lambda p: (p.p_miss, p.cost_usd))
         reason = f"no plan meets risk budget {policy.risk_budget:g}"
@@ -290,7 +299,7 @@ def _risk_optimal(ctx: _Context, elig: Eligibility, policy_name: str) -> Decisio
             reason += ": rejected"
         else:
             reason += f": least risky plan (P_miss {chosen.p_miss:.4f})"
-    table = _table(elig, ctx.deadline_ms, _judged(ctx, elig),
+    table = _table(elig, ctx.deadline_ms, _judged(plans, elig),
                    functools.partial(_verdict, chosen=chosen, policy=policy))
     return Decision(chosen.plan(within) if chosen else None, reason, policy_name, table)
 
@@ -329,11 +338,11 @@ def _table(elig: Eligibility, deadline_ms: float,
     return CandidateTable(build)
 
 
-def _judged(ctx: _Context, elig: Eligibility) -> Callable[[], Iterable[Scored]]:
+def _judged(plans_of: _Plans, elig: Eligibility) -> Callable[[], Iterable[Scored]]:
     """The plans enumerated, then single plans of the targets the shortlist left out."""
 
     def judged() -> Iterable[Scored]:
-        plans = ctx.every_plan()
+        plans, ctx = plans_of.every(), plans_of.ctx
         yield from plans
         if not ctx.short.complete:
             seen = {p.primary.name for p in plans if p.kind == "single"}

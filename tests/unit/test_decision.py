@@ -3,6 +3,7 @@ lost, for the risk-optimal engine and every baseline."""
 
 from __future__ import annotations
 
+import gc
 import random
 
 import numpy as np
@@ -297,3 +298,21 @@ def test_among_a_thousand_targets_the_cheapest_within_budget_is_found() -> None:
     assert len(decision.plan.fallbacks) == 2
     assert len(decision.candidates) >= 1002
     assert verdicts(decision)[decision.plan.describe()] == CHOSEN
+
+
+@pytest.mark.parametrize("deadline_ms", [5.0, 60.0, 250.0])
+def test_a_decision_leaves_no_garbage_cycles(deadline_ms: float) -> None:
+    """Decisions are freed as they are dropped: cyclic garbage would wait for the collector,
+    whose pauses land on some later request's decision time."""
+    views = [view("edge-a"), view("edge-b", median=40.0, p_fail=0.01), cloud(p_fail=0.001)]
+    policies = [RoutingPolicy(), NO_EXTRAS, baseline("least-latency")]
+    gc.collect()
+    gc.disable()
+    try:
+        for policy in policies:
+            decision = run(views, deadline_ms=deadline_ms, policy=policy)
+            assert len(decision.candidates) >= 3
+            run(views, deadline_ms=deadline_ms, policy=policy)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
