@@ -61,25 +61,37 @@ class RegistryUnavailable(Exception):
 
 
 class FleetClient:
-    """One replica's access to the registry: found or created on first use, every call
-    bounded by ``timeout_s``; a failed call forgets the handle so the next looks it up."""
+    """One replica's access to the registry, every call bounded by ``timeout_s``.
+
+    Only a join creates the registry; reads and leaves of a stack nobody joined
+    find none and answer an empty fleet, so a stack without a fleet runs no
+    extra actor. A failed call forgets the handle so the next looks it up again.
+    """
 
     def __init__(self, *, max_members: int, timeout_s: float = CALL_TIMEOUT_S) -> None:
         self.max_members = max_members
         self.timeout_s = timeout_s
         self._actor: Any = None
 
-    def _get_or_create(self) -> Any:
-        return FleetRegistry.options(  # type: ignore[attr-defined]
-            name=REGISTRY_NAME, namespace=REGISTRY_NAMESPACE, lifetime="detached",
-            get_if_exists=True,
-        ).remote(self.max_members)
+    def _find(self, create: bool) -> Any:
+        if create:
+            return FleetRegistry.options(  # type: ignore[attr-defined]
+                name=REGISTRY_NAME, namespace=REGISTRY_NAMESPACE, lifetime="detached",
+                get_if_exists=True,
+            ).remote(self.max_members)
+        try:
+            return ray.get_actor(REGISTRY_NAME, namespace=REGISTRY_NAMESPACE)
+        except ValueError:
+            return None
 
-    async def _call(self, method: str, *args: Any) -> Any:
+    async def _call(self, method: str, *args: Any, create: bool = False) -> Any:
+        """The method's result, or None when there is no registry and ``create`` is false."""
         try:
             if self._actor is None:
-                self._actor = await asyncio.wait_for(asyncio.to_thread(self._get_or_create),
+                self._actor = await asyncio.wait_for(asyncio.to_thread(self._find, create),
                                                      self.timeout_s)
+                if self._actor is None:
+                    return None
             return await asyncio.wait_for(getattr(self._actor, method).remote(*args),
                                           self.timeout_s)
         except (asyncio.TimeoutError, ray.exceptions.RayError) as exc:
@@ -87,13 +99,13 @@ class FleetClient:
             raise RegistryUnavailable(f"fleet registry: {type(exc).__name__}: {exc}") from exc
 
     async def heartbeat(self, member: Member) -> str:
-        return str(await self._call("heartbeat", member.model_dump(mode="json")))
+        return str(await self._call("heartbeat", member.model_dump(mode="json"), create=True))
 
     async def leave(self, name: str) -> bool:
         return bool(await self._call("leave", name))
 
     async def members(self, ttl_s: float) -> list[dict[str, Any]]:
-        return list(await self._call("members", ttl_s))
+        return list(await self._call("members", ttl_s) or [])
 
 
 MakeTarget = Callable[[Member], "Target"]

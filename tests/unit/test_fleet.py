@@ -110,104 +110,95 @@ class Registry:
         return self.table.snapshot(TTL_S)
 
 
-def replica() -> tuple[RoutingService, list[Target]]:
-    made: list[Target] = []
-    service = RoutingService(TargetSet([fake_target(FakeTransport("cloud"), tier="cloud",
-                                                    quality="large")]),
-                             metrics=RouterMetrics(MemoryFactory()))
-    return service, made
+class Replica:
+    """One router replica's service (a cloud target only) synced from ``registry``; every
+    fleet target it makes is kept in ``made``."""
 
+    def __init__(self) -> None:
+        self.clock = FakeClock()
+        self.registry = Registry(self.clock)
+        self.made: list[Target] = []
+        self.service = RoutingService(
+            TargetSet([fake_target(FakeTransport("cloud"), tier="cloud", quality="large")]),
+            metrics=RouterMetrics(MemoryFactory()))
+        self.sync = FleetSync(self.registry.read, self.service, self._make, interval_s=1.0)
 
-def sync_for(service: RoutingService, made: list[Target], registry: Registry) -> FleetSync:
-    def make(m: Member) -> Target:
+    def _make(self, m: Member) -> Target:
         target = fake_target(FakeTransport(m.name), tier=m.tier, quality=m.quality)
-        made.append(target)
+        self.made.append(target)
         return target
 
-    return FleetSync(registry.read, service, make, interval_s=1.0)
+    def join(self, *names: str) -> None:
+        for name in names:
+            self.registry.table.heartbeat(member(name))
 
 
 def test_a_replica_routes_to_members_that_join_and_stops_when_one_expires() -> None:
-    clock = FakeClock()
-    registry = Registry(clock)
-    service, made = replica()
-    sync = sync_for(service, made, registry)
+    r = Replica()
 
     async def main() -> None:
-        for name in ("site-a", "site-b", "site-c"):
-            registry.table.heartbeat(member(name))
-        await sync.sync_once()
-        assert sorted(t.name for t in service.targets) == ["cloud", "site-a", "site-b",
-                                                            "site-c"]
-        generation = service.targets.generation
-        clock.advance(2.0)
-        registry.table.heartbeat(member("site-a"))
-        registry.table.heartbeat(member("site-c"))
-        clock.advance(1.5)
-        todo = await sync.sync_once()
+        r.join("site-a", "site-b", "site-c")
+        await r.sync.sync_once()
+        assert sorted(t.name for t in r.service.targets) == ["cloud", "site-a", "site-b",
+                                                              "site-c"]
+        generation = r.service.targets.generation
+        r.clock.advance(2.0)
+        r.join("site-a", "site-c")
+        r.clock.advance(1.5)
+        todo = await r.sync.sync_once()
         assert todo is not None and todo.remove == ["site-b"]
-        assert sorted(t.name for t in service.targets) == ["cloud", "site-a", "site-c"]
-        assert service.targets.generation == generation + 1
-        await sync.sync_once()
-        gone = next(t for t in made if t.name == "site-b")
-        assert fake_of(gone).closed
+        assert sorted(t.name for t in r.service.targets) == ["cloud", "site-a", "site-c"]
+        assert r.service.targets.generation == generation + 1
+        await r.sync.sync_once()
+        assert fake_of(next(t for t in r.made if t.name == "site-b")).closed
 
     run_async(main)
 
 
 def test_a_retired_target_is_closed_only_once_no_call_to_it_is_in_flight() -> None:
-    clock = FakeClock()
-    registry = Registry(clock)
-    service, made = replica()
-    sync = sync_for(service, made, registry)
+    r = Replica()
 
     async def main() -> None:
-        registry.table.heartbeat(member("site-a"))
-        await sync.sync_once()
-        (target,) = made
+        r.join("site-a")
+        await r.sync.sync_once()
+        (target,) = r.made
         target.estimator.in_flight = 1
-        registry.table.leave("site-a")
-        await sync.sync_once()
-        await sync.sync_once()
-        assert service.targets.get("site-a") is None and not fake_of(target).closed
+        r.registry.table.leave("site-a")
+        await r.sync.sync_once()
+        await r.sync.sync_once()
+        assert r.service.targets.get("site-a") is None and not fake_of(target).closed
         target.estimator.in_flight = 0
-        await sync.sync_once()
+        await r.sync.sync_once()
         assert fake_of(target).closed
 
     run_async(main)
 
 
 def test_an_unreachable_registry_leaves_the_fleet_as_last_seen() -> None:
-    clock = FakeClock()
-    registry = Registry(clock)
-    service, made = replica()
-    sync = sync_for(service, made, registry)
+    r = Replica()
 
     async def main() -> None:
-        registry.table.heartbeat(member("site-a"))
-        await sync.sync_once()
-        registry.down = True
-        clock.advance(60)
-        assert await sync.sync_once() is None
-        assert service.targets.get("site-a") is not None
-        assert sync.last_error is not None and "timeout" in sync.last_error
-        registry.down = False
-        await sync.sync_once()
-        assert service.targets.get("site-a") is None
+        r.join("site-a")
+        await r.sync.sync_once()
+        r.registry.down = True
+        r.clock.advance(60)
+        assert await r.sync.sync_once() is None
+        assert r.service.targets.get("site-a") is not None
+        assert r.sync.last_error is not None and "timeout" in r.sync.last_error
+        r.registry.down = False
+        await r.sync.sync_once()
+        assert r.service.targets.get("site-a") is None
 
     run_async(main)
 
 
 def test_a_new_member_is_priced_and_starts_from_the_prior() -> None:
-    clock = FakeClock()
-    registry = Registry(clock)
-    service, made = replica()
-    sync = sync_for(service, made, registry)
+    r = Replica()
 
     async def main() -> None:
-        registry.table.heartbeat(member("site-a"))
-        await sync.sync_once()
-        snapshot = {t["name"]: t for t in service.snapshot()["targets"]}
+        r.join("site-a")
+        await r.sync.sync_once()
+        snapshot = {t["name"]: t for t in r.service.snapshot()["targets"]}
         assert snapshot["site-a"]["tier"] == "edge"
         assert snapshot["site-a"]["cost_usd_per_request"] > 0
         assert snapshot["site-a"]["estimates"]["observed"] is False
