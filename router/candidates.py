@@ -45,7 +45,6 @@ class Scored:
         "cost_usd",
         "delay_ms",
         "escalate",
-        "evaluated",
         "extra",
         "fallbacks",
         "floor",
@@ -60,9 +59,9 @@ class Scored:
     )
 
     def __init__(self, kind: PlanKind, primary: TargetView, partner: TargetView | None,
-                 klass: int, floor: float, fill: Callable[[Scored], None] | None = None, *,
-                 threshold: float | None = None, escalate: float = 0.0,
-                 delay_ms: float | None = None, place: tuple[int, ...] = ()) -> None:
+                 klass: int, floor: float, fill: Callable[[Scored], None] | None = None,
+                 place: tuple[int, ...] = (), threshold: float | None = None,
+                 escalate: float = 0.0, delay_ms: float | None = None) -> None:
         self.kind, self.primary, self.partner = kind, primary, partner
         self.klass = klass
         """0 or 1: a plan of class 1 wins only when no plan of class 0 meets the budget."""
@@ -74,14 +73,15 @@ class Scored:
         self.fallbacks: tuple[TargetView, ...] = ()
         self.p_miss = self.cost_usd = self.extra = 0.0
         self.verdict: str | None = None
-        self.evaluated = fill is None
         self._fill = fill
+        """Fills in the figures on the first :meth:`evaluate`, then is dropped."""
         self._figures: tuple[float, float] | None = None
 
     def evaluate(self) -> Scored:
-        if not self.evaluated and self._fill is not None:
-            self._fill(self)
-            self.evaluated = True
+        fill = self._fill
+        if fill is not None:
+            self._fill = None
+            fill(self)
         return self
 
     def figures(self) -> tuple[float, float]:

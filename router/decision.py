@@ -189,15 +189,15 @@ def _enumerate(ctx: _Context, klass: int) -> list[Scored]:
     (singles, cascades, hedges), each with its cost floor and its place in that order."""
     short, policy, prefer, alone = ctx.short, ctx.policy, ctx.prefer, klass == 1
     fill = ctx.fill_single
-    plans = [Scored("single", t, None, klass, t.cost_usd, fill, place=(0, i))
+    plans = [Scored("single", t, None, klass, t.cost_usd, fill, (0, i))
              for i, t in enumerate(short.primaries) if (prefer and t.quality == "small") == alone]
     if ctx.cascading and not alone:
         threshold, fill = policy.cascade.confidence_threshold, ctx.fill_cascade
         for i, s in enumerate(short.small):
             escalate = s.escalation_probability(threshold)
             share = (1 - s.p_fail) * escalate
-            plans += [Scored("cascade", s, e, 0, cost_floor(s, e, share), fill, place=(1, i, j),
-                             threshold=threshold, escalate=escalate)
+            plans += [Scored("cascade", s, e, 0, cost_floor(s, e, share), fill, (1, i, j),
+                             threshold, escalate)
                       for j, e in enumerate(short.large) if e is not s]
     hedge = policy.hedge
     if hedge.enabled:
@@ -212,8 +212,8 @@ def _enumerate(ctx: _Context, klass: int) -> list[Scored]:
             if delay >= ctx.deadline_ms:
                 continue
             share = (1 - a.p_fail) * a.latency.p_exceed(delay)
-            plans += [Scored("hedged", a, b, klass, cost_floor(a, b, share), fill,
-                             place=(2, i, j), delay_ms=delay) for j, b in partners]
+            plans += [Scored("hedged", a, b, klass, cost_floor(a, b, share), fill, (2, i, j),
+                             None, 0.0, delay) for j, b in partners]
     return plans
 
 

@@ -191,14 +191,21 @@ def fallbacks(
     greedy = _rest(tuple(pool[i] for _, _, i in ranked[:limit]), -ranked[0][0], remaining_ms)
     if limit == 1 or len(ranked) == 1 or len(ranked) > EXACT_UP_TO:
         return greedy
+    floor = greedy.meet + IMPROVEMENT
+    if len(ranked) == 2:
+        (first, _, i), (second, _, j) = ranked
+        if -second + pool[j].p_fail * -first <= floor:
+            return greedy
+        better = _rest((pool[j], pool[i]), -second, remaining_ms)
+        return better if better.meet > floor else greedy
     candidates = [(-key, pool[i]) for key, _, i in ranked]
-    found = _better_order(candidates, remaining_ms, limit, greedy.meet + IMPROVEMENT)
+    found = _better_order(candidates, remaining_ms, limit, floor)
     if found is None:
         return greedy
     order = found[1]
     order += tuple(v for _, v in candidates if v not in order)[:limit - len(order)]
     better = _rest(order, next(m for m, v in candidates if v is order[0]), remaining_ms)
-    return better if better.meet > greedy.meet + IMPROVEMENT else greedy
+    return better if better.meet > floor else greedy
 
 
 def _rest(chosen: tuple[TargetView, ...], first_meet: float, remaining_ms: float) -> Rest:
