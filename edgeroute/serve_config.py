@@ -56,6 +56,23 @@ def serve_config(config: StackConfig, policy: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+TOKEN_ENV = {"admin_token": "EDGEROUTE_ADMIN_TOKEN", "fleet_token": "EDGEROUTE_FLEET_TOKEN"}
+"""Where a router replica looks for a token its config leaves null (its process environment,
+inherited from the Ray node)."""
+
+
+def without_tokens(config: StackConfig) -> tuple[StackConfig, dict[str, str]]:
+    """The config with its router tokens taken out, and the environment that carries them.
+
+    Serve writes an application's arguments to its logs; tokens passed through the
+    Ray node's environment (set before Ray starts) stay out of them."""
+    router = config.router
+    env = {var: getattr(router, field) for field, var in TOKEN_ENV.items()
+           if getattr(router, field)}
+    stripped = router.model_copy(update=dict.fromkeys(TOKEN_ENV))
+    return config.model_copy(update={"router": stripped}), env
+
+
 def with_policy(document: dict[str, Any], policy: dict[str, Any]) -> dict[str, Any]:
     """The same document with only the router's ``user_config`` replaced."""
     updated = json.loads(json.dumps(document))

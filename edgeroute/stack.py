@@ -28,7 +28,7 @@ import httpx
 
 from edgeroute.config import EdgeWorker, StackConfig
 from edgeroute.models.store import ModelSet, model_path
-from edgeroute.serve_config import APP_NAME, deploy, serve_config
+from edgeroute.serve_config import APP_NAME, TOKEN_ENV, deploy, serve_config, without_tokens
 
 Say = Callable[[str], None]
 
@@ -106,7 +106,11 @@ class Stack:
         self.config = config
         self.models = models
         self.policy = policy or {}
-        self.serve_document = serve_config(config, self.policy)
+        deployed, self.token_env = without_tokens(config)
+        # A Ray this stack starts gets the tokens in its environment (Serve logs arguments);
+        # a cluster it only connects to (``ray_address``) gets them as arguments.
+        self.serve_document = serve_config(config if config.ray_address else deployed,
+                                           self.policy)
         self.state_file = state_file
         self.log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp")) / "edgeroute-logs"
         self.control_dir = (state_file.parent if state_file else self.log_dir) / "control"
@@ -233,6 +237,10 @@ class Stack:
         # latency-critical workers: at 15 any busy process (an edge worker starting) starves
         # them and answers go out seconds after their deadline.
         os.environ.setdefault("RAY_worker_niceness", "0")
+        if self.config.ray_address is None:
+            for var in TOKEN_ENV.values():
+                os.environ.pop(var, None)
+            os.environ.update(self.token_env)
         import ray
 
         self.say("starting Ray and the Serve app (router + cloud) ...")

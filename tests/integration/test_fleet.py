@@ -28,7 +28,7 @@ import pytest
 
 from edgeroute.dataset import digits_split
 from router.policy import PolicyDocument
-from tests.stackkit import RunningStack, open_loop, running_stack, stack_config
+from tests.stackkit import RunningStack, open_loop, ray_session, running_stack, stack_config
 
 pytestmark = pytest.mark.integration
 
@@ -182,3 +182,10 @@ def test_workers_join_serve_vanish_and_leave_without_a_redeploy(
             assert leave_s < TTL_S, "a clean shutdown should leave, not wait for the TTL"
             assert fleet_names(stack) == {"fleet-3"}
             assert "fleet-3" in stack.targets()
+        session = ray_session(stack.state["ray_address"])
+        assert session is not None
+        logs = Path("/tmp/ray") / session.decode() / "logs"
+        secrets = [stack.state["fleet_token"].encode(), stack.state["admin_token"].encode()]
+        leaked = [p for p in logs.rglob("*")
+                  if p.is_file() and any(s in p.read_bytes() for s in secrets)]
+        assert not leaked, f"a token is in Ray's logs: {leaked}"

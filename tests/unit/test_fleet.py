@@ -6,11 +6,14 @@ would (:meth:`router.fleet.FleetTable.snapshot`).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from edgeroute.config import StackConfig
+from edgeroute.serve_config import serve_config, without_tokens
 from router.fleet import FleetFull, FleetTable, Member, changes
 from router.fleet_actor import FleetSync, RegistryUnavailable
 from router.metrics import MemoryFactory, RouterMetrics
@@ -204,3 +207,14 @@ def test_a_new_member_is_priced_and_starts_from_the_prior() -> None:
         assert snapshot["site-a"]["estimates"]["observed"] is False
 
     run_async(main)
+
+
+def test_tokens_leave_the_serve_config_for_the_environment() -> None:
+    config = StackConfig.model_validate({"router": {"admin_token": "adm1n-secret",
+                                                    "fleet_token": "fl33t-secret"}})
+    stripped, env = without_tokens(config)
+    document = json.dumps(serve_config(stripped, {}))
+    assert "adm1n-secret" not in document and "fl33t-secret" not in document
+    assert env == {"EDGEROUTE_ADMIN_TOKEN": "adm1n-secret",
+                   "EDGEROUTE_FLEET_TOKEN": "fl33t-secret"}
+    assert without_tokens(StackConfig())[1] == {}
