@@ -34,7 +34,8 @@ from ray.serve.schema import ServeDeploySchema
 
 from edgeroute.config import StackConfig
 from edgeroute.dataset import digits_split
-from edgeroute.stack import port_free
+from edgeroute.models.store import ModelSet
+from edgeroute.stack import Stack, port_free
 from router.policy import PolicyDocument, policy_digest
 from tests.stackkit import alive
 
@@ -173,7 +174,7 @@ def every_target_reached(endpoint: str) -> dict[str, dict[str, Any]] | None:
 
 
 def test_serve_deploy_of_the_generated_config_brings_up_the_edgeroute_app(
-    tmp_path: Path, models: object
+    tmp_path: Path, models: ModelSet
 ) -> None:
     config = StackConfig.load(ROOT / "infra/stack.yaml").model_dump(mode="json")
     config["port"] = ROUTER
@@ -189,6 +190,11 @@ def test_serve_deploy_of_the_generated_config_brings_up_the_edgeroute_app(
     serve_file.write_text(printed.stdout)
     document = yaml.safe_load(printed.stdout)
     ServeDeploySchema.model_validate(document)
+    run_tokens = {"admin_token": "generated-per-run", "fleet_token": "generated-per-run"}
+    by_up = stack.model_copy(update={"router": stack.router.model_copy(update=run_tokens)})
+    policy = PolicyDocument.load(ROOT / "infra/policy.yaml").model_dump(mode="json")
+    assert Stack(by_up, models, policy=policy).serve_document == document, \
+        "edgeroute up would deploy another document"
 
     ray_token, fleet_token, admin_token = (secrets.token_hex(32) for _ in range(3))
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
