@@ -45,7 +45,9 @@ def test_smoke_scenario_reports_every_arm_and_the_oracle_bounds_them(
         assert "kill edge-a" in events and any(e.startswith("link cloud") for e in events)
     placements = report["arms"]["always-cloud"]["overall"]["placement"]
     assert placements["cloud"]["share"] > 0.5
-    assert report["arms"]["always-edge"]["overall"]["placement"].get("cloud") is None
+    # always-edge falls back to the cloud only when no edge can answer (the kill).
+    edge_only = report["arms"]["always-edge"]["overall"]["placement"]
+    assert edge_only.get("cloud", {"share": 0.0})["share"] < 0.2
     assert {g["name"] for g in report["goals"]} >= {"cost vs always-cloud", "attainment vs oracle"}
     assert report["overhead"]["throughput"]["direct_rps"] > 0
     rows = (out / "requests.csv").read_text().splitlines()
