@@ -43,6 +43,11 @@ def predicted_upper_ms(target: Target, rows: int) -> float:
     return target.estimator.predict(rows).upper_ms()
 
 
+def predicted_typical_ms(target: Target, rows: int) -> float:
+    """The estimator's predicted mean."""
+    return target.estimator.predict(rows).mean_ms
+
+
 @dataclass
 class Claim:
     """A target reserved for one call: a breaker permit and a slot under its in-flight bound."""

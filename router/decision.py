@@ -98,11 +98,18 @@ class _Context:
         return Scored("single", view, None, self.klass(view), view.cost_usd, self.fill_single)
 
     def rest(self, primary: TargetView) -> risk.Rest:
-        """Fallbacks after ``primary`` failed (shared by its single plan and its cascades)."""
+        """Fallbacks after ``primary`` failed (shared by its single plan and its cascades).
+
+        A failure is learned after ``fail_fast_ms``; when failures are hangs (a lost Ray
+        node), ``fail_fast_ms`` grows to the timeouts, but the executor cuts a call that
+        runs long to leave the fallback its time: the fallbacks are planned as if the failure
+        were known by the primary's predicted p99 at the latest. Without that bound, a target
+        whose failures are timeouts would be planned with no fallback at all."""
         found = self._rests.get(id(primary))
         if found is None:
+            detect_ms = min(primary.fail_fast_ms, primary.latency.quantile(0.99))
             found = self._rests[id(primary)] = risk.fallbacks(
-                self.pool, (primary,), self.deadline_ms - primary.fail_fast_ms, self.limit)
+                self.pool, (primary,), self.deadline_ms - detect_ms, self.limit)
         return found
 
     def fill_single(self, plan: Scored) -> None:

@@ -56,6 +56,7 @@ from router.calls import (
     ExpectedMs,
     OnAttempt,
     Race,
+    predicted_typical_ms,
     predicted_upper_ms,
 )
 from router.plan import Plan
@@ -132,6 +133,7 @@ class Executor:
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
         expected_ms: ExpectedMs = predicted_upper_ms,
+        typical_ms: ExpectedMs = predicted_typical_ms,
         on_attempt: OnAttempt | None = None,
         min_attempt_ms: float = 2.0,
         cancel_grace_ms: float = 10.0,
@@ -147,6 +149,7 @@ class Executor:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._expected_ms = expected_ms
+        self._typical_ms = typical_ms
         self._caller = Caller(expected_ms, clock, on_attempt)
         self._backoff = self._new_backoff()
         self._orphans: set[asyncio.Task[Any]] = set()
@@ -248,8 +251,12 @@ class Executor:
 
     def _call_timeout(self, req: _Request, target: Target) -> float:
         """The deadline left, less what the next fallback is predicted to need (and the grace
-        a timed-out call gets to finish cancelling), if this call can still have its own
-        predicted time; else all of the deadline left."""
+        a timed-out call gets to finish cancelling), if this call still has its typical time
+        in what remains; else all of the deadline left.
+
+        A call that runs past the cut is in the tail of its own distribution or hung (a call
+        to a lost Ray node hangs rather than fails): the fallback, given its predicted upper
+        time, is then the better bet, and it is what the plan's P(miss) counted on."""
         left = self._time_left(req)
         if req.calls + 1 >= self.retry.max_attempts:
             return left
@@ -260,7 +267,7 @@ class Executor:
             return left
         rows = len(req.x)
         cut = left - self._expected_ms(fallback, rows) / 1000 - self.min_attempt_s - self.grace_s
-        own = max(self._expected_ms(target, rows) / 1000, self.min_attempt_s)
+        own = max(self._typical_ms(target, rows) / 1000, self.min_attempt_s)
         return cut if cut >= own else left
 
     def _route(self, req: _Request, retry_state: RetryCallState) -> bool:
@@ -362,9 +369,11 @@ class Executor:
                         retry_after_s=self.limits.settings.shed_retry_after_s, scope="target")
         detail = "; ".join(req.errors) or ", ".join(
             f"{name}: {why}" for name, why in req.skipped.items()
-        ) or f"plan {req.plan.describe()}"
+        )
         what = "deadline exceeded" if passed else "no target could serve the request"
-        return NotServed(f"{what} after {req.calls} attempt(s): {detail}", attempts=req.calls,
+        return NotServed(f"{what} after {req.calls} attempt(s): "
+                         f"{detail + '; ' if detail else ''}plan {req.plan.describe()}",
+                         attempts=req.calls,
                          deadline_passed=passed, retry_after_s=self._retry_after(req, now))
 
     def _retry_after(self, req: _Request, now: float) -> float:

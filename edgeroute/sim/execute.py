@@ -8,7 +8,7 @@ The executor's rules, over the drawn latencies of one request:
   breaker refuses a permit is skipped;
 * a call's timeout is the deadline left, less the next fallback's predicted
   upper latency, the least attempt and the cancel grace when the call can
-  still have its own predicted time (``Executor._call_timeout``);
+  still have its own typical (mean) time (``Executor._call_timeout``);
 * the hedge starts at its delay if the primary has not answered, the retry
   budget allowing; the first answer wins and the other call is cancelled;
 * an answer from a small model below the cascade threshold is escalated when
@@ -41,6 +41,7 @@ class Hooks(Protocol):
 
     def allows(self, target: int) -> bool: ...
     def expected_ms(self, target: int) -> float: ...
+    def typical_ms(self, target: int) -> float: ...
     def try_hedge(self) -> bool: ...
     def record_retry(self) -> None: ...
 
@@ -110,7 +111,7 @@ class _Run:
         if following is None:
             return left
         cut = left - hooks.expected_ms(following) - limits.min_attempt_ms - limits.grace_ms
-        own = max(hooks.expected_ms(target), limits.min_attempt_ms)
+        own = max(hooks.typical_ms(target), limits.min_attempt_ms)
         return cut if cut >= own else left
 
     def room(self, at_ms: float) -> bool:

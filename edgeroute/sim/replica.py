@@ -114,6 +114,9 @@ class RouterReplica:
     def expected_ms(self, target: int) -> float:
         return self.estimators[target].predict(1).upper_ms()
 
+    def typical_ms(self, target: int) -> float:
+        return self.estimators[target].predict(1).mean_ms
+
     def try_hedge(self) -> bool:
         return self.budget.try_spend()
 

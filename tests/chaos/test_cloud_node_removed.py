@@ -26,8 +26,6 @@ DEADLINE_MS = 600.0
 """Room for a call to the lost node to time out and an edge to answer after it: a call to a
 dead node does not fail, it hangs, and only its timeout tells (the cloud is predicted at
 up to ~300 ms on a busy 2-core machine, the edge at tens of ms)."""
-LEARN_S = 1.0
-"""Requests sent this long after the removal must all be served (the router has learned)."""
 FAST_MS = 100.0
 """A refusal counts as fast when the client has it within this (Serve proxy included)."""
 
@@ -140,18 +138,14 @@ def test_cloud_node_removed_under_load(tmp_path: Path, models: object,
     }
     record("5 cloud ray node removed", **figures)
     failed = [o for o in anyq if not o.ok]
-    late = [o for o in failed if o.scheduled_s >= removed_at + LEARN_S]
-    assert not late, [(o.scheduled_s, o.status, o.error) for o in late[:5]]
+    assert not failed, [(round(o.scheduled_s - removed_at, 2), o.status, o.error)
+                        for o in failed[:5]]
     assert figures["quality_any_tiers_last_30"] == ["edge"]
     assert {o.status for o in high_after} <= {200, 503, 504}
     assert {o.status for o in high_after[-5:]} == {503}
     assert all(status == 503 and retry_after for status, _, retry_after, _ in refusals), refusals
     assert max(ms for _, ms, _, _ in refusals) <= FAST_MS, refusals
     within_bounds(figures)
-    if failed:
-        pytest.xfail(f"known defect: {len(failed)} quality=any requests sent within {LEARN_S} s "
-                     "of the removal failed (a plan on the cloud without a fallback reserved: "
-                     f"{failed[0].error})")
 
 
 def _policy() -> dict[str, Any]:

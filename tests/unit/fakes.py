@@ -249,12 +249,15 @@ def executor_for(
     admission: AdmissionSettings | None = None,
     breakers: Breakers | None = None,
     on_attempt: OnAttempt | None = None,
+    typical_ms: float | None = None,
 ) -> Executor:
     """An executor over ``targets`` that never sleeps for real and predicts every target
-    at ``expected_ms``."""
+    at ``expected_ms`` (upper) and ``typical_ms`` (mean; default the same)."""
+    typical = expected_ms if typical_ms is None else typical_ms
     return Executor(
         TargetSet(targets), retry=retry, breaker=breaker, admission=admission,
         breakers=breakers, clock=clock,
         sleep=sleep or RecordingSleep(), rng=random.Random(7),
         expected_ms=lambda target, rows: expected_ms, on_attempt=on_attempt,
+        typical_ms=lambda target, rows: typical,
     )

@@ -188,6 +188,29 @@ def test_a_hanging_primary_times_out_with_time_left_for_the_fallback() -> None:
     assert primary.estimator.in_flight == 0
 
 
+def test_a_primary_with_a_long_tail_is_cut_for_the_fallback_once_past_its_typical_time() -> None:
+    """A call to a lost Ray node hangs: a primary whose upper prediction does not fit beside
+    the fallback's reserve is still cut, as long as its typical time fits."""
+    primary = fake_target(FakeTransport("cloud", hang))
+    fallback = fake_target(FakeTransport("edge-a", label=4))
+    executor = executor_for(primary, fallback, expected_ms=280.0, typical_ms=30.0)
+    served, elapsed = run(executor, plan_of("cloud", "edge-a"), deadline_s=0.6)
+    assert served.target is fallback
+    assert fake_of(primary).infer_timeouts[0] <= 0.6 - 0.28, "the fallback kept its time"
+    assert elapsed < 0.6 + LATE_S
+
+
+def test_a_primary_is_not_cut_before_its_typical_time() -> None:
+    primary = fake_target(FakeTransport("edge-a", hang))
+    fallback = fake_target(FakeTransport("cloud", label=2))
+    executor = executor_for(primary, fallback, expected_ms=80.0, typical_ms=60.0)
+    error, _ = run_failing(executor, plan_of("edge-a", "cloud"), deadline_s=0.1)
+    # Cutting at 100 - 80 - 12 ms would leave the primary less than its typical 60 ms:
+    # it gets the whole deadline, and no time is left for the fallback.
+    assert error.deadline_passed and error.attempts == 1
+    assert fake_of(primary).infer_timeouts[0] > 0.09
+
+
 def test_a_hanging_lone_target_is_cut_at_the_deadline() -> None:
     primary = fake_target(FakeTransport("edge-a", hang))
     executor = executor_for(primary)

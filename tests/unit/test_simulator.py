@@ -112,6 +112,9 @@ class _Hooks:
     def expected_ms(self, target: int) -> float:
         return 20.0
 
+    def typical_ms(self, target: int) -> float:
+        return 10.0
+
     def try_hedge(self) -> bool:
         return True
 
