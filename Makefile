@@ -22,7 +22,7 @@ models: install
 demo: install
 	$(BIN)/edgeroute demo
 
-# About 13 minutes: every routing policy on the same trace, with faults; see docs/benchmark.md.
+# About 11 minutes: every routing policy on the same trace, with faults; see docs/benchmark.md.
 bench: install
 	$(BIN)/edgeroute bench infra/scenarios/default.yaml
 

@@ -26,6 +26,10 @@ from edgeroute.loadgen import Outcome
 from edgeroute.report import attained_slo
 
 ORACLE = "oracle"
+BASELINES = ("always-edge", "always-cloud", "random", "round-robin", "least-latency",
+             "least-cost")
+"""The named baseline policies; other arms (e.g. the router without hedging) are variants
+of the router, not baselines."""
 STATIC_BASELINES = ("always-edge", "always-cloud")
 
 
@@ -86,7 +90,7 @@ def goals(overall: Mapping[str, Mapping[str, Any]], *, router: str = "default",
     """Check the published goals against one run: ``overall`` maps each arm (and
     ``oracle``) to its figures (see :func:`edgeroute.report.figures`)."""
     mine, cloud, best = overall.get(router), overall.get("always-cloud"), overall.get(ORACLE)
-    baselines = {k: v for k, v in overall.items() if k not in (router, ORACLE)}
+    baselines = {k: v for k, v in overall.items() if k in BASELINES and k != router}
     result: list[Goal] = []
 
     cost, cloud_cost = _cost(mine), _cost(cloud)

@@ -126,6 +126,9 @@ def test_goals_are_judged_against_the_same_run() -> None:
     assert verdicts["attainment vs oracle"] is True
     # The best static baseline by attainment is always-edge, cheaper than the oracle: no gap.
     assert verdicts["cost gap to the oracle"] is None
+    variant = {**overall, "no-hedge": _overall(0.99, 0.2)}
+    assert "always-edge" in next(g.measured for g in goals(variant)
+                                 if g.name == "attainment vs best baseline")
     worse = {**overall, "default": _overall(0.91, 0.9)}
     verdicts = {g.name: g.met for g in goals(worse)}
     assert verdicts["cost vs always-cloud"] is False
