@@ -24,11 +24,12 @@ from rich.console import Console
 
 from edgeroute import chaos
 from edgeroute.dataset import digits_split
-from edgeroute.loadgen import LoadResult, Phase, run_load
+from edgeroute.loadgen import LoadResult, run_load
 from edgeroute.models.store import ensure_models
 from edgeroute.overhead import measure, throughput
 from edgeroute.report import rich_progress
 from edgeroute.scenario import Fault, Scenario
+from edgeroute.schedule import Phase
 from edgeroute.serve_config import APP_NAME
 from edgeroute.stack import Stack, StackError
 
