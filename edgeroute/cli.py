@@ -82,7 +82,7 @@ def _fleet(args: argparse.Namespace) -> int:
 
     from edgeroute.tables import fleet_table
 
-    state = _read_state(args.state_file)
+    state = read_state(args.state_file)
     response = httpx.get(f"{state['endpoint']}/v1/fleet", timeout=10)
     document = response.json()
     if response.status_code != 200:
@@ -183,7 +183,7 @@ def _demo(args: argparse.Namespace) -> int:
                     quick=args.quick)
 
 
-def _read_state(path: str) -> dict[str, object]:
+def read_state(path: str) -> dict[str, object]:
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -193,7 +193,7 @@ def _read_state(path: str) -> dict[str, object]:
 def _chaos(args: argparse.Namespace) -> int:
     from edgeroute import chaos
 
-    state = _read_state(args.state_file)
+    state = read_state(args.state_file)
     try:
         if args.action in ("slow", "partition", "heal"):
             changes: dict[str, object] = {
@@ -239,7 +239,7 @@ def _chaos_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
 def _link(args: argparse.Namespace) -> int:
     from edgeroute import chaos
 
-    state = _read_state(args.state_file)
+    state = read_state(args.state_file)
     changes = {k: v for k, v in {
         "base_ms": args.base_ms, "jitter_ms": args.jitter_ms,
         "spike_probability": args.spike_probability, "spike_multiplier": args.spike_multiplier,
@@ -260,58 +260,13 @@ def _targets(args: argparse.Namespace) -> int:
 
     from edgeroute.tables import targets_table
 
-    state = _read_state(args.state_file)
+    state = read_state(args.state_file)
     snapshot = httpx.get(f"{state['endpoint']}/v1/targets", timeout=10).json()
     if args.json:
         print(json.dumps(snapshot, indent=2))
     else:
         Console().print(targets_table(snapshot["targets"]))
     return 0
-
-
-def _policy(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from edgeroute import policy_cli
-
-    console = Console()
-    try:
-        if args.action == "validate":
-            policy_cli.validate(Path(args.file), console)
-        elif args.action == "apply":
-            policy_cli.apply(Path(args.file), _read_state(args.state_file), console)
-        elif args.action == "explain":
-            policy_cli.explain(str(_read_state(args.state_file)["endpoint"]), console,
-                               deadline_ms=args.deadline_ms, quality=args.quality,
-                               policy=args.policy, api_key=args.api_key)
-        elif args.action == "schema":
-            print(policy_cli.schema())
-        elif args.action == "key":
-            print(json.dumps(policy_cli.new_key(args.tenant), indent=2))
-    except policy_cli.PolicyError as exc:
-        console.print(f"[red]{exc}[/red]")
-        return 1
-    return 0
-
-
-def _policy_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    policy = sub.add_parser("policy", help="validate, apply live, explain routing policies")
-    actions = policy.add_subparsers(dest="action", required=True)
-    validate = actions.add_parser("validate", help="check a policy file; exit 1 with reasons")
-    validate.add_argument("file")
-    apply = actions.add_parser("apply", help="apply a policy file to the running stack")
-    apply.add_argument("file")
-    apply.add_argument("--state-file", default=str(DEFAULT_STATE_FILE))
-    explain = actions.add_parser("explain", help="the decision table for a sample request")
-    explain.add_argument("--state-file", default=str(DEFAULT_STATE_FILE))
-    explain.add_argument("--deadline-ms", type=float, default=250.0)
-    explain.add_argument("--quality", choices=("any", "high"), default="any")
-    explain.add_argument("--policy", help="a named policy (default: the caller's default)")
-    explain.add_argument("--api-key", help="a tenant's API key")
-    actions.add_parser("schema", help="print the policy JSON Schema")
-    key = actions.add_parser("key", help="make an API key and the hash for a tenant entry")
-    key.add_argument("tenant")
-    policy.set_defaults(func=_policy)
 
 
 def _infra_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -347,6 +302,8 @@ def _stack_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from edgeroute.policy_cli import policy_parser
+
     parser = argparse.ArgumentParser(
         prog="edgeroute", description="Edge-versus-cloud placement router for ML inference."
     )
@@ -429,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     fleet_list.add_argument("--state-file", default=str(DEFAULT_STATE_FILE))
     fleet_list.add_argument("--json", action="store_true")
     fleet.set_defaults(func=_fleet)
-    _policy_parser(sub)
+    policy_parser(sub)
     _chaos_parser(sub)
     _infra_parser(sub)
     return parser

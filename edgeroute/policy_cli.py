@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -114,3 +115,49 @@ def new_key(tenant: str) -> dict[str, str]:
     """A fresh API key and the hash to paste into the policy file's tenant entry."""
     key = new_api_key()
     return {"tenant": tenant, "api_key": key, "key_sha256": hash_key(key)}
+
+
+def run_policy(args: argparse.Namespace) -> int:
+    """The ``edgeroute policy`` subcommands."""
+    from edgeroute.cli import read_state
+
+    console = Console()
+    try:
+        if args.action == "validate":
+            validate(Path(args.file), console)
+        elif args.action == "apply":
+            apply(Path(args.file), read_state(args.state_file), console)
+        elif args.action == "explain":
+            explain(str(read_state(args.state_file)["endpoint"]), console,
+                               deadline_ms=args.deadline_ms, quality=args.quality,
+                               policy=args.policy, api_key=args.api_key)
+        elif args.action == "schema":
+            print(schema())
+        elif args.action == "key":
+            print(json.dumps(new_key(args.tenant), indent=2))
+    except PolicyError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 1
+    return 0
+
+
+def policy_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from edgeroute.cli import DEFAULT_STATE_FILE
+
+    policy = sub.add_parser("policy", help="validate, apply live, explain routing policies")
+    actions = policy.add_subparsers(dest="action", required=True)
+    validate = actions.add_parser("validate", help="check a policy file; exit 1 with reasons")
+    validate.add_argument("file")
+    apply = actions.add_parser("apply", help="apply a policy file to the running stack")
+    apply.add_argument("file")
+    apply.add_argument("--state-file", default=str(DEFAULT_STATE_FILE))
+    explain = actions.add_parser("explain", help="the decision table for a sample request")
+    explain.add_argument("--state-file", default=str(DEFAULT_STATE_FILE))
+    explain.add_argument("--deadline-ms", type=float, default=250.0)
+    explain.add_argument("--quality", choices=("any", "high"), default="any")
+    explain.add_argument("--policy", help="a named policy (default: the caller's default)")
+    explain.add_argument("--api-key", help="a tenant's API key")
+    actions.add_parser("schema", help="print the policy JSON Schema")
+    key = actions.add_parser("key", help="make an API key and the hash for a tenant entry")
+    key.add_argument("tenant")
+    policy.set_defaults(func=run_policy)
