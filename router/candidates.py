@@ -1,8 +1,10 @@
 """Candidate plans while a decision is made, and the explanation table it leaves behind.
 
 A :class:`Scored` plan is cheap to enumerate: its risk and cost are computed
-only when the decision needs them (:meth:`Scored.evaluate`), and its p50/p99
-only when the explanation is read. :class:`CandidateTable` is that
+only when the decision needs them, in two steps (a lower bound on ``P_miss``
+from the plan's own targets, :meth:`Scored.least_p_miss`, which rules most
+plans out; then the fallbacks, :meth:`Scored.evaluate`), and its p50/p99 only
+when the explanation is read. :class:`CandidateTable` is that
 explanation: a lazy sequence of :class:`~router.plan.CandidateRow`, so a
 decision over a thousand targets does not build a thousand rows nobody reads.
 """
@@ -10,7 +12,7 @@ decision over a thousand targets does not build a thousand rows nobody reads.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import overload
+from typing import Protocol, overload
 
 from router import risk
 from router.plan import CandidateRow, Plan, PlanKind
@@ -36,12 +38,23 @@ NOT_SHORTLISTED = "not shortlisted"
 """Among many targets, a plan the shortlist left out that would have won: a pruning miss."""
 
 
+class Judge(Protocol):
+    """What prices a plan for one decision (the decision's context)."""
+
+    def base(self, plan: Scored) -> risk.Base:
+        """The plan's own targets: everything but its fallbacks."""
+
+    def rest(self, plan: Scored) -> risk.Rest:
+        """The plan's fallbacks, ordered."""
+
+
 class Scored:
-    """One candidate plan; ``evaluate`` fills in ``p_miss``, ``cost_usd`` and ``extra``."""
+    """One candidate plan; ``evaluate`` fills in ``fallbacks``, ``p_miss`` and ``cost_usd``."""
 
     __slots__ = (
         "_figures",
-        "_fill",
+        "_judge",
+        "base",
         "cost_usd",
         "delay_ms",
         "escalate",
@@ -59,9 +72,10 @@ class Scored:
     )
 
     def __init__(self, kind: PlanKind, primary: TargetView, partner: TargetView | None,
-                 klass: int, floor: float, fill: Callable[[Scored], None] | None = None,
+                 klass: int, floor: float, judge: Judge | None = None,
                  place: tuple[int, ...] = (), threshold: float | None = None,
-                 escalate: float = 0.0, delay_ms: float | None = None) -> None:
+                 escalate: float = 0.0, delay_ms: float | None = None,
+                 extra: float = 0.0) -> None:
         self.kind, self.primary, self.partner = kind, primary, partner
         self.klass = klass
         """0 or 1: a plan of class 1 wins only when no plan of class 0 meets the budget."""
@@ -70,18 +84,35 @@ class Scored:
         self.threshold, self.escalate, self.delay_ms = threshold, escalate, delay_ms
         self.place = place
         """Where the plan comes in the enumeration (the table's order)."""
+        self.extra = extra
+        """Expected extra requests per request (a hedge that fires)."""
         self.fallbacks: tuple[TargetView, ...] = ()
-        self.p_miss = self.cost_usd = self.extra = 0.0
+        self.p_miss = self.cost_usd = 0.0
         self.verdict: str | None = None
-        self._fill = fill
-        """Fills in the figures on the first :meth:`evaluate`, then is dropped."""
+        self.base: risk.Base | None = None
+        self._judge = judge
+        """Prices the plan on the first :meth:`evaluate`, then is dropped."""
         self._figures: tuple[float, float] | None = None
 
+    def least_p_miss(self) -> float:
+        """A lower bound on ``P_miss``, known before the fallbacks are ordered."""
+        base = self.base
+        if base is None:
+            if self._judge is None:
+                return self.p_miss
+            base = self.base = self._judge.base(self)
+        return base.least_p_miss()
+
     def evaluate(self) -> Scored:
-        fill = self._fill
-        if fill is not None:
-            self._fill = None
-            fill(self)
+        judge = self._judge
+        if judge is not None:
+            self._judge = None
+            base = self.base
+            if base is None:
+                base = self.base = judge.base(self)
+            rest = judge.rest(self)
+            self.fallbacks = rest.targets
+            self.p_miss, self.cost_usd = base.with_rest(rest)
         return self
 
     def figures(self) -> tuple[float, float]:

@@ -24,10 +24,12 @@ router beside every clever one; the benchmarks compare arms in one run):
 
 Fallbacks: up to ``max_fallbacks`` other targets, in the order likeliest to
 answer in time once the primary failed (:func:`router.risk.fallbacks`).
-Plans of class 1 (a small model alone while a cascade is preferred) are only
-enumerated when no plan of class 0 meets the budget, or when the table is
-read. Every decision carries its candidate table (built when read), each
-row with its verdict.
+Plans are cheap to enumerate and priced only as far as the choice needs:
+the search visits them by a lower bound on cost, passes over a plan whose own
+targets already miss too often before ordering its fallbacks, and stops once
+no remaining plan can win (:func:`_cheapest`, :func:`_least_risky`). Every
+decision carries its candidate table (built when read), each row with its
+verdict.
 """
 
 from __future__ import annotations
@@ -75,10 +77,11 @@ class BaselineState:
 
 
 class _Context:
-    """One decision's inputs, and the fallbacks already ordered for each primary."""
+    """One decision's inputs; prices its plans (:class:`~router.candidates.Judge`), and keeps
+    what several plans share: the fallbacks after each primary."""
 
-    __slots__ = ("_rests", "cascading", "deadline_ms", "limit", "policy", "pool", "prefer",
-                 "short")
+    __slots__ = ("_rests", "cascading", "deadline_ms", "limit", "policy", "pool",
+                 "prefer", "short")
 
     def __init__(self, deadline_ms: float, policy: RoutingPolicy, short: Shortlist,
                  cascading: bool = False) -> None:
@@ -95,9 +98,9 @@ class _Context:
         return 1 if self.prefer and view.quality == "small" else 0
 
     def single(self, view: TargetView) -> Scored:
-        return Scored("single", view, None, self.klass(view), view.cost_usd, self.fill_single)
+        return Scored("single", view, None, self.klass(view), view.cost_usd, self)
 
-    def rest(self, primary: TargetView) -> risk.Rest:
+    def after(self, primary: TargetView) -> risk.Rest:
         """Fallbacks after ``primary`` failed (shared by its single plan and its cascades).
 
         A failure is learned after ``fail_fast_ms``; when failures are hangs (a lost Ray
@@ -112,56 +115,21 @@ class _Context:
                 self.pool, (primary,), self.deadline_ms - detect_ms, self.limit)
         return found
 
-    def fill_single(self, plan: Scored) -> None:
-        rest = self.rest(plan.primary)
-        plan.fallbacks = rest.targets
-        plan.p_miss, plan.cost_usd = risk.single(plan.primary, rest, self.deadline_ms)
+    def base(self, plan: Scored) -> risk.Base:
+        kind, partner, deadline_ms = plan.kind, plan.partner, self.deadline_ms
+        if kind == "single" or partner is None:
+            return risk.single_base(plan.primary, deadline_ms)
+        if kind == "cascade":
+            return risk.cascade_base(plan.primary, partner, plan.escalate, deadline_ms)
+        assert plan.delay_ms is not None
+        return risk.hedged_base(plan.primary, partner, plan.delay_ms, deadline_ms, plan.extra)
 
-    def fill_hedged(self, plan: Scored) -> None:
-        a, b, delay = plan.primary, plan.partner, plan.delay_ms
-        assert b is not None and delay is not None
-        left = risk.hedge_rest_ms(a, b, delay, self.deadline_ms)
-        rest = risk.fallbacks(self.pool, (a, b), left, self.limit)
-        plan.fallbacks = rest.targets
-        plan.p_miss, plan.cost_usd, plan.extra = risk.hedged(a, b, delay, rest, self.deadline_ms)
-        if plan.extra > self.policy.hedge.max_extra_ratio + TOLERANCE:
-            plan.verdict = HEDGE_TOO_COSTLY
-
-    def fill_cascade(self, plan: Scored) -> None:
-        s, e = plan.primary, plan.partner
-        assert e is not None
-        rest = self.rest(s)
-        plan.fallbacks = rest.targets
-        plan.p_miss, plan.cost_usd = risk.cascade(s, e, plan.escalate, rest, self.deadline_ms)
-
-
-class _Plans:
-    """A decision's plans by class, each class enumerated on first use: while a plan of class 0
-    meets the budget, those of class 1 are never built. (Plans refer to their context, so the
-    context must not refer to them: no reference cycle is left for the garbage collector.)"""
-
-    __slots__ = ("_classes", "ctx")
-
-    def __init__(self, ctx: _Context) -> None:
-        self.ctx = ctx
-        self._classes: list[list[Scored] | None] = [None, None if ctx.prefer else []]
-
-    def of_class(self, klass: int) -> list[Scored]:
-        """The plans of class ``klass``, in enumeration order."""
-        found = self._classes[klass]
-        if found is None:
-            found = self._classes[klass] = _enumerate(self.ctx, klass)
-        return found
-
-    def every(self) -> list[Scored]:
-        """Every plan, in enumeration order (singles, cascades, hedges)."""
-        second = self.of_class(1)
-        return sorted(self.of_class(0) + second, key=_place) if second else self.of_class(0)
-
-    def any_small_alone(self) -> bool:
-        """Whether some plan (of class 1) is answered by a small model alone."""
-        return self.ctx.prefer and (any(v.quality == "small" for v in self.ctx.short.primaries)
-                                    or bool(self.of_class(1)))
+    def rest(self, plan: Scored) -> risk.Rest:
+        a, b = plan.primary, plan.partner
+        if plan.kind != "hedged" or b is None or plan.delay_ms is None:
+            return self.after(a)
+        left = risk.hedge_rest_ms(a, b, plan.delay_ms, self.deadline_ms)
+        return risk.fallbacks(self.pool, (a, b), left, self.limit)
 
 
 def decide(
@@ -191,41 +159,39 @@ def decide(
     return _risk_optimal(_Context(deadline_ms, policy, short, cascading), elig, policy_name)
 
 
-def _enumerate(ctx: _Context, klass: int) -> list[Scored]:
-    """The plans of class ``klass`` over the shortlist, unevaluated, in enumeration order
-    (singles, cascades, hedges), each with its cost floor and its place in that order."""
-    short, policy, prefer, alone = ctx.short, ctx.policy, ctx.prefer, klass == 1
-    fill = ctx.fill_single
-    plans = [Scored("single", t, None, klass, t.cost_usd, fill, (0, i))
-             for i, t in enumerate(short.primaries) if (prefer and t.quality == "small") == alone]
-    if ctx.cascading and not alone:
-        threshold, fill = policy.cascade.confidence_threshold, ctx.fill_cascade
+def _enumerate(ctx: _Context) -> list[Scored]:
+    """Every plan over the shortlist, unevaluated, in enumeration order (singles, cascades,
+    hedges), each with its class, its cost floor and its place in that order."""
+    short, policy, prefer = ctx.short, ctx.policy, ctx.prefer
+    plans = [Scored("single", t, None, ctx.klass(t), t.cost_usd, ctx, (0, i))
+             for i, t in enumerate(short.primaries)]
+    if ctx.cascading:
+        threshold = policy.cascade.confidence_threshold
         for i, s in enumerate(short.small):
             escalate = s.escalation_probability(threshold)
             share = (1 - s.p_fail) * escalate
-            plans += [Scored("cascade", s, e, 0, cost_floor(s, e, share), fill, (1, i, j),
+            plans += [Scored("cascade", s, e, 0, cost_floor(s, e, share), ctx, (1, i, j),
                              threshold, escalate)
                       for j, e in enumerate(short.large) if e is not s]
     hedge = policy.hedge
     if hedge.enabled:
-        fill = ctx.fill_hedged
+        most = hedge.max_extra_ratio + TOLERANCE
         for i, a in enumerate(short.hedged):
-            small = prefer and a.quality == "small"
-            partners = [(j, b) for j, b in enumerate(short.partners) if b is not a
-                        and (small or (prefer and b.quality == "small")) == alone]
-            if not partners:
-                continue
             delay = max(hedge.min_delay_ms, a.latency.quantile(hedge.delay_quantile))
             if delay >= ctx.deadline_ms:
                 continue
-            share = (1 - a.p_fail) * a.latency.p_exceed(delay)
-            plans += [Scored("hedged", a, b, klass, cost_floor(a, b, share), fill, (2, i, j),
-                             None, 0.0, delay) for j, b in partners]
+            extra = risk.hedge_extra(a, delay)
+            small = prefer and a.quality == "small"
+            for j, b in enumerate(short.partners):
+                if b is a:
+                    continue
+                klass = 1 if small or (prefer and b.quality == "small") else 0
+                plan = Scored("hedged", a, b, klass, cost_floor(a, b, extra), ctx, (2, i, j),
+                              None, 0.0, delay, extra)
+                if extra > most:
+                    plan.verdict = HEDGE_TOO_COSTLY
+                plans.append(plan)
     return plans
-
-
-def _place(plan: Scored) -> tuple[int, ...]:
-    return plan.place
 
 
 def _feasible(plan: Scored, budget: float) -> bool:
@@ -236,37 +202,42 @@ def _floor(plan: Scored) -> float:
     return plan.floor
 
 
-def _select(plans_of: _Plans) -> Scored | None:
+def _ruled_out(plan: Scored, budget: float) -> bool:
+    """Not within ``budget`` whatever its fallbacks (decided before ordering them)."""
+    return plan.verdict is not None or plan.least_p_miss() > budget + 2 * TOLERANCE
+
+
+def _select(policy: RoutingPolicy, plans: list[Scored]) -> Scored | None:
     """The best plan within budget: of class 0 if one qualifies, else of class 1."""
-    policy = plans_of.ctx.policy
     for klass in (0, 1):
-        plans = plans_of.of_class(klass)
+        of_class = [p for p in plans if p.klass == klass]
         if policy.objective == "min-latency":
-            best = _fastest(plans, policy.risk_budget)
+            best = _fastest(of_class, policy.risk_budget)
         else:
-            best = _cheapest(plans, policy)
+            best = _cheapest(of_class, policy)
         if best is not None:
             return best
     return None
 
 
 def _fastest(plans: list[Scored], budget: float) -> Scored | None:
-    for plan in plans:
-        plan.evaluate()
-    feasible = [p for p in plans if _feasible(p, budget)]
+    feasible = [p for p in plans if not _ruled_out(p, budget) and _feasible(p.evaluate(), budget)]
     return min(feasible, key=lambda p: (p.p50(), p.cost_usd), default=None)
 
 
 def _cheapest(plans: list[Scored], policy: RoutingPolicy) -> Scored | None:
     """The least expected cost within budget, by branch and bound: plans are visited in order
     of their lower bound on cost; once the best so far beats the next bound, the rest cannot
-    win and stay unevaluated (the table evaluates them if it is read)."""
+    win and stay unevaluated (the table evaluates them if it is read). A plan whose own targets
+    already miss too often is passed over before its fallbacks are ordered."""
     budget, penalty, tie = policy.risk_budget, policy.miss_penalty_usd, policy.cost_tie_ratio
     best: Scored | None = None
     best_cost = 0.0
     for plan in sorted(plans, key=_floor):
         if best is not None and plan.floor > best_cost * (1 + tie):
             break
+        if _ruled_out(plan, budget):
+            continue
         plan.evaluate()
         if not _feasible(plan, budget):
             continue
@@ -274,6 +245,27 @@ def _cheapest(plans: list[Scored], policy: RoutingPolicy) -> Scored | None:
         if best is None or _cheaper(cost, plan, best_cost, best, tie):
             best, best_cost = plan, cost
     return best
+
+
+def _least_risky(plans: list[Scored]) -> Scored:
+    """The plan least likely to miss (then the cheaper, then the first enumerated), among those
+    with no verdict against them if any: by branch and bound on :meth:`Scored.least_p_miss`."""
+    best: Scored | None = None
+    for plan in sorted(plans, key=Scored.least_p_miss):
+        if best is not None and plan.least_p_miss() > best.p_miss:
+            break
+        if plan.verdict is not None:
+            continue
+        plan.evaluate()
+        if best is None or _riskier(best, plan):
+            best = plan
+    if best is None:
+        return min((p.evaluate() for p in plans), key=lambda p: (p.p_miss, p.cost_usd, p.place))
+    return best
+
+
+def _riskier(plan: Scored, other: Scored) -> bool:
+    return (plan.p_miss, plan.cost_usd, plan.place) > (other.p_miss, other.cost_usd, other.place)
 
 
 def _cheaper(cost: float, plan: Scored, best_cost: float, best: Scored, tie: float) -> bool:
@@ -286,27 +278,25 @@ def _cheaper(cost: float, plan: Scored, best_cost: float, best: Scored, tie: flo
 
 
 def _risk_optimal(ctx: _Context, elig: Eligibility, policy_name: str) -> Decision:
-    policy, plans = ctx.policy, _Plans(ctx)
-    chosen = _select(plans)
+    policy, plans = ctx.policy, _enumerate(ctx)
+    chosen = _select(policy, plans)
     within = chosen is not None
     what = "fastest p50" if policy.objective == "min-latency" else "least expected cost"
     if chosen is not None:
         reason = f"{what} within risk budget {policy.risk_budget:g}"
-        if chosen.klass == 0 and plans.any_small_alone():
+        if chosen.klass == 0 and any(p.klass for p in plans):
             reason += " (small models alone rank below a cascade)"
         elif chosen.klass:
             reason += ": no cascade or large-model plan met it, small model alone"
     else:
-        candidates = [p.evaluate() for p in plans.every()]
-        viable = [p for p in candidates if p.verdict is None]
-        chosen = min(viable or candidates, key=lambda p: (p.p_miss, p.cost_usd))
+        chosen = _least_risky(plans)
         reason = f"no plan meets risk budget {policy.risk_budget:g}"
         if policy.on_infeasible == "reject":
             chosen = None
             reason += ": rejected"
         else:
             reason += f": least risky plan (P_miss {chosen.p_miss:.4f})"
-    table = _table(elig, ctx.deadline_ms, _judged(plans, elig),
+    table = _table(elig, ctx.deadline_ms, _judged(ctx, plans, elig),
                    functools.partial(_verdict, chosen=chosen, policy=policy))
     return Decision(chosen.plan(within) if chosen else None, reason, policy_name, table)
 
@@ -345,11 +335,11 @@ def _table(elig: Eligibility, deadline_ms: float,
     return CandidateTable(build)
 
 
-def _judged(plans_of: _Plans, elig: Eligibility) -> Callable[[], Iterable[Scored]]:
+def _judged(ctx: _Context, plans: list[Scored],
+            elig: Eligibility) -> Callable[[], Iterable[Scored]]:
     """The plans enumerated, then single plans of the targets the shortlist left out."""
 
     def judged() -> Iterable[Scored]:
-        plans, ctx = plans_of.every(), plans_of.ctx
         yield from plans
         if not ctx.short.complete:
             seen = {p.primary.name for p in plans if p.kind == "single"}

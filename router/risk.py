@@ -20,6 +20,12 @@ answers in time with ``1 - P(L_t > r)``. Targets are taken as independent.
   time is left, or returns the small answer at the deadline, does no worse,
   so the figure is an upper bound.
 
+Each shape is priced in two steps: its own targets (:class:`Base`), then its
+fallbacks, which only add ``weight * rest.meet`` (``weight``: the probability
+that the plan's own targets all failed). The first step alone bounds
+``P_miss`` from below, which lets the decision pass over a plan before ordering
+its fallbacks.
+
 Every ``P_miss`` here is non-increasing in the deadline for a fixed plan.
 """
 
@@ -49,11 +55,15 @@ def chain(targets: Sequence[TargetView], remaining_ms: float) -> tuple[float, fl
 
 def single(primary: TargetView, rest: Rest, deadline_ms: float) -> tuple[float, float]:
     """``(P_miss, expected cost)`` of ``primary`` then the fallbacks summarised by ``rest``."""
+    return single_base(primary, deadline_ms).with_rest(rest)
+
+
+def single_base(primary: TargetView, deadline_ms: float) -> Base:
+    """The :class:`Base` of ``primary`` alone."""
     if deadline_ms <= 0.0:
-        return 1.0, 0.0
+        return Base(0.0, 0.0, 0.0)
     pf = primary.p_fail
-    meet = (1.0 - pf) * (1.0 - primary.latency.p_exceed(deadline_ms)) + pf * rest.meet
-    return max(1.0 - meet, 0.0), primary.cost_usd + pf * rest.cost_usd
+    return Base((1.0 - pf) * (1.0 - primary.latency.p_exceed(deadline_ms)), primary.cost_usd, pf)
 
 
 def hedged(
@@ -62,14 +72,25 @@ def hedged(
     """``(P_miss, expected cost, expected extra requests)`` of ``a`` hedged by ``b`` after
     ``delay_ms``; the fallbacks of ``rest`` (started at :func:`hedge_rest_ms`) follow once
     both failed."""
+    extra = hedge_extra(a, delay_ms)
+    p_miss, cost = hedged_base(a, b, delay_ms, deadline_ms, extra).with_rest(rest)
+    return p_miss, cost, extra
+
+
+def hedge_extra(a: TargetView, delay_ms: float) -> float:
+    """Expected extra requests of hedging ``a`` after ``delay_ms``: ``a`` answered, but late."""
+    return (1.0 - a.p_fail) * a.latency.p_exceed(delay_ms)
+
+
+def hedged_base(a: TargetView, b: TargetView, delay_ms: float, deadline_ms: float,
+                extra: float) -> Base:
+    """The :class:`Base` of ``a`` hedged by ``b`` (``extra``: :func:`hedge_extra`)."""
     pa, pb = a.p_fail, b.p_fail
     late_a = a.latency.p_exceed(deadline_ms)
     meet_ok = (1.0 - late_a) + late_a * b.meet_alone(deadline_ms - delay_ms)
-    meet_failed = b.meet_alone(deadline_ms - min(a.fail_fast_ms, delay_ms)) + pb * rest.meet
-    meet = (1.0 - pa) * meet_ok + pa * meet_failed
-    extra = (1.0 - pa) * a.latency.p_exceed(delay_ms)
-    cost = a.cost_usd + (extra + pa) * b.cost_usd + pa * pb * rest.cost_usd
-    return max(1.0 - meet, 0.0), cost, extra
+    rescued = b.meet_alone(deadline_ms - min(a.fail_fast_ms, delay_ms))
+    return Base((1.0 - pa) * meet_ok + pa * rescued,
+                a.cost_usd + (extra + pa) * b.cost_usd, pa * pb)
 
 
 def hedge_rest_ms(a: TargetView, b: TargetView, delay_ms: float, deadline_ms: float) -> float:
@@ -82,13 +103,17 @@ def cascade(
 ) -> tuple[float, float]:
     """``(P_miss, expected cost)`` of ``small`` escalating to ``large`` with probability
     ``escalate``; the fallbacks of ``rest`` follow when ``small`` fails."""
+    return cascade_base(small, large, escalate, deadline_ms).with_rest(rest)
+
+
+def cascade_base(small: TargetView, large: TargetView, escalate: float,
+                 deadline_ms: float) -> Base:
+    """The :class:`Base` of ``small`` escalating to ``large``."""
     ps = small.p_fail
     both, offset = small.latency.sum_with(large.latency)
     escalated = (1.0 - large.p_fail) * (1.0 - both.p_exceed(deadline_ms - offset))
     meet_ok = (1.0 - escalate) * (1.0 - small.latency.p_exceed(deadline_ms)) + escalate * escalated
-    meet = (1.0 - ps) * meet_ok + ps * rest.meet
-    cost = small.cost_usd + (1.0 - ps) * escalate * large.cost_usd + ps * rest.cost_usd
-    return max(1.0 - meet, 0.0), cost
+    return Base((1.0 - ps) * meet_ok, small.cost_usd + (1.0 - ps) * escalate * large.cost_usd, ps)
 
 
 def _invert(survival: Callable[[float], float], lo: float, hi: float, level: float) -> float:
@@ -157,6 +182,26 @@ class Rest(NamedTuple):
     targets: tuple[TargetView, ...] = ()
     meet: float = 0.0
     cost_usd: float = 0.0
+
+
+
+class Base(NamedTuple):
+    """A plan before its fallbacks: ``P(answered in time)`` and expected cost from its own
+    targets, and ``weight``, the probability that they all failed and the fallbacks run. Every
+    shape is then ``meet + weight * rest.meet`` and ``cost + weight * rest.cost``."""
+
+    meet: float
+    cost_usd: float
+    weight: float
+
+    def with_rest(self, rest: Rest) -> tuple[float, float]:
+        """``(P_miss, expected cost)`` with the fallbacks of ``rest``."""
+        return (max(1.0 - (self.meet + self.weight * rest.meet), 0.0),
+                self.cost_usd + self.weight * rest.cost_usd)
+
+    def least_p_miss(self) -> float:
+        """A lower bound on ``P_miss`` whatever the fallbacks (they answer at most always)."""
+        return max(1.0 - (self.meet + self.weight), 0.0)
 
 
 NO_REST = Rest()

@@ -138,3 +138,33 @@ def test_the_chosen_plan_is_within_budget_whenever_any_plan_is(
     elif decision.plan is not None:
         assert not decision.plan.within_budget
         assert decision.plan.p_miss == pytest.approx(min(enumerated(decision)))
+
+
+@PROPERTY_SETTINGS
+@given(views=target_views(), policy=policies, quality=qualities,
+       deadline=st.floats(1.0, 1000.0))
+def test_pruning_never_changes_the_choice(
+    views: list[TargetView], policy: RoutingPolicy, quality: RequestQuality, deadline: float,
+) -> None:
+    """The search passes over plans by lower bounds (cost floor, P_miss of the plan's own
+    targets) and leaves them unevaluated; the table evaluates every plan. Whatever it left
+    out, no row of the table beats the chosen plan (cheaper, or faster for min-latency,
+    within the budget; or less risky when nothing is)."""
+    decision = run(views, deadline, policy, quality)
+    if decision.plan is None:
+        return
+    rows = [r for r in decision.candidates if r.verdict not in EXCLUDED | {HEDGE_TOO_COSTLY}]
+    chosen = next(r for r in decision.candidates if r.verdict == "chosen")
+    budget = policy.risk_budget + 1e-12
+    if not decision.plan.within_budget:
+        assert all(r.p_miss > budget for r in rows)
+        assert chosen.p_miss <= min(r.p_miss for r in rows) + 1e-15
+        return
+    assert chosen.p_miss <= budget
+    feasible = [r for r in rows if r.p_miss <= budget and r.verdict != "cascade preferred"]
+    if policy.objective == "min-latency":
+        assert chosen.p50_ms <= min(r.p50_ms for r in feasible) + 1e-9
+    else:
+        penalty, tie = policy.miss_penalty_usd, policy.cost_tie_ratio
+        best = min(r.cost_usd + penalty * r.p_miss for r in feasible)
+        assert chosen.cost_usd + penalty * chosen.p_miss <= best * (1 + tie) + 1e-18
