@@ -12,6 +12,13 @@ A call reports its outcome to the target's breaker and estimator exactly once:
 * a cancellation (the loser of a hedge, a client that went away): a slow call
   if it had already run that long, else nothing.
 
+A call counts as in flight at its target (the estimator's ``in_flight``, which
+the next decision reads as queueing) from the moment it is launched, not from
+when its task first runs: decisions made in between would otherwise all see the
+same short queue and pile onto one target. It stops counting when the task
+ends, however it ends (a task cancelled before it ran never runs its own
+cleanup, so a done-callback settles it).
+
 Every call runs as its own task under ``asyncio.wait_for`` with a timeout from
 the deadline left (a Ray handle call to a dead node hangs otherwise, see
 DESIGN.md "Facts measured"); the race waits on the tasks with a guard of the
@@ -99,10 +106,34 @@ class Caller:
         """Whether ``seconds`` is at least twice what the target is predicted to need."""
         return seconds * 1000 >= 2 * self._expected_ms(target, rows)
 
-    async def call(self, claim: Claim, x: np.ndarray, timeout_s: float) -> Answer:
+    def launch(self, claim: Claim, x: np.ndarray, timeout_s: float) -> asyncio.Task[Answer]:
+        """Start a call as its own task; the target counts it in flight from now on."""
+        estimator = claim.target.estimator
+        ahead = estimator.in_flight
+        estimator.in_flight += 1
+        state = {"settled": False, "started": False}
+
+        def settle(task: object = None) -> None:
+            if not state["settled"]:
+                state["settled"] = True
+                estimator.in_flight -= 1
+                claim.limits.release(claim.target.name)
+                if not state["started"]:
+                    claim.permit.release()
+
+        def start() -> None:
+            state["started"] = True
+
+        task = asyncio.create_task(self._call(claim, x, timeout_s, ahead, start, settle),
+                                   name=claim.target.name)
+        task.add_done_callback(settle)
+        return task
+
+    async def _call(self, claim: Claim, x: np.ndarray, timeout_s: float, ahead: int,
+                    start: Callable[[], None], settle: Callable[[], None]) -> Answer:
+        start()
         target = claim.target
         estimator = target.estimator
-        estimator.in_flight += 1
         started = self._clock()
         try:
             reply = await asyncio.wait_for(target.transport.infer(x, timeout_s), timeout_s)
@@ -119,11 +150,11 @@ class Caller:
             self._failed(claim, unexpected, self._ms_since(started))
             raise unexpected from exc
         finally:
-            estimator.in_flight -= 1
-            claim.limits.release(target.name)
+            settle()
         elapsed_ms = self._ms_since(started)
         claim.permit.success(elapsed_ms)
-        estimator.observe_success(elapsed_ms, reply.server_ms, reply.queue_ms, reply.batch_rows)
+        estimator.observe_success(elapsed_ms, reply.server_ms, reply.queue_ms, reply.batch_rows,
+                                  ahead)
         if target.quality == "small":
             for top in np.asarray(reply.probabilities).max(axis=1, initial=0.0).tolist():
                 estimator.observe_confidence(top)

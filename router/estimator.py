@@ -4,9 +4,11 @@ What the decision reads comes from :meth:`TargetEstimator.view`:
 
 * latency as a distribution (:class:`~router.latency.LatencyModel`): network
   (observed time minus the server-reported queue and compute; probes are all
-  network), queue (server-reported, plus an in-flight term), service time as a
-  function of batch size, and a cold start while the deployment runs no
-  replica (``set_replicas``), learned from observed cold starts;
+  network), queue (the server-reported wait that this router's own calls in
+  flight do not explain, plus the wait behind the calls in flight now:
+  :meth:`TargetEstimator.wait_ahead_ms`), service time as a function of batch
+  size, and a cold start while the deployment runs no replica
+  (``set_replicas``), learned from observed cold starts;
 * the probability of failure, from failure and success counts that decay
   exponentially with a half-life, so an old outage fades back to the prior;
 * the typical time to detect a failure (``fail_fast_ms``);
@@ -140,8 +142,6 @@ class TargetEstimator:
         self.network, self.queue, self.service = Ewma(weight), Ewma(weight), Ewma(weight)
         self.batch_rows = Ewma(weight)
         self.total = Ewma(weight)
-        self.load = Ewma(weight)
-        """Other requests in flight when a call completes: the load the sketches saw."""
         self.fail_detect = Ewma(weight)
         self.prior_latency_ms = prior_latency_ms
         self.failure_cooldown_ms = failure_cooldown_ms
@@ -167,9 +167,17 @@ class TargetEstimator:
         self.last_error: str | None = None
 
     def observe_success(
-        self, total_ms: float, server_ms: float, queue_ms: float, batch_rows: int
+        self, total_ms: float, server_ms: float, queue_ms: float, batch_rows: int,
+        ahead: int = 0,
     ) -> None:
         """A call answered after ``total_ms``; the server reported its compute and queue time.
+
+        ``ahead``: the calls this router had in flight to the target when it sent this one.
+        The wait they explain (:meth:`wait_ahead_ms`) is left out of the queue estimate, which
+        keeps the wait nothing here accounts for (other routers' traffic, other clients); a
+        decision adds the wait behind the calls in flight at its own time instead. Learning the
+        raw wait would count a busy spell twice, in the queue estimate and in flight, and
+        predict every call late once a target had been busy.
 
         While the deployment is known to run no replica, the network part of the call
         beyond its usual median is taken as a cold start (and kept out of the network
@@ -187,8 +195,8 @@ class TargetEstimator:
         self.queue.update(max(queue_ms, 0.0))
         self.service.update(max(server_ms, 0.0))
         self.batch_rows.update(float(max(batch_rows, 1)))
-        self.load.update(float(self.in_flight))
-        self.latency.add_call(network_ms if warm else None, max(queue_ms, 0.0),
+        unexplained = max(queue_ms - self.wait_ahead_ms(ahead, batch_rows), 0.0)
+        self.latency.add_call(network_ms if warm else None, unexplained,
                               max(server_ms, 0.0), max(batch_rows, 1))
         self.fail_rate.add(False)
         self._healthy()
@@ -292,13 +300,22 @@ class TargetEstimator:
         self.escalation_table()
 
     def distribution(self, rows: int = 1) -> Distribution:
-        """Latency of a request of ``rows`` rows now: cold start and in-flight term included."""
-        cold = self.replicas == 0
-        base = self.latency.distribution(rows, cold)
-        excess = self.in_flight - self.load.mean
-        if excess <= 0:
-            return base
-        return base.shift(excess * self.latency.service_ms(rows) / self.settings.concurrency)
+        """Latency of a request of ``rows`` rows now: cold start and the wait behind the calls
+        in flight included."""
+        base = self.latency.distribution(rows, self.replicas == 0)
+        ahead_ms = self.wait_ahead_ms(self.in_flight, rows)
+        return base.shift(ahead_ms) if ahead_ms > 0.0 else base
+
+    def wait_ahead_ms(self, ahead: int, rows: int = 1) -> float:
+        """Expected wait of a call sent behind ``ahead`` calls in flight: it starts once
+        ``ahead + 1 - concurrency`` of them have finished, and the target finishes
+        ``concurrency`` calls per mean service time (a slow device with one slot and three
+        calls ahead: three service times)."""
+        concurrency = self.settings.concurrency
+        waiting = ahead + 1 - concurrency
+        if waiting <= 0:
+            return 0.0
+        return waiting * self.latency.service_ms(rows) / concurrency
 
     def cost_usd(self, rows: int, prices: MarginalPrices) -> float:
         batch = max(float(rows), self.latency.typical_rows())

@@ -235,8 +235,7 @@ class Executor:
         timeout_s = self._call_timeout(req, claim.target)
         req.calls += 1
         req.tried[claim.target.name] = None
-        return asyncio.create_task(self._caller.call(claim, req.x, timeout_s),
-                                   name=claim.target.name)
+        return self._caller.launch(claim, req.x, timeout_s)
 
     def _launch_hedge(self, req: _Request, name: str) -> asyncio.Task[Answer] | None:
         if (name in req.tried or req.calls >= self.retry.max_attempts

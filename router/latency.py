@@ -5,7 +5,9 @@ independent:
 
 * network: observed time minus the server-reported queue and compute time;
   a readiness probe is all network;
-* queue: the server-reported wait before compute;
+* queue: the server-reported wait before compute, less what the router's own
+  calls in flight explain (the estimator adds the wait behind those in flight
+  at decision time);
 * service: the server-reported compute time of the batch the request ran in,
   scaled to the batch a request of ``rows`` rows will run in
   (:class:`ServiceScaling`);
@@ -57,8 +59,8 @@ class EstimatorSettings(BaseModel):
     """EWMA weight of the service-time-versus-batch line (slow: batch sizes vary by request)."""
     probe_interval_s: float = Field(1.0, gt=0)
     concurrency: int = Field(1, ge=1)
-    """Requests the target serves at once (edge workers' slots, a cloud batch): the in-flight
-    term adds one mean service time per ``concurrency`` requests beyond the usual load."""
+    """Requests the target serves at once (edge workers' slots, a cloud batch): a call waits
+    one mean service time per ``concurrency`` calls queued ahead of it."""
 
 
 DEFAULT_SETTINGS = EstimatorSettings()

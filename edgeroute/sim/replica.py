@@ -126,7 +126,9 @@ class RouterReplica:
     def launched(self, calls: Sequence[Call]) -> None:
         self.budget.record_request()
         for call in calls:
-            self.estimators[call.target].in_flight += 1
+            est = self.estimators[call.target]
+            call.ahead = est.in_flight
+            est.in_flight += 1
 
     def feedback(self, call: Call, confidence: float) -> None:
         """What the call taught, delivered when it ended (the clock reads its end)."""
@@ -137,7 +139,7 @@ class RouterReplica:
         outcome, total = call.outcome, call.total_ms
         if outcome == OK:
             permit.success(total)
-            est.observe_success(total, call.service_ms, call.wait_ms, 1)
+            est.observe_success(total, call.service_ms, call.wait_ms, 1, call.ahead)
             if est.quality == "small":
                 est.observe_confidence(confidence)
         elif outcome == FAILED:

@@ -25,8 +25,8 @@ OK, FAILED, TIMEOUT, CANCELLED = 0, 1, 2, 3
 class Call:
     """One upstream call of one request; times are ms from the request's arrival."""
 
-    __slots__ = ("end_ms", "outcome", "permit", "served", "service_ms", "start_ms", "target",
-                 "total_ms", "wait_ms")
+    __slots__ = ("ahead", "end_ms", "outcome", "permit", "served", "service_ms", "start_ms",
+                 "target", "total_ms", "wait_ms")
 
     def __init__(self, target: int, start_ms: float, end_ms: float, outcome: int,
                  wait_ms: float = 0.0, service_ms: float = 0.0, served: bool = False) -> None:
@@ -35,6 +35,8 @@ class Call:
         self.total_ms = end_ms - start_ms
         self.permit: object | None = None
         """The breaker permit the call holds (router arms only)."""
+        self.ahead = 0
+        """Calls the launching replica had in flight to the target (router arms only)."""
 
 
 class World:

@@ -147,16 +147,46 @@ def test_service_scaling_is_linear_and_never_shrinks() -> None:
     assert [rows_bucket(r) for r in (0, 1, 2, 3, 8, 9)] == [1, 1, 2, 4, 8, 16]
 
 
-def test_requests_in_flight_beyond_the_usual_load_add_queueing() -> None:
+def test_calls_in_flight_beyond_the_free_slots_add_their_service_time() -> None:
     clock = FakeClock()
     est = estimator(clock, settings=EstimatorSettings(concurrency=2))
     for _ in range(100):
         est.observe_success(total_ms=15.0, server_ms=10.0, queue_ms=0.0, batch_rows=1)
     settle(clock, est)
     idle = est.distribution(1).quantile(0.5)
+    est.in_flight = 1
+    assert est.distribution(1).quantile(0.5) == pytest.approx(idle), "a slot is free"
     est.in_flight = 4
-    assert est.distribution(1).quantile(0.5) == pytest.approx(idle + 4 * 10.0 / 2, rel=0.02)
+    assert est.distribution(1).quantile(0.5) == pytest.approx(idle + 3 * 10.0 / 2, rel=0.02)
     assert est.view(1, True, TierPrices()).in_flight == 4
+
+
+def test_a_busy_spell_is_not_counted_twice() -> None:
+    """A one-slot device (200 ms a call) that had three calls ahead of each one: the waits it
+    reported are those calls' service, which the in-flight count explains. Once idle, it is
+    predicted as idle (not with the waits of the busy spell), and busy again, as busy."""
+    clock = FakeClock()
+    est = estimator(clock)
+    for _ in range(10):
+        est.observe_success(total_ms=202.0, server_ms=200.0, queue_ms=0.0, batch_rows=1)
+    for _ in range(200):
+        est.observe_success(total_ms=802.0, server_ms=200.0, queue_ms=600.0, batch_rows=1,
+                            ahead=3)
+    settle(clock, est)
+    assert est.distribution(1).quantile(0.99) == pytest.approx(202.0, rel=0.03)
+    est.in_flight = 3
+    assert est.distribution(1).quantile(0.5) == pytest.approx(802.0, rel=0.03)
+
+
+def test_a_wait_no_call_in_flight_explains_is_learned() -> None:
+    """Another router's traffic: waits reported with nothing of ours ahead stay in the queue
+    estimate."""
+    clock = FakeClock()
+    est = estimator(clock)
+    for _ in range(200):
+        est.observe_success(total_ms=62.0, server_ms=10.0, queue_ms=50.0, batch_rows=1)
+    settle(clock, est)
+    assert est.distribution(1).quantile(0.5) == pytest.approx(62.0, rel=0.03)
 
 
 def test_a_deployment_without_replicas_adds_the_cold_start_prior() -> None:

@@ -342,3 +342,37 @@ def test_a_timeout_error_from_the_transport_hands_over_to_the_fallback() -> None
     served, _ = run(executor_for(primary, fallback), plan_of("edge-a", "cloud"), 1.0)
     assert served.target is fallback
     assert served.fallback
+
+
+def test_a_call_counts_in_flight_from_its_launch() -> None:
+    """Decisions made between a call's launch and its task's first step see it in flight (the
+    queue they predict includes it), and the count, the target's in-flight slot and the
+    breaker permit are given back however the run ends, even if cancelled before its call
+    ever ran."""
+    primary = fake_target(FakeTransport("edge-a", after(0.05, answer)))
+    executor = executor_for(primary)
+    seen: list[int] = []
+
+    async def main() -> None:
+        run_task = asyncio.create_task(executor.run(plan_of("edge-a"), X, time.monotonic() + 1))
+        await asyncio.sleep(0)
+        # The run has decided and launched its call; the call's task has not run yet.
+        assert fake_of(primary).calls == 0
+        seen.append(primary.estimator.in_flight)
+        await run_task
+        seen.append(primary.estimator.in_flight)
+        early = asyncio.create_task(executor.run(plan_of("edge-a"), X, time.monotonic() + 1))
+        for _ in range(50):
+            if primary.estimator.in_flight:
+                break
+            await asyncio.sleep(0)
+        seen.append(primary.estimator.in_flight)
+        early.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await early
+        seen.append(primary.estimator.in_flight)
+
+    run_async(main)
+    assert seen == [1, 0, 1, 0]
+    assert executor.snapshot()["admission"]["in_flight"] == 0
+    assert executor.breakers["edge-a"].snapshot()["state"] == "closed"
