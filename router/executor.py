@@ -249,13 +249,7 @@ class Executor:
         return self._launch(req, claim)
 
     def _call_timeout(self, req: _Request, target: Target) -> float:
-        """The deadline left, less what the next fallback is predicted to need (and the grace
-        a timed-out call gets to finish cancelling), if this call still has its typical time
-        in what remains; else all of the deadline left.
-
-        A call that runs past the cut is in the tail of its own distribution or hung (a call
-        to a lost Ray node hangs rather than fails): the fallback, given its predicted upper
-        time, is then the better bet, and it is what the plan's P(miss) counted on."""
+        """:func:`call_timeout` of a call to ``target`` now (seconds)."""
         left = self._time_left(req)
         if req.calls + 1 >= self.retry.max_attempts:
             return left
@@ -265,9 +259,9 @@ class Executor:
         if fallback is None:
             return left
         rows = len(req.x)
-        cut = left - self._expected_ms(fallback, rows) / 1000 - self.min_attempt_s - self.grace_s
-        own = max(self._typical_ms(target, rows) / 1000, self.min_attempt_s)
-        return cut if cut >= own else left
+        return call_timeout(left, self._expected_ms(fallback, rows) / 1000,
+                            self._typical_ms(target, rows) / 1000, self.min_attempt_s,
+                            self.grace_s)
 
     def _route(self, req: _Request, retry_state: RetryCallState) -> bool:
         """Pick and reserve the next try's target: a fresh fallback, else a retry."""
@@ -386,3 +380,18 @@ class Executor:
         if req.calls == 0 and ejected and min(ejected) > 0:
             return min(ejected)
         return self.limits.settings.shed_retry_after_s
+
+
+def call_timeout(left: float, fallback_expected: float, own_typical: float, min_attempt: float,
+                 grace: float) -> float:
+    """A call's timeout (any one unit): the deadline ``left``, less what the next fallback is
+    predicted to need, a least attempt and the grace a timed-out call gets to finish
+    cancelling, if the call still has its own typical time in what remains; else all of
+    ``left``.
+
+    A call that runs past the cut is in the tail of its own distribution or hung (a call to a
+    lost Ray node hangs rather than fails): the fallback, given its predicted upper time, is
+    then the better bet, and it is what the plan's P(miss) counted on. The simulator applies
+    the same rule (:mod:`edgeroute.sim.execute`)."""
+    cut = left - fallback_expected - min_attempt - grace
+    return cut if cut >= max(own_typical, min_attempt) else left

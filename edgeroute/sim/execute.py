@@ -8,7 +8,7 @@ The executor's rules, over the drawn latencies of one request:
   breaker refuses a permit is skipped;
 * a call's timeout is the deadline left, less the next fallback's predicted
   upper latency, the least attempt and the cancel grace when the call can
-  still have its own typical (mean) time (``Executor._call_timeout``);
+  still have its own typical (mean) time (:func:`router.executor.call_timeout`, shared);
 * the hedge starts at its delay if the primary has not answered, the retry
   budget allowing; the first answer wins and the other call is cancelled;
 * an answer from a small model below the cascade threshold is escalated when
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from edgeroute.sim.world import CANCELLED, OK, Call, World
+from router.executor import call_timeout
 from router.plan import Plan
 
 
@@ -110,9 +111,8 @@ class _Run:
                           and hooks.allows(t)), None)
         if following is None:
             return left
-        cut = left - hooks.expected_ms(following) - limits.min_attempt_ms - limits.grace_ms
-        own = max(hooks.typical_ms(target), limits.min_attempt_ms)
-        return cut if cut >= own else left
+        return call_timeout(left, hooks.expected_ms(following), hooks.typical_ms(target),
+                            limits.min_attempt_ms, limits.grace_ms)
 
     def room(self, at_ms: float) -> bool:
         return (len(self.calls) < self.limits.max_attempts

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from router.calls import Attempt
-from router.executor import Executor, NotServed, Served
+from router.executor import Executor, NotServed, Served, call_timeout
 from router.plan import Plan
 from router.policy import BreakerSettings, RetrySettings
 from router.transport import Reply, TargetTimeout
@@ -376,3 +376,12 @@ def test_a_call_counts_in_flight_from_its_launch() -> None:
     assert seen == [1, 0, 1, 0]
     assert executor.snapshot()["admission"]["in_flight"] == 0
     assert executor.breakers["edge-a"].snapshot()["state"] == "closed"
+
+
+def test_a_call_is_cut_for_its_fallback_only_if_it_keeps_its_typical_time() -> None:
+    """One rule for the executor and the simulator: 300 ms left, a fallback expected to need
+    100, a 5 ms least attempt and a 10 ms grace leave the call 185 ms, if its typical time
+    fits in that; else the call gets all 300."""
+    assert call_timeout(300.0, 100.0, 50.0, 5.0, 10.0) == pytest.approx(185.0)
+    assert call_timeout(300.0, 100.0, 200.0, 5.0, 10.0) == 300.0
+    assert call_timeout(300.0, 290.0, 1.0, 5.0, 10.0) == 300.0, "no room left for the cut"
