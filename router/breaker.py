@@ -316,6 +316,12 @@ class Breakers:
     def allows(self, target: str) -> bool:
         return self[target].allows()
 
+    def forget(self, target: str) -> None:
+        """Drop ``target``'s breaker (a worker that left the fleet): if a target of that name
+        comes back, it starts closed, with no ejection history. Calls still in flight report
+        to the breaker that gave them their permit."""
+        self._breakers.pop(target, None)
+
     def configure(self, settings: BreakerSettings) -> None:
         self.settings = settings
         for breaker in self._breakers.values():

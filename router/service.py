@@ -119,7 +119,10 @@ class RoutingService:
                                 for t in self.targets})
 
     def remove_target(self, name: str) -> Target | None:
-        """No new decision uses ``name``; requests already sent there finish or fail over."""
+        """No new decision uses ``name``; requests already sent there finish or fail over.
+        Its breaker is forgotten with it: a worker that joins again under the same name is a
+        new worker (fresh estimates, a closed breaker)."""
+        self.breakers.forget(name)
         return self.targets.remove(name)
 
     def decide(self, rows: int, deadline_ms: float, quality: RequestQuality,

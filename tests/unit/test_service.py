@@ -114,3 +114,19 @@ def test_the_prober_makes_the_trial_call_that_closes_a_restarted_targets_breaker
     assert run_async(main)
     assert breaker.state == "closed", "a target only ever used as fallback stayed half-open"
     assert backup.calls == 1
+
+
+def test_a_target_that_leaves_and_joins_again_starts_with_a_closed_breaker() -> None:
+    """A fleet worker that expired (or changed its document) and joins again is a new worker:
+    fresh estimates come with its new target, and its old breaker state is forgotten."""
+    svc, _ = service((FakeTransport("edge-a", fail_with(refused)), "edge", "small"),
+                     (FakeTransport("cloud"), "cloud", "large"))
+    for _ in range(30):
+        route(svc)
+    assert svc.breakers["edge-a"].snapshot()["state"] == "open"
+    svc.remove_target("edge-a")
+    svc.add_target(fake_target(FakeTransport("edge-a"), tier="edge", quality="small",
+                               estimator=TargetEstimator(name="edge-a")))
+    assert svc.breakers["edge-a"].snapshot()["state"] == "closed"
+    assert svc.breakers["edge-a"].snapshot()["ejections"] == 0
+    assert route(svc).served.target.name in {"edge-a", "cloud"}
