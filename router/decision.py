@@ -315,10 +315,16 @@ def _verdict(plan: Scored, chosen: Scored | None, policy: RoutingPolicy) -> str:
         lost = (plan.klass, plan.p50(), plan.cost_usd) >= (chosen.klass, chosen.p50(),
                                                            chosen.cost_usd)
         return SLOWER if lost else NOT_SHORTLISTED
-    penalty = policy.miss_penalty_usd
-    lost = (plan.klass, plan.cost_usd + penalty * plan.p_miss, plan.p_miss) >= (
-        chosen.klass, chosen.cost_usd + penalty * chosen.p_miss, chosen.p_miss)
-    return DEARER if lost else NOT_SHORTLISTED
+    penalty, tie = policy.miss_penalty_usd, policy.cost_tie_ratio
+    cost = plan.cost_usd + penalty * plan.p_miss
+    chosen_cost = chosen.cost_usd + penalty * chosen.p_miss
+    if plan.klass < chosen.klass or cost < chosen_cost * (1 - tie):
+        return NOT_SHORTLISTED
+    if cost > chosen_cost * (1 + tie):
+        return DEARER
+    if (plan.p50(), plan.p_miss, cost) >= (chosen.p50(), chosen.p_miss, chosen_cost):
+        return SLOWER
+    return NOT_SHORTLISTED
 
 
 def _table(elig: Eligibility, deadline_ms: float,

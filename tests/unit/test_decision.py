@@ -316,3 +316,16 @@ def test_a_decision_leaves_no_garbage_cycles(deadline_ms: float) -> None:
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def test_a_plan_that_loses_the_cost_tie_on_speed_is_labelled_slower() -> None:
+    """A cascade that escalates 94% of the time costs within the cost tie of the cloud alone;
+    the faster plan wins the tie, and the table says so (not "not shortlisted", which would
+    claim a pruning miss among three targets)."""
+    views = [view("edge-a", median=20.0, cost=5e-8, escalation=0.94),
+             cloud(cost=1e-6, median=40.0)]
+    decision = run(views, 1000.0, RoutingPolicy(hedge=HedgeSettings(enabled=False)), "any")
+    assert decision.plan is not None and decision.plan.primary == "cloud"
+    cascade = next(row for row in decision.candidates if "escalating" in row.plan)
+    assert cascade.verdict == "slower"
+    assert "not shortlisted" not in {row.verdict for row in decision.candidates}

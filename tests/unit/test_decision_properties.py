@@ -155,6 +155,8 @@ def test_pruning_never_changes_the_choice(
         return
     rows = [r for r in decision.candidates if r.verdict not in EXCLUDED | {HEDGE_TOO_COSTLY}]
     chosen = next(r for r in decision.candidates if r.verdict == "chosen")
+    if len(views) <= 4:
+        assert all(r.verdict != "not shortlisted" for r in rows), "every plan was enumerated"
     budget = policy.risk_budget + 1e-12
     if not decision.plan.within_budget:
         assert all(r.p_miss > budget for r in rows)
