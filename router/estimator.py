@@ -307,15 +307,26 @@ class TargetEstimator:
         return base.shift(ahead_ms) if ahead_ms > 0.0 else base
 
     def wait_ahead_ms(self, ahead: int, rows: int = 1) -> float:
-        """Expected wait of a call sent behind ``ahead`` calls in flight: it starts once
-        ``ahead + 1 - concurrency`` of them have finished, and the target finishes
+        """Expected wait of a call sent behind ``ahead`` calls in flight. Of those, the ones at
+        the target (queued or computing, not on the network) are ahead of it there: their
+        share of a call's time at the target (Little's law, :meth:`server_share`). It starts
+        once all but ``concurrency - 1`` of them have finished, and the target finishes
         ``concurrency`` calls per mean service time (a slow device with one slot and three
-        calls ahead: three service times)."""
+        calls at it: three service times; a fast one a long link away: next to nothing)."""
         concurrency = self.settings.concurrency
-        waiting = ahead + 1 - concurrency
+        waiting = ahead * self.server_share() + 1 - concurrency
         if waiting <= 0:
             return 0.0
         return waiting * self.latency.service_ms(rows) / concurrency
+
+    def server_share(self) -> float:
+        """The share of an answered call's time spent at the target rather than on the
+        network (1 until a call has answered)."""
+        if not self.service.count:
+            return 1.0
+        at_target = self.queue.mean + self.service.mean
+        whole = at_target + self.network.mean
+        return at_target / whole if whole > 0 else 1.0
 
     def cost_usd(self, rows: int, prices: MarginalPrices) -> float:
         batch = max(float(rows), self.latency.typical_rows())
