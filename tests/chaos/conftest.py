@@ -135,7 +135,9 @@ class Seen:
 class Run:
     outcomes: tuple[Outcome, ...]
     events: tuple[tuple[float, str], ...]
-    """(seconds since the start when the event fired, its name)."""
+    """(seconds since the start when the event's fault had taken effect, its name): when it
+    fired plus the time its command took (a chaos CLI call starts a Python process, about a
+    second here)."""
     seen: tuple[Seen, ...]
 
 
@@ -148,9 +150,12 @@ def load(stack: RunningStack, phases: Sequence[Phase], *, deadline_ms: float,
     (a named policy) go into every request."""
     mix = RequestMix(deadlines_ms=((deadline_ms, 1.0),), high_quality_share=high_share)
     faults = at or {}
+    took: dict[str, float] = {}
 
     async def on_event(name: str) -> None:
+        started = time.monotonic()
         await asyncio.to_thread(faults[name])
+        took[name] = time.monotonic() - started
 
     seen: list[Seen] = []
 
@@ -163,7 +168,8 @@ def load(stack: RunningStack, phases: Sequence[Phase], *, deadline_ms: float,
     result = asyncio.run(run())
     if result.event_errors:
         raise AssertionError(f"a fault could not be injected: {result.event_errors}")
-    return Run(result.outcomes, result.events, tuple(seen))
+    events = tuple((at_s + took.get(name, 0.0), name) for at_s, name in result.events)
+    return Run(result.outcomes, events, tuple(seen))
 
 
 class _RecordingClient(httpx.AsyncClient):
