@@ -92,6 +92,29 @@ class Attempt:
 OnAttempt = Callable[[Attempt], None]
 
 
+class _Flight:
+    """A launched call's hold on its target: counted in flight (``ahead``: the calls it found
+    there) until settled, exactly once; a call that never started gives its permit back."""
+
+    __slots__ = ("ahead", "claim", "settled", "started")
+
+    def __init__(self, claim: Claim) -> None:
+        estimator = claim.target.estimator
+        self.claim, self.ahead = claim, estimator.in_flight
+        estimator.in_flight += 1
+        self.started = self.settled = False
+
+    def settle(self, _task: object = None) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        claim = self.claim
+        claim.target.estimator.in_flight -= 1
+        claim.limits.release(claim.target.name)
+        if not self.started:
+            claim.permit.release()
+
+
 class Caller:
     """Makes calls and reports each outcome to the target's breaker and estimator, and to
     ``on_attempt`` (which must not raise)."""
@@ -108,30 +131,14 @@ class Caller:
 
     def launch(self, claim: Claim, x: np.ndarray, timeout_s: float) -> asyncio.Task[Answer]:
         """Start a call as its own task; the target counts it in flight from now on."""
-        estimator = claim.target.estimator
-        ahead = estimator.in_flight
-        estimator.in_flight += 1
-        state = {"settled": False, "started": False}
-
-        def settle(task: object = None) -> None:
-            if not state["settled"]:
-                state["settled"] = True
-                estimator.in_flight -= 1
-                claim.limits.release(claim.target.name)
-                if not state["started"]:
-                    claim.permit.release()
-
-        def start() -> None:
-            state["started"] = True
-
-        task = asyncio.create_task(self._call(claim, x, timeout_s, ahead, start, settle),
-                                   name=claim.target.name)
-        task.add_done_callback(settle)
+        flight = _Flight(claim)
+        task = asyncio.create_task(self._call(flight, x, timeout_s), name=claim.target.name)
+        task.add_done_callback(flight.settle)
         return task
 
-    async def _call(self, claim: Claim, x: np.ndarray, timeout_s: float, ahead: int,
-                    start: Callable[[], None], settle: Callable[[], None]) -> Answer:
-        start()
+    async def _call(self, flight: _Flight, x: np.ndarray, timeout_s: float) -> Answer:
+        flight.started = True
+        claim = flight.claim
         target = claim.target
         estimator = target.estimator
         started = self._clock()
@@ -150,11 +157,11 @@ class Caller:
             self._failed(claim, unexpected, self._ms_since(started))
             raise unexpected from exc
         finally:
-            settle()
+            flight.settle()
         elapsed_ms = self._ms_since(started)
         claim.permit.success(elapsed_ms)
         estimator.observe_success(elapsed_ms, reply.server_ms, reply.queue_ms, reply.batch_rows,
-                                  ahead)
+                                  flight.ahead)
         if target.quality == "small":
             for top in np.asarray(reply.probabilities).max(axis=1, initial=0.0).tolist():
                 estimator.observe_confidence(top)
