@@ -95,20 +95,9 @@ def many_targets(count: int, seed: int = 4) -> list[TargetView]:
 
 
 def timed(decisions: int, call: Callable[[float], object],
-          mix: Sequence[float] = DEADLINES_MS) -> np.ndarray:
-    deadlines = random.Random(9).choices(mix, k=decisions)
-    times = np.full(decisions, 0.0)
-    clock = time.perf_counter_ns
-    for i, deadline in enumerate(deadlines):
-        started = clock()
-        call(deadline)
-        times[i] = clock() - started
-    return times / 1000.0
-
-
-def own_time(decisions: int, call: Callable[[float], object],
-             mix: Sequence[float] = DEADLINES_MS, repeats: int = REPEATS) -> np.ndarray:
-    """Per request of the mix, the least of ``repeats`` back-to-back runs (microseconds)."""
+          mix: Sequence[float] = DEADLINES_MS, repeats: int = 1) -> np.ndarray:
+    """Microseconds per request of the mix; with ``repeats``, the least of that many
+    back-to-back runs of the request's decision (its own time)."""
     deadlines = random.Random(9).choices(mix, k=decisions)
     times = np.full(decisions, 0.0)
     clock = time.perf_counter_ns
@@ -170,7 +159,7 @@ def bench_decisions(decisions: int) -> None:
     report("3 targets, risk-optimal (hedge + cascade), per call",
            timed(decisions, decider(views, default)), 100.0)
     report(f"3 targets, risk-optimal, own time (least of {REPEATS} runs)",
-           own_time(decisions, decider(views, default)), 100.0)
+           timed(decisions, decider(views, default), repeats=REPEATS), 100.0)
     for deadline in DEADLINES_MS:
         report(f"  deadline {deadline:g} ms only",
                timed(decisions // 10, decider(views, default), (deadline,)))

@@ -97,24 +97,24 @@ class Scored:
 
     def least_p_miss(self) -> float:
         """A lower bound on ``P_miss``, known before the fallbacks are ordered."""
-        base = self.base
-        if base is None:
-            if self._judge is None:
-                return self.p_miss
-            base = self.base = self._judge.base(self)
-        return base.least_p_miss()
+        if self._judge is None:
+            return self.p_miss
+        return self._own(self._judge).least_p_miss()
 
     def evaluate(self) -> Scored:
         judge = self._judge
         if judge is not None:
             self._judge = None
-            base = self.base
-            if base is None:
-                base = self.base = judge.base(self)
             rest = judge.rest(self)
             self.fallbacks = rest.targets
-            self.p_miss, self.cost_usd = base.with_rest(rest)
+            self.p_miss, self.cost_usd = self._own(judge).with_rest(rest)
         return self
+
+    def _own(self, judge: Judge) -> risk.Base:
+        """The plan's own targets priced (once)."""
+        if self.base is None:
+            self.base = judge.base(self)
+        return self.base
 
     def figures(self) -> tuple[float, float]:
         """Predicted p50 and p99 when the primary answers (failures left out)."""

@@ -257,15 +257,15 @@ def _least_risky(plans: list[Scored]) -> Scored:
         if plan.verdict is not None:
             continue
         plan.evaluate()
-        if best is None or _riskier(best, plan):
+        if best is None or _risk_order(plan) < _risk_order(best):
             best = plan
     if best is None:
-        return min((p.evaluate() for p in plans), key=lambda p: (p.p_miss, p.cost_usd, p.place))
+        return min((p.evaluate() for p in plans), key=_risk_order)
     return best
 
 
-def _riskier(plan: Scored, other: Scored) -> bool:
-    return (plan.p_miss, plan.cost_usd, plan.place) > (other.p_miss, other.cost_usd, other.place)
+def _risk_order(plan: Scored) -> tuple[float, float, tuple[int, ...]]:
+    return plan.p_miss, plan.cost_usd, plan.place
 
 
 def _cheaper(cost: float, plan: Scored, best_cost: float, best: Scored, tie: float) -> bool:
@@ -318,13 +318,9 @@ def _verdict(plan: Scored, chosen: Scored | None, policy: RoutingPolicy) -> str:
     penalty, tie = policy.miss_penalty_usd, policy.cost_tie_ratio
     cost = plan.cost_usd + penalty * plan.p_miss
     chosen_cost = chosen.cost_usd + penalty * chosen.p_miss
-    if plan.klass < chosen.klass or cost < chosen_cost * (1 - tie):
+    if plan.klass < chosen.klass or _cheaper(cost, plan, chosen_cost, chosen, tie):
         return NOT_SHORTLISTED
-    if cost > chosen_cost * (1 + tie):
-        return DEARER
-    if (plan.p50(), plan.p_miss, cost) >= (chosen.p50(), chosen.p_miss, chosen_cost):
-        return SLOWER
-    return NOT_SHORTLISTED
+    return DEARER if cost > chosen_cost * (1 + tie) else SLOWER
 
 
 def _table(elig: Eligibility, deadline_ms: float,

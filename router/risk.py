@@ -184,7 +184,6 @@ class Rest(NamedTuple):
     cost_usd: float = 0.0
 
 
-
 class Base(NamedTuple):
     """A plan before its fallbacks: ``P(answered in time)`` and expected cost from its own
     targets, and ``weight``, the probability that they all failed and the fallbacks run. Every
