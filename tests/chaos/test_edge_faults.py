@@ -90,6 +90,10 @@ def test_sigkill_of_one_of_two_edge_workers_at_50_rps(chaos_stack: RunningStack)
     on it within 15 s of the supervisor restarting it."""
     stack = chaos_stack
     pid = stack.pid("edge-a")
+    # The kill must hit a worker that carries traffic: after an earlier scenario's failures
+    # the router may prefer edge-b until edge-a's failure estimate has decayed.
+    assert wait_for(lambda: routed_to(stack, "edge-a"), 30) is not None, (
+        "edge-a never served before the kill")
     result = load(stack, [Phase("kill", 8.0, 50.0, events=((2.0, "kill"),))],
                   deadline_ms=DEADLINE_MS, at={"kill": must(stack, "kill", "edge-a")})
     killed_at = result.events[0][0]
