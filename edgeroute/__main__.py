@@ -1,3 +1,3 @@
-from edgeroute.cli import main
+from edgeroute.tools.cli import main
 
 raise SystemExit(main())

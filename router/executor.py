@@ -392,6 +392,6 @@ def call_timeout(left: float, fallback_expected: float, own_typical: float, min_
     A call that runs past the cut is in the tail of its own distribution or hung (a call to a
     lost Ray node hangs rather than fails): the fallback, given its predicted upper time, is
     then the better bet, and it is what the plan's P(miss) counted on. The simulator applies
-    the same rule (:mod:`edgeroute.sim.execute`)."""
+    the same rule (:mod:`edgeroute.tools.sim.execute`)."""
     cut = left - fallback_expected - min_attempt - grace
     return cut if cut >= max(own_typical, min_attempt) else left

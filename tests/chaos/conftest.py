@@ -32,7 +32,7 @@ import httpx
 import pytest
 
 from edgeroute.dataset import digits_split
-from edgeroute.loadgen import LoadResult, Outcome, Phase, RequestMix, run_load
+from edgeroute.tools.loadgen import LoadResult, Outcome, Phase, RequestMix, run_load
 from router.policy import PolicyDocument
 from tests.stackkit import RunningStack, running_stack
 
@@ -144,7 +144,7 @@ class Run:
 def load(stack: RunningStack, phases: Sequence[Phase], *, deadline_ms: float,
          high_share: float = 0.0, at: dict[str, Callable[[], Any]] | None = None,
          seed: int = 0, **parameters: Any) -> Run:
-    """Open-loop Poisson load (:mod:`edgeroute.loadgen`: latency from the scheduled send,
+    """Open-loop Poisson load (:mod:`edgeroute.tools.loadgen`: latency from the scheduled send,
     no coordinated omission), a ``high_share`` of it asking for ``quality=high``; ``at``
     maps the name of a phase event to the fault it injects. Extra request ``parameters``
     (a named policy) go into every request."""
@@ -305,7 +305,7 @@ def restore(stack: RunningStack, timeout_s: float = 60) -> None:
 
 def link(stack: RunningStack, target: str, **changes: Any) -> Callable[[], None]:
     """A fault for :func:`load`'s ``at``: change a target's emulated link."""
-    from edgeroute.chaos import set_link
+    from edgeroute.tools.chaos import set_link
 
     return lambda: set_link(stack.state, target, changes) and None
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from edgeroute.dataset import digits_split
-from edgeroute.loadgen import Phase
+from edgeroute.tools.loadgen import Phase
 from tests.chaos.cluster import PREFIX, RESOURCE
 from tests.chaos.conftest import chaos_policy, load, record, summary, within_bounds
 from tests.stackkit import running_stack

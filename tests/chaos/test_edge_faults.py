@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from edgeroute.config import StackConfig
-from edgeroute.loadgen import Outcome, Phase
+from edgeroute.tools.loadgen import Outcome, Phase
 from tests.chaos.conftest import (
     chaos,
     edge_stats,

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from edgeroute.loadgen import Phase
+from edgeroute.tools.loadgen import Phase
 from tests.chaos.conftest import (
     edge_stats,
     load,

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import yaml
 
-from edgeroute.loadgen import Phase
+from edgeroute.tools.loadgen import Phase
 from tests.chaos.conftest import chaos_policy, load, record, summary, within_bounds
 from tests.stackkit import RunningStack
 

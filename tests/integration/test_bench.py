@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgeroute.compare import ORACLE
+from edgeroute.tools.bench.compare import ORACLE
 
 pytestmark = pytest.mark.integration
 

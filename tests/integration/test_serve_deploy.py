@@ -35,7 +35,7 @@ from ray.serve.schema import ServeDeploySchema
 from edgeroute.config import StackConfig
 from edgeroute.dataset import digits_split
 from edgeroute.models.store import ModelSet
-from edgeroute.stack import Stack, port_free
+from edgeroute.tools.stack import Stack, port_free
 from router.policy import PolicyDocument, policy_digest
 from tests.stackkit import alive
 

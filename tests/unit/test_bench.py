@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeroute.compare import ORACLE, gap_closed, goals, hedging_effect, oracle
-from edgeroute.loadgen import Outcome, Phase
-from edgeroute.report import attained_slo, figures
-from edgeroute.scenario import Scenario, ScenarioError, merge
+from edgeroute.tools.bench.compare import ORACLE, gap_closed, goals, hedging_effect, oracle
+from edgeroute.tools.bench.scenario import Scenario, ScenarioError, merge
+from edgeroute.tools.figures import attained_slo, figures
+from edgeroute.tools.loadgen import Outcome, Phase
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "infra" / "scenarios"
 

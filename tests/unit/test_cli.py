@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeroute.cli import build_parser, main
+from edgeroute.tools.cli import build_parser, main
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

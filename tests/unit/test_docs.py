@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeroute.cli import build_parser
-from edgeroute.infra_gen import policy_reference
+from edgeroute.tools.cli import build_parser
+from edgeroute.tools.infra_gen import policy_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = sorted((ROOT / "docs").glob("*.md"))

@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from edgeroute.config import StackConfig
-from edgeroute.serve_config import serve_config, without_tokens
+from edgeroute.tools.serve_config import serve_config, without_tokens
 from router.fleet import FleetFull, FleetTable, Member, changes
 from router.fleet_actor import FleetSync, RegistryUnavailable
 from router.metrics import MemoryFactory, RouterMetrics

@@ -15,9 +15,9 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from edgeroute import infra_gen
-from edgeroute.cli import main
 from edgeroute.config import StackConfig
+from edgeroute.tools import infra_gen
+from edgeroute.tools.cli import main
 from router.policy import PolicyDocument
 
 ROOT = Path(__file__).resolve().parents[2]

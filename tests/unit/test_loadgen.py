@@ -18,7 +18,8 @@ import pytest
 
 from edgeroute.contract import output_tensors
 from edgeroute.dataset import Split, digits_split
-from edgeroute.loadgen import (
+from edgeroute.oip import InferResponse, decode_request, encode_response
+from edgeroute.tools.loadgen import (
     LoadResult,
     Phase,
     ProgressTick,
@@ -26,7 +27,6 @@ from edgeroute.loadgen import (
     plan,
     run_load,
 )
-from edgeroute.oip import InferResponse, decode_request, encode_response
 
 ENDPOINT = "http://router.test"
 Handler = Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from edgeroute.loadgen import LoadResult, Outcome, ProgressTick
-from edgeroute.report import attained_slo, plot, render, rich_progress, summarize, write_json
+from edgeroute.tools.figures import attained_slo, plot, render, rich_progress, summarize, write_json
+from edgeroute.tools.loadgen import LoadResult, Outcome, ProgressTick
 
 BASE = Outcome(phase="b", scheduled_s=0.0, latency_ms=10.0, status=200, deadline_ms=100.0,
                quality="any", label=1, predicted=1, target="edge-a", tier="edge", cost_usd=0.0,

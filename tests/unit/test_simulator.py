@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 
 import router.decision
-from edgeroute.cli import main
-from edgeroute.sim import engine
-from edgeroute.sim.engine import ArmSpec, Simulation
-from edgeroute.sim.execute import Limits, Request, run_plan
-from edgeroute.sim.runner import split
-from edgeroute.sim.scenario import DOWN, Scenario, build_topology
-from edgeroute.sim.world import FAILED, OK, World
+from edgeroute.tools.cli import main
+from edgeroute.tools.sim import engine
+from edgeroute.tools.sim.engine import ArmSpec, Simulation
+from edgeroute.tools.sim.execute import Limits, Request, run_plan
+from edgeroute.tools.sim.runner import split
+from edgeroute.tools.sim.synthetic import DOWN, Scenario, build_topology
+from edgeroute.tools.sim.world import FAILED, OK, World
 from router.plan import Plan
 
 SMALL = Scenario(sites=20, requests=5_000, rate_rps=5_000.0, seed=3)

@@ -10,17 +10,17 @@ clock is virtual; decision time is measured in wall-clock time per call.
 
 The parts, in the order a request meets them:
 
-* :mod:`~edgeroute.sim.scenario`: the world (1,000 sites with heterogeneous
+* :mod:`~edgeroute.tools.sim.synthetic`: the world (1,000 sites with heterogeneous
   network, service time and slots, the cloud, who may serve whom, outages);
-* :mod:`~edgeroute.sim.trace`: the requests and every candidate's drawn
+* :mod:`~edgeroute.tools.sim.trace`: the requests and every candidate's drawn
   network and service time, the same for every arm (common random numbers);
-* :mod:`~edgeroute.sim.engine`: the event loop, the arms (router deployments
+* :mod:`~edgeroute.tools.sim.engine`: the event loop, the arms (router deployments
   running one named policy each, with one or many replicas) and the oracle;
-* :mod:`~edgeroute.sim.replica`: one replica's learning state and probes;
-* :mod:`~edgeroute.sim.execute` and :mod:`~edgeroute.sim.world`: a plan run
+* :mod:`~edgeroute.tools.sim.replica`: one replica's learning state and probes;
+* :mod:`~edgeroute.tools.sim.execute` and :mod:`~edgeroute.tools.sim.world`: a plan run
   as the executor runs it, against each arm's own site queues;
-* :mod:`~edgeroute.sim.tally`, :mod:`~edgeroute.sim.report`,
-  :mod:`~edgeroute.sim.runner`: figures, tables, and the split of arms over
+* :mod:`~edgeroute.tools.sim.tally`, :mod:`~edgeroute.tools.sim.console`,
+  :mod:`~edgeroute.tools.sim.runner`: figures, tables, and the split of arms over
   worker processes.
 
 What is simplified, and why, is in ``docs/simulator.md``. Nothing here

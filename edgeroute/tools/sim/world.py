@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import heapq
 
-from edgeroute.sim.scenario import DOWN, HANG, Topology
+from edgeroute.tools.sim.synthetic import DOWN, HANG, Topology
 
 OK, FAILED, TIMEOUT, CANCELLED = 0, 1, 2, 3
 

@@ -20,8 +20,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from edgeroute.sim.engine import ORACLE, ArmSpec, Simulation
-from edgeroute.sim.scenario import Scenario
+from edgeroute.tools.sim.engine import ORACLE, ArmSpec, Simulation
+from edgeroute.tools.sim.synthetic import Scenario
 
 
 def arm_cost(arm: ArmSpec) -> float:

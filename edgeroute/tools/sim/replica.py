@@ -23,8 +23,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from edgeroute.config import CloudDeployment, RouterSettings
-from edgeroute.sim.scenario import DOWN, HANG, Scenario, Topology
-from edgeroute.sim.world import CANCELLED, FAILED, OK, TIMEOUT, Call
+from edgeroute.tools.sim.synthetic import DOWN, HANG, Scenario, Topology
+from edgeroute.tools.sim.world import CANCELLED, FAILED, OK, TIMEOUT, Call
 from router.breaker import Breakers, Permit, Transition
 from router.budget import RetryBudget
 from router.decision import BaselineState

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from edgeroute.sim.world import CANCELLED, OK, Call, World
+from edgeroute.tools.sim.world import CANCELLED, OK, Call, World
 from router.executor import call_timeout
 from router.plan import Plan
 

@@ -13,7 +13,7 @@ request, each arm:
    candidates' due tables (off the timed path) and the real
    :func:`router.decision.decide` chooses a plan over the views its estimators
    give of the request's candidates (timed, wall clock);
-2. runs the plan in its world (:mod:`edgeroute.sim.execute`); each call is fed
+2. runs the plan in its world (:mod:`edgeroute.tools.sim.execute`); each call is fed
    back to that replica when it ends.
 
 The oracle places each request once: of the candidates up at arrival (only
@@ -38,12 +38,12 @@ from typing import Any
 import numpy as np
 
 from edgeroute.config import RouterSettings
-from edgeroute.sim.execute import Limits, Request, run_plan
-from edgeroute.sim.replica import PROBE_LOOP_S, RouterReplica, VirtualClock
-from edgeroute.sim.scenario import Scenario, build_topology
-from edgeroute.sim.tally import Tally, percentiles_us
-from edgeroute.sim.trace import Chunk, chunks
-from edgeroute.sim.world import World
+from edgeroute.tools.sim.execute import Limits, Request, run_plan
+from edgeroute.tools.sim.replica import PROBE_LOOP_S, RouterReplica, VirtualClock
+from edgeroute.tools.sim.synthetic import Scenario, build_topology
+from edgeroute.tools.sim.tally import Tally, percentiles_us
+from edgeroute.tools.sim.trace import Chunk, chunks
+from edgeroute.tools.sim.world import World
 from router.cost import marginal_cost_usd
 from router.decision import RequestQuality, decide
 from router.plan import Decision

@@ -36,7 +36,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from edgeroute.loadgen import LoadResult, Outcome, ProgressTick
+from edgeroute.tools.loadgen import LoadResult, Outcome, ProgressTick
 
 PERCENTILES = (50, 95, 99)
 TARGET_COLOURS = ("tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:cyan",
@@ -233,7 +233,7 @@ def plot(result: LoadResult, summary: dict[str, Any], path: Path | str) -> Path:
 
 @contextmanager
 def rich_progress(console: Console | None = None) -> Iterator[Callable[[ProgressTick], None]]:
-    """A progress bar for :func:`edgeroute.loadgen.run_load`'s ``progress`` callback."""
+    """A progress bar for :func:`edgeroute.tools.loadgen.run_load`'s ``progress`` callback."""
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("failed {task.fields[failed]}"), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:

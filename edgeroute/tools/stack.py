@@ -28,7 +28,7 @@ import httpx
 
 from edgeroute.config import EdgeWorker, StackConfig
 from edgeroute.models.store import ModelSet, model_path
-from edgeroute.serve_config import APP_NAME, TOKEN_ENV, deploy, serve_config, without_tokens
+from edgeroute.tools.serve_config import APP_NAME, TOKEN_ENV, deploy, serve_config, without_tokens
 
 Say = Callable[[str], None]
 

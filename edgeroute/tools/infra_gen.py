@@ -6,7 +6,7 @@ so a change to the stack config, the policy schema or the Serve app builder
 cannot leave them stale. ``edgeroute infra generate`` rewrites all of them.
 
 * :func:`render_serve_config`: the ``ServeDeploySchema`` YAML for a stack
-  config and a policy (:func:`edgeroute.serve_config.serve_config`), headed by
+  config and a policy (:func:`edgeroute.tools.serve_config.serve_config`), headed by
   the command that reproduces it.
 * :func:`embed_serve_config`: the KubeRay ``RayService`` manifest with its
   ``serveConfigV2`` block replaced by that YAML, character for character.
@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel
 
 from edgeroute.config import DEFAULT_CONFIG_PATH, StackConfig
-from edgeroute.serve_config import serve_config
+from edgeroute.tools.serve_config import serve_config
 from router.policy import DEFAULT_POLICY_PATH, PolicyDocument
 
 SERVE_LOCAL_PATH = Path("infra/serve/local.yaml")

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeroute.loadgen import Outcome
-from edgeroute.report import attained_slo
+from edgeroute.tools.figures import attained_slo
+from edgeroute.tools.loadgen import Outcome
 
 ORACLE = "oracle"
 BASELINES = ("always-edge", "always-cloud", "random", "round-robin", "least-latency",
@@ -88,7 +88,7 @@ def goals(overall: Mapping[str, Mapping[str, Any]], *, router: str = "default",
           hedging: Mapping[str, Any] | None = None,
           overhead: Mapping[str, Any] | None = None) -> list[Goal]:
     """Check the published goals against one run: ``overall`` maps each arm (and
-    ``oracle``) to its figures (see :func:`edgeroute.report.figures`)."""
+    ``oracle``) to its figures (see :func:`edgeroute.tools.figures.figures`)."""
     mine, cloud, best = overall.get(router), overall.get("always-cloud"), overall.get(ORACLE)
     baselines = {k: v for k, v in overall.items() if k in BASELINES and k != router}
     result: list[Goal] = []

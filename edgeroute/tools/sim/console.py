@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from edgeroute.sim.engine import ORACLE
+from edgeroute.tools.sim.engine import ORACLE
 
 
 def _pct(x: float | None) -> str:

@@ -51,7 +51,7 @@ def apply(path: Path, state: dict[str, Any], console: Console) -> str:
     os.environ.setdefault("RAY_AUTH_MODE", "token")  # read when ray is imported
     import ray
 
-    from edgeroute.serve_config import deploy, with_policy
+    from edgeroute.tools.serve_config import deploy, with_policy
 
     document = load(path)
     digest = policy_digest(document)
@@ -119,7 +119,7 @@ def new_key(tenant: str) -> dict[str, str]:
 
 def run_policy(args: argparse.Namespace) -> int:
     """The ``edgeroute policy`` subcommands."""
-    from edgeroute.cli import read_state
+    from edgeroute.tools.cli import read_state
 
     console = Console()
     try:
@@ -142,7 +142,7 @@ def run_policy(args: argparse.Namespace) -> int:
 
 
 def policy_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from edgeroute.cli import DEFAULT_STATE_FILE
+    from edgeroute.tools.cli import DEFAULT_STATE_FILE
 
     policy = sub.add_parser("policy", help="validate, apply live, explain routing policies")
     actions = policy.add_subparsers(dest="action", required=True)

@@ -5,7 +5,7 @@ named policy) replays the same seeded open-loop trace with the scenario's
 faults; between arms hung workers are resumed, links restored and every target
 must be healthy again. Then the router hop and throughput are measured against
 direct calls, the hindsight oracle is computed from the arms' outcomes, and the
-report is written (see :mod:`edgeroute.bench_report`).
+report is written (see :mod:`edgeroute.tools.bench.report`).
 """
 
 from __future__ import annotations
@@ -22,16 +22,16 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from edgeroute import chaos
 from edgeroute.dataset import digits_split
-from edgeroute.loadgen import LoadResult, run_load
 from edgeroute.models.store import ensure_models
-from edgeroute.overhead import measure, throughput
-from edgeroute.report import rich_progress
-from edgeroute.scenario import Fault, Scenario
-from edgeroute.schedule import Phase
-from edgeroute.serve_config import APP_NAME
-from edgeroute.stack import Stack, StackError
+from edgeroute.tools import chaos
+from edgeroute.tools.bench.scenario import Fault, Scenario
+from edgeroute.tools.figures import rich_progress
+from edgeroute.tools.loadgen import LoadResult, run_load
+from edgeroute.tools.overhead import measure, throughput
+from edgeroute.tools.schedule import Phase
+from edgeroute.tools.serve_config import APP_NAME
+from edgeroute.tools.stack import Stack, StackError
 
 RESTORE_TIMEOUT_S = 90.0
 
@@ -171,7 +171,7 @@ class Bench:
 
 def run_bench(scenario_path: Path, out_dir: Path | None = None, port: int | None = None) -> int:
     """The ``edgeroute bench`` command: run, report, and return the exit status."""
-    from edgeroute.bench_report import write_report
+    from edgeroute.tools.bench.report import write_report
 
     console = Console()
     if not console.is_terminal:

@@ -24,7 +24,7 @@ def _models(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from edgeroute.models.store import ensure_models
-    from edgeroute.tables import card_table
+    from edgeroute.tools.tables import card_table
 
     console = Console()
     directory = Path(args.dir) if args.dir else None
@@ -37,7 +37,7 @@ def _models(args: argparse.Namespace) -> int:
 def _edge(args: argparse.Namespace) -> int:
     from edge.server import serve
     from edgeroute.models.store import ensure_models, model_path
-    from edgeroute.stack import die_with_parent
+    from edgeroute.tools.stack import die_with_parent
 
     die_with_parent()
     path = Path(args.model)
@@ -80,7 +80,7 @@ def _fleet(args: argparse.Namespace) -> int:
     import httpx
     from rich.console import Console
 
-    from edgeroute.tables import fleet_table
+    from edgeroute.tools.tables import fleet_table
 
     state = read_state(args.state_file)
     response = httpx.get(f"{state['endpoint']}/v1/fleet", timeout=10)
@@ -114,7 +114,7 @@ def _load_config(args: argparse.Namespace) -> StackConfig:
 
 def _load_policy(args: argparse.Namespace) -> dict[str, object]:
     """The policy document to start with, validated (exits with the reasons if invalid)."""
-    from edgeroute.policy_cli import PolicyError, load
+    from edgeroute.tools.policy_cli import PolicyError, load
     from router.policy import DEFAULT_POLICY_PATH, PolicyDocument
 
     path = Path(args.policy) if args.policy else None
@@ -129,7 +129,7 @@ def _load_policy(args: argparse.Namespace) -> dict[str, object]:
 
 def _up(args: argparse.Namespace) -> int:
     from edgeroute.models.store import ensure_models
-    from edgeroute.stack import Stack, StackError
+    from edgeroute.tools.stack import Stack, StackError
 
     config = _load_config(args)
     policy = _load_policy(args)
@@ -166,8 +166,8 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from edgeroute.bench import run_bench
-    from edgeroute.scenario import ScenarioError
+    from edgeroute.tools.bench.run import run_bench
+    from edgeroute.tools.bench.scenario import ScenarioError
 
     try:
         return run_bench(Path(args.scenario), Path(args.out) if args.out else None, args.port)
@@ -177,7 +177,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from edgeroute.demo import run_demo
+    from edgeroute.tools.demo import run_demo
 
     return run_demo(_load_config(args), _load_policy(args), out_dir=Path(args.out),
                     quick=args.quick)
@@ -191,7 +191,7 @@ def read_state(path: str) -> dict[str, object]:
 
 
 def _chaos(args: argparse.Namespace) -> int:
-    from edgeroute import chaos
+    from edgeroute.tools import chaos
 
     state = read_state(args.state_file)
     try:
@@ -237,7 +237,7 @@ def _chaos_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def _link(args: argparse.Namespace) -> int:
-    from edgeroute import chaos
+    from edgeroute.tools import chaos
 
     state = read_state(args.state_file)
     changes = {k: v for k, v in {
@@ -258,7 +258,7 @@ def _targets(args: argparse.Namespace) -> int:
     import httpx
     from rich.console import Console
 
-    from edgeroute.tables import targets_table
+    from edgeroute.tools.tables import targets_table
 
     state = read_state(args.state_file)
     snapshot = httpx.get(f"{state['endpoint']}/v1/targets", timeout=10).json()
@@ -270,10 +270,10 @@ def _targets(args: argparse.Namespace) -> int:
 
 
 def _infra_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """``edgeroute infra ...``: parsed here, carried out by :func:`edgeroute.infra_gen.main`."""
+    """``edgeroute infra ...``: parsed here, carried out by :func:`.infra_gen.main`."""
 
     def run(args: argparse.Namespace) -> int:
-        from edgeroute.infra_gen import main as infra_main
+        from edgeroute.tools.infra_gen import main as infra_main
 
         return infra_main(args)
 
@@ -302,7 +302,7 @@ def _stack_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from edgeroute.policy_cli import policy_parser
+    from edgeroute.tools.policy_cli import policy_parser
 
     parser = argparse.ArgumentParser(
         prog="edgeroute", description="Edge-versus-cloud placement router for ML inference."
@@ -357,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--port", type=int, help="router port (default from the scenario: 8000)")
     bench.set_defaults(func=_bench)
 
-    from edgeroute.sim.command import add_arguments, simulate
+    from edgeroute.tools.sim.command import add_arguments, simulate
 
     sim = sub.add_parser("simulate", help="discrete-event simulation in virtual time: the real "
                                           "decision code over 1,000 synthetic sites, vs the oracle")

@@ -31,7 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgeroute.config import LinkProfile, StackConfig
-from edgeroute.schedule import Phase, RequestMix
+from edgeroute.tools.schedule import Phase, RequestMix
 from router.policy import PolicyDocument
 
 FaultAction = Literal["kill", "hang", "resume", "link", "partition", "heal"]

@@ -5,7 +5,7 @@ before any arm sees the request, from a generator seeded by the scenario seed
 and the chunk's index: every arm (and the oracle) meets the same draws
 (common random numbers), so their differences come from where they placed
 requests, not from luck. Queueing is not drawn: it comes from the slots each
-arm's own traffic fills (:mod:`edgeroute.sim.world`).
+arm's own traffic fills (:mod:`edgeroute.tools.sim.world`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeroute.sim.scenario import Scenario, Topology
+from edgeroute.tools.sim.synthetic import Scenario, Topology
 
 
 @dataclass(frozen=True)

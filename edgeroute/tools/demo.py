@@ -19,14 +19,14 @@ from rich.console import Console
 
 from edgeroute.config import StackConfig
 from edgeroute.dataset import digits_split
-from edgeroute.loadgen import LoadResult, run_load
 from edgeroute.models.store import ensure_models
-from edgeroute.overhead import measure, overhead_table
-from edgeroute.report import plot, render, rich_progress, summarize, write_json
-from edgeroute.schedule import Phase, RequestMix
-from edgeroute.serve_config import APP_NAME
-from edgeroute.stack import Stack, StackError
-from edgeroute.tables import card_table, targets_table
+from edgeroute.tools.figures import plot, render, rich_progress, summarize, write_json
+from edgeroute.tools.loadgen import LoadResult, run_load
+from edgeroute.tools.overhead import measure, overhead_table
+from edgeroute.tools.schedule import Phase, RequestMix
+from edgeroute.tools.serve_config import APP_NAME
+from edgeroute.tools.stack import Stack, StackError
+from edgeroute.tools.tables import card_table, targets_table
 
 VICTIM = "edge-a"
 MIX = RequestMix(

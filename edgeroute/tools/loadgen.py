@@ -28,7 +28,7 @@ import numpy as np
 from edgeroute.contract import INPUT_NAME, MODEL_NAME, OUTPUT_LABEL
 from edgeroute.dataset import Split
 from edgeroute.oip import InferRequest, OIPError, Tensor, decode_response, encode_request
-from edgeroute.schedule import Phase, Planned, RequestMix, Schedule, plan
+from edgeroute.tools.schedule import Phase, Planned, RequestMix, Schedule, plan
 
 EventHook = Callable[[str], Awaitable[None]]
 Clock = Callable[[], float]

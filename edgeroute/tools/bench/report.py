@@ -1,7 +1,7 @@
 """The benchmark's report: JSON for tools, Markdown for people, PNG plots, a console summary.
 
 ``report.json`` holds, per arm and for the oracle, the figures of
-:func:`edgeroute.report.figures` overall and per phase, plus provisioned cost,
+:func:`edgeroute.tools.figures.figures` overall and per phase, plus provisioned cost,
 decision time and hedge rate; then the overhead measurements and each goal
 with its verdict. ``report.md`` renders the same; the plots are the latency
 CDF per arm, the cost-versus-attainment plane with the oracle, and a timeline
@@ -25,13 +25,13 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
-from edgeroute.compare import ORACLE, goals, hedging_effect, oracle
-from edgeroute.loadgen import Outcome
-from edgeroute.report import TARGET_COLOURS, attained_slo, figures
+from edgeroute.tools.bench.compare import ORACLE, goals, hedging_effect, oracle
+from edgeroute.tools.figures import TARGET_COLOURS, attained_slo, figures
+from edgeroute.tools.loadgen import Outcome
 
 if TYPE_CHECKING:
-    from edgeroute.bench import ArmRun
-    from edgeroute.scenario import Scenario
+    from edgeroute.tools.bench.run import ArmRun
+    from edgeroute.tools.bench.scenario import Scenario
 
 
 

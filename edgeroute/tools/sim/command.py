@@ -28,10 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def simulate(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from edgeroute.sim.engine import ArmSpec
-    from edgeroute.sim.report import render
-    from edgeroute.sim.runner import run
-    from edgeroute.sim.scenario import Scenario
+    from edgeroute.tools.sim.console import render
+    from edgeroute.tools.sim.engine import ArmSpec
+    from edgeroute.tools.sim.runner import run
+    from edgeroute.tools.sim.synthetic import Scenario
     from router.policy import PolicyDocument
 
     known = PolicyDocument().policies
