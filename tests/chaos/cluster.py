@@ -46,8 +46,15 @@ def main() -> None:
     os.environ.setdefault("RAY_worker_niceness", "0")
 
     import ray
+    from ray._private.authentication.authentication_token_setup import (
+        ensure_token_if_auth_enabled,
+    )
     from ray.cluster_utils import Cluster
 
+    # ray.init makes the token of a new local cluster; Cluster() starts its GCS without
+    # that step, and a GCS with token auth and no token aborts. Make it as ray.init would
+    # (~/.ray/auth_token), which the stack that joins this cluster reads too.
+    ensure_token_if_auth_enabled()
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 2, "object_store_memory": OBJECT_STORE_BYTES, "include_dashboard": False})
     ray.init(address=cluster.address, log_to_driver=False)

@@ -33,18 +33,24 @@ FAST_MS = 100.0
 class ClusterProcess:
     """``python -m tests.chaos.cluster``, driven line by line."""
 
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.chaos.cluster"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    def __init__(self, log_dir: Path) -> None:
+        self.log = log_dir / "cluster-helper.log"
+        with self.log.open("w") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tests.chaos.cluster"], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=stderr, text=True)
         self.address = self._line().removeprefix("address ")
 
     def _line(self) -> str:
+        """The helper's next answer; if it exits instead, its own output says why."""
         assert self.process.stdout is not None
         for line in self.process.stdout:
             if line.startswith(PREFIX + " "):
                 return line.removeprefix(PREFIX + " ").strip()
-        raise AssertionError("the cluster helper exited")
+        self.process.wait(timeout=30)
+        tail = self.log.read_text()[-3000:]
+        raise AssertionError(f"the cluster helper exited ({self.process.returncode}); "
+                             f"its stderr ends with:\n{tail}")
 
     def ask(self, command: str) -> str:
         assert self.process.stdin is not None
@@ -63,8 +69,8 @@ class ClusterProcess:
 
 
 @pytest.fixture
-def cluster() -> Iterator[ClusterProcess]:
-    helper = ClusterProcess()
+def cluster(tmp_path: Path) -> Iterator[ClusterProcess]:
+    helper = ClusterProcess(tmp_path)
     try:
         yield helper
     finally:
