@@ -7,7 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
@@ -27,7 +26,7 @@ def _apply(stack: RunningStack, path: Path) -> subprocess.CompletedProcess[str]:
 def test_policy_reload_under_load_fails_no_request(chaos_stack: RunningStack,
                                                    tmp_path: Path) -> None:
     stack = chaos_stack
-    before = httpx.get(f"{stack.endpoint}/v1/policy", timeout=5).json()
+    before = stack.admin_get("/v1/policy")
     document = before["policy"]
     document["policies"]["default"]["risk_budget"] = 0.02
     changed, invalid, original = (tmp_path / "changed.yaml", tmp_path / "invalid.yaml",
@@ -46,9 +45,9 @@ def test_policy_reload_under_load_fails_no_request(chaos_stack: RunningStack,
     try:
         result = load(stack, [Phase("reload", 10.0, 20.0, events=((1.0, "reload"),))],
                       deadline_ms=1000, at={"reload": reload})
-        after = httpx.get(f"{stack.endpoint}/v1/policy", timeout=5).json()
+        after = stack.admin_get("/v1/policy")
         refused = _apply(stack, invalid)
-        kept = httpx.get(f"{stack.endpoint}/v1/policy", timeout=5).json()["sha256"]
+        kept = stack.admin_get("/v1/policy")["sha256"]
     finally:
         assert _apply(stack, original).returncode == 0
     figures = {**summary(result.outcomes, result.seen),

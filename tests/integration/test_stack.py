@@ -135,7 +135,7 @@ def _apply(stack: RunningStack, path: Path) -> subprocess.CompletedProcess[str]:
 def test_tenant_keys_decide_who_may_use_which_policy(stack: RunningStack, tmp_path: Path) -> None:
     from router.policy import hash_key
 
-    document = httpx.get(f"{stack.endpoint}/v1/policy", timeout=5).json()["policy"]
+    document = stack.admin_get("/v1/policy")["policy"]
     document["tenants"] = [{"name": "acme", "key_sha256": hash_key("er_acme_key"),
                             "default_policy": "default", "allowed_policies": ["default"]}]
     path = tmp_path / "tenants.yaml"
