@@ -124,8 +124,7 @@ class PolicyKeeper:
             self._reject(raw_digest(raw), source, reasons(error))
             return None
         digest = policy_digest(policy)
-        current = self.in_force
-        if current is not None and current.sha256 == digest:
+        if self.history and self.history[0].sha256 == digest:
             return policy
         self.history.appendleft(Applied(digest, self.wall_clock(), source, policy))
         return policy

@@ -145,3 +145,19 @@ def test_policy_views_need_the_admin_token_and_never_show_key_hashes() -> None:
     router.admin_token = None
     status, body = get(router, "current_policy", TOKEN)
     assert status == 401 and "no admin token" in body["error"]
+
+
+def test_the_embedded_default_sent_as_user_config_stays_in_force_after_a_rejection() -> None:
+    keeper = PolicyKeeper()
+    keeper.offer({"policy": PolicyDocument().model_dump(mode="json")})
+    keeper.offer({"policy": INVALID})
+    assert keeper.view()["sha256"] == policy_digest(PolicyDocument())
+    assert without_policy(keeper) is None
+
+
+def test_the_digest_does_not_depend_on_the_order_of_keys() -> None:
+    document = valid()
+    reordered = {key: document[key] for key in reversed(document)}
+    reordered["policies"] = dict(reversed(document["policies"].items()))
+    assert policy_digest(PolicyDocument.model_validate(reordered)) == policy_digest(
+        PolicyDocument.model_validate(document))
