@@ -17,10 +17,14 @@ from tests.stackkit import RunningStack
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 
-def _apply(stack: RunningStack, path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edgeroute", "policy", "apply", str(path),
+def _policy(stack: RunningStack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgeroute", "policy", *args,
                            "--state-file", str(stack.state_file)],
                           capture_output=True, text=True, timeout=120)
+
+
+def _apply(stack: RunningStack, path: Path) -> subprocess.CompletedProcess[str]:
+    return _policy(stack, "apply", str(path))
 
 
 def test_policy_reload_under_load_fails_no_request(chaos_stack: RunningStack,
@@ -48,6 +52,9 @@ def test_policy_reload_under_load_fails_no_request(chaos_stack: RunningStack,
         after = stack.admin_get("/v1/policy")
         refused = _apply(stack, invalid)
         kept = stack.admin_get("/v1/policy")["sha256"]
+        shown, diffed = _policy(stack, "show"), _policy(stack, "diff", "--previous", "1")
+        rolled = _policy(stack, "rollback")
+        rolled_back = stack.admin_get("/v1/policy")
     finally:
         assert _apply(stack, original).returncode == 0
     figures = {**summary(result.outcomes, result.seen),
@@ -59,4 +66,9 @@ def test_policy_reload_under_load_fails_no_request(chaos_stack: RunningStack,
     assert after["policy"]["policies"]["default"]["risk_budget"] == 0.02
     assert refused.returncode == 1 and "risk_budget" in refused.stdout
     assert kept == after["sha256"]
+    assert shown.returncode == 0 and "risk_budget: 0.02" in shown.stdout, shown
+    assert "-    risk_budget: 0.02" in diffed.stdout and "+    risk_budget: 0.01" in diffed.stdout
+    assert rolled.returncode == 0, rolled
+    assert rolled_back["sha256"] == before["sha256"]
+    assert rolled_back["source"].startswith("edgeroute policy rollback")
     within_bounds(figures)
