@@ -123,6 +123,9 @@ class PolicyKeeper:
         except ValidationError as error:
             self._reject(raw_digest(raw), source, reasons(error))
             return None
+        except (ValueError, TypeError) as error:  # a document pydantic could not even read
+            self._reject(raw_digest(raw), source, [f"(document): {error}"])
+            return None
         digest = policy_digest(policy)
         if self.history and self.history[0].sha256 == digest:
             return policy

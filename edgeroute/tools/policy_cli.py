@@ -95,6 +95,10 @@ def apply_document(document: PolicyDocument, state: dict[str, Any], console: Con
     """Redeploy with only the router's ``user_config`` changed, and wait until the router
     reports the new policy in force (or that it refused it). Kept in ``store`` for
     ``policy rollback``."""
+    if not state.get("ray_address") or not state.get("serve_config"):
+        raise PolicyError("the state file names no Ray address or Serve config: apply works "
+                          "on a stack `edgeroute up` started; elsewhere deploy a Serve config "
+                          "printed by `edgeroute infra serve-config`")
     os.environ.setdefault("RAY_AUTH_MODE", "token")  # read when ray is imported
     import ray
 
@@ -103,10 +107,12 @@ def apply_document(document: PolicyDocument, state: dict[str, Any], console: Con
 
     digest = policy_digest(document)
     sent = document.model_dump(mode="json")
-    ray.init(address=state["ray_address"], namespace="edgeroute", logging_level=logging.WARNING,
-             log_to_driver=False)
     try:
+        ray.init(address=state["ray_address"], namespace="edgeroute",
+                 logging_level=logging.WARNING, log_to_driver=False)
         deploy(with_policy(state["serve_config"], sent, source))
+    except (ConnectionError, RuntimeError, TimeoutError) as exc:
+        raise PolicyError(f"could not deploy policy {digest[:12]}: {exc}") from None
     finally:
         ray.shutdown()
     deadline = time.monotonic() + APPLY_TIMEOUT_S

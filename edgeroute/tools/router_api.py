@@ -42,6 +42,8 @@ def call(state: dict[str, Any], method: str, path: str, *, json: object = None,
          admin: bool = True, transport: httpx.BaseTransport | None = None) -> dict[str, Any]:
     """``method path`` on the router of ``state`` (with the admin token unless ``admin``
     is false); the JSON object of a 200 answer, else :class:`RouterError`."""
+    if not state.get("endpoint"):
+        raise RouterError("the state file names no router endpoint")
     endpoint = str(state["endpoint"])
     headers = {**(admin_headers(state) if admin else {}), **(headers or {})}
     try:

@@ -272,3 +272,21 @@ def test_applied_documents_are_kept_whole_and_private(tmp_path: Path) -> None:
         {"name": "router", "user_config": {"policy": document.model_dump(mode="json")}}]}]}}
     assert recall(tmp_path / "elsewhere", state, policy_digest(document)) == document
     assert recall(tmp_path / "elsewhere", {}, policy_digest(document)) is None
+
+
+def test_apply_without_a_stack_started_by_up_says_what_to_do(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump(PolicyDocument().model_dump(mode="json")))
+    state = state_file(tmp_path, "http://127.0.0.1:9")
+    assert main(["policy", "apply", str(policy), "--state-file", str(state)]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "names no Ray address or Serve config" in out and "Traceback" not in out
+
+
+def test_a_state_file_without_an_endpoint_is_a_clear_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "state.json"
+    path.write_text("{}")
+    code = main(["targets", "--state-file", str(path)])
+    assert "names no router endpoint" in one_line_failure(capsys, code)

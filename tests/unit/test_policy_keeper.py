@@ -161,3 +161,10 @@ def test_the_digest_does_not_depend_on_the_order_of_keys() -> None:
     reordered["policies"] = dict(reversed(document["policies"].items()))
     assert policy_digest(PolicyDocument.model_validate(reordered)) == policy_digest(
         PolicyDocument.model_validate(document))
+
+
+def test_a_document_of_the_wrong_shape_is_refused_not_raised() -> None:
+    keeper = PolicyKeeper()
+    for policy in ({"policies": []}, {"tenants": "x"}, {"version": 2}, {"unknown": 1}):
+        assert keeper.offer({"policy": policy}) is None
+        assert keeper.rejected is not None and keeper.rejected.reasons
