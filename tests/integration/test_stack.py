@@ -5,6 +5,7 @@ reload) are the chaos suite's, in ``tests/chaos``."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -141,6 +142,10 @@ def test_tenant_keys_decide_who_may_use_which_policy(stack: RunningStack, tmp_pa
     path = tmp_path / "tenants.yaml"
     path.write_text(yaml.safe_dump(document))
     assert _apply(stack, path).returncode == 0
+    assert httpx.get(f"{stack.endpoint}/v1/policy", timeout=5).status_code == 401
+    views = json.dumps([stack.admin_get("/v1/policy"), stack.admin_get("/v1/policy/history"),
+                        stack.admin_get("/v1/targets")])
+    assert hash_key("er_acme_key") not in views
     url = f"{stack.endpoint}/v2/models/digits/infer"
     body: dict[str, Any] = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
                         "data": digits_split().x_test[0].tolist()}]}
