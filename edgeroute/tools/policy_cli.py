@@ -29,8 +29,8 @@ class PolicyError(Exception):
 
 
 EMPTY = ("{path} is empty: it would run every default (anonymous callers allowed, no "
-         "tenants). Write the settings you mean, or pass --allow-defaults to apply the "
-         "embedded default on purpose")
+         "tenants). Write the settings you mean; to run the embedded default on purpose, "
+         "pass --allow-defaults (policy validate, policy apply)")
 
 
 def _yaml_error(path: Path, exc: yaml.YAMLError) -> PolicyError:

@@ -290,3 +290,11 @@ def test_a_state_file_without_an_endpoint_is_a_clear_error(
     path.write_text("{}")
     code = main(["targets", "--state-file", str(path)])
     assert "names no router endpoint" in one_line_failure(capsys, code)
+
+
+def test_up_refuses_an_empty_policy_file_before_starting_anything(tmp_path: Path) -> None:
+    empty = tmp_path / "policy.yaml"
+    empty.write_text("# nothing yet\n")
+    with pytest.raises(SystemExit, match="is empty"):
+        main(["up", "--policy", str(empty), "--state-file", str(tmp_path / "state.json")])
+    assert not (tmp_path / "state.json").exists()
