@@ -124,13 +124,20 @@ def diff(state: dict[str, Any], console: Console, *, file: Path | None,
 
 def rollback(state: dict[str, Any], console: Console, *, store: Path,
              to: str | None) -> str:
-    """Re-apply the policy before the one in force (or the kept one whose digest starts
-    with ``to``) through the same path as ``apply``."""
+    """Undo the last policy change through the same path as ``apply``: re-apply the policy
+    before the one in force or, when the last policy sent was rejected, the one in force
+    (so that the Serve config holds it again); with ``to``, the kept policy whose digest
+    starts with it."""
     from edgeroute.tools.policy_cli import PolicyError, apply_document, say
 
     view = router_api.get(state, "/v1/policy")
     history = view.get("history", [])
-    if to is None:
+    rejected = view.get("rejected") or {}
+    if to is None and history and rejected.get("rejected_at", 0) >= history[0]["applied_at"]:
+        target = history[0]["sha256"]
+        say(console, f"the last policy sent ({rejected['sha256'][:12]}) was rejected; "
+                     f"re-applying the one in force")
+    elif to is None:
         if len(history) < 2:
             raise PolicyError("no earlier policy on record on the answering replica")
         target = history[1]["sha256"]

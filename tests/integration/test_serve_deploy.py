@@ -322,8 +322,21 @@ def invalid_policy_keeps_the_router_serving(document: dict[str, Any], tmp_path: 
                             capture_output=True, text=True, timeout=60)
     assert "DEPLOY_FAILED" not in status.stdout, status.stdout
     state_file = tmp_path / "state.json"
-    state_file.write_text(json.dumps({"endpoint": endpoint, "admin_token": admin_token}))
+    state_file.write_text(json.dumps({"endpoint": endpoint, "admin_token": admin_token,
+                                      "ray_address": f"127.0.0.1:{GCS}",
+                                      "serve_config": document}))
     shown = subprocess.run([str(BIN / "edgeroute"), "targets", "--state-file", str(state_file)],
                            capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert f"policy {rejected['sha256'][:12]} was REJECTED" in " ".join(shown.stdout.split())
+
+    rolled = subprocess.run([str(BIN / "edgeroute"), "policy", "rollback", "--state-file",
+                             str(state_file)], env=env, capture_output=True, text=True,
+                            timeout=180)
+    assert rolled.returncode == 0, rolled.stdout[-3000:] + rolled.stderr[-3000:]
+    assert "re-applying the one in force" in rolled.stdout
+    deployed_now = subprocess.run([str(BIN / "serve"), "config", "-a", address], env=env,
+                                  capture_output=True, text=True, timeout=60)
+    (app,) = [a for a in yaml.safe_load_all(deployed_now.stdout) if a]
+    router_now = next(d for d in app["deployments"] if d["name"] == "router")
+    assert router_now["user_config"]["policy"]["policies"]["default"]["risk_budget"] != 5

@@ -298,3 +298,20 @@ def test_up_refuses_an_empty_policy_file_before_starting_anything(tmp_path: Path
     with pytest.raises(SystemExit, match="is empty"):
         main(["up", "--policy", str(empty), "--state-file", str(tmp_path / "state.json")])
     assert not (tmp_path / "state.json").exists()
+
+
+def test_rollback_after_a_rejection_re_applies_the_policy_in_force(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first, second = tenant_policy("k", 0.01), tenant_policy("k", 0.02)
+    keeper = PolicyKeeper()
+    for document in (first, second):
+        keeper.offer({"policy": document.model_dump(mode="json")})
+    keeper.offer({"policy": {"policies": {}}})
+    remember(tmp_path / "policies", second)
+    with fake_router(lambda path, headers: (200, "application/json",
+                                            json.dumps(keeper.view()).encode())) as endpoint:
+        state = state_file(tmp_path, endpoint)
+        code = main(["policy", "rollback", "--state-file", str(state)])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "was rejected; re-applying the one in force" in out
+    assert code == 1 and "names no Ray address" in out  # it went on to apply `second`
