@@ -4,17 +4,17 @@ HTTP glue only: parsing is the codec's (:mod:`edgeroute.oip`), who the caller
 is and which policy applies is :mod:`router.tenancy`'s, routing is
 :class:`router.service.RoutingService`'s. Endpoints: the OIP health, metadata
 and infer routes (JSON and binary tensors), ``GET /v1/targets`` (the live view
-of every target), ``GET /v1/policy``, and the admin route
-``PUT /v1/links/{target}`` that changes a target's emulated link, and the edge
-fleet: ``PUT``/``DELETE /v1/fleet/{name}`` (join or heartbeat, leave; fleet
-token) and ``GET /v1/fleet`` (:mod:`router.fleet`, :mod:`router.fleet_actor`).
+of every target), ``GET /v1/policy`` and ``GET /v1/policy/history``, and the
+route ``PUT /v1/links/{target}`` that changes a target's emulated link (all four
+need the admin token: :mod:`router.admin`), and the edge fleet:
+``PUT``/``DELETE /v1/fleet/{name}`` (join or heartbeat, leave; fleet token) and
+``GET /v1/fleet`` (:mod:`router.fleet`, :mod:`router.fleet_actor`).
 """
 
 import asyncio
 import logging
 import math
 import os
-import secrets
 import time
 from typing import Any
 
@@ -26,7 +26,7 @@ from ray.serve.handle import DeploymentHandle
 
 from cloud.deployment import CloudModel
 from edgeroute import contract
-from edgeroute.config import LinkProfile, RouterSettings, StackConfig
+from edgeroute.config import RouterSettings, StackConfig
 from edgeroute.http import (
     check_content_type,
     error_response,
@@ -42,6 +42,8 @@ from edgeroute.oip import (
     decode_request,
     select_outputs,
 )
+from router import admin
+from router.admin import bearer_ok, refuse_non_admin
 from router.context import (
     REQUEST_ID_HEADER,
     bind_request_id,
@@ -54,7 +56,7 @@ from router.fleet import Member
 from router.fleet_actor import FleetClient, FleetSync, RegistryUnavailable
 from router.metrics import RouterMetrics, ServeFactory
 from router.openapi import INFER_OPENAPI
-from router.policy import PolicyDocument, policy_digest
+from router.policy_keeper import PolicyKeeper
 from router.served import NotServed, Shed
 from router.service import Rejected, RoutingService
 from router.targets import Target, TargetSet, make_target
@@ -112,12 +114,6 @@ def fleet_target(member: Member, settings: RouterSettings) -> Target:
                                         member.concurrency))
 
 
-def bearer_ok(request: Request, token: str | None) -> bool:
-    """Whether the request carries ``Authorization: Bearer <token>`` (never, without a token)."""
-    supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    return token is not None and secrets.compare_digest(supplied.encode(), token.encode())
-
-
 def build_targets(config: StackConfig, cloud: DeploymentHandle) -> TargetSet:
     settings = config.router
 
@@ -149,7 +145,7 @@ class Router:
         self.service = RoutingService(build_targets(self.config, cloud),
                                       metrics=RouterMetrics(ServeFactory()),
                                       min_attempt_ms=self.settings.min_attempt_ms)
-        self.policy_sha256 = policy_digest(self.service.policy)
+        self.policies = PolicyKeeper()
         self.static_targets = frozenset(t.name for t in self.service.targets)
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.admin_token = self.settings.admin_token or os.environ.get("EDGEROUTE_ADMIN_TOKEN")
@@ -164,13 +160,16 @@ class Router:
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve calls this with the deployment's ``user_config``: swap the policy atomically.
 
-        The document was validated before it was deployed (``edgeroute policy apply``);
-        it is validated again here, and a failure leaves the old policy in force.
+        Never raises (Serve would stop the replica): an invalid policy, however it was
+        deployed, is logged and reported by ``GET /v1/policy`` and the old one stays.
         """
-        policy = PolicyDocument.model_validate(user_config.get("policy", {}))
+        policy = self.policies.offer(user_config)
+        if policy is None:
+            log.error("policy rejected, the policy in force stays: %s",
+                      self.policies.view()["rejected"])
+            return
         self.service.apply_policy(policy)
-        self.policy_sha256 = policy_digest(policy)
-        log.info("policy %s in force", self.policy_sha256[:12])
+        log.info("policy %s in force", self.policies.view()["sha256"])
 
     def _ensure_background(self) -> None:
         if not self._background or any(t.done() for t in self._background):
@@ -243,6 +242,9 @@ class Router:
         bind_request_id(rid)
         policy_name, tier, status = "-", "-", 200
         try:
+            if (refused := admin.without_policy(self.policies)) is not None:
+                status = 503
+                return refused
             contract.check_model_name(model)
             check_content_type(request.headers)
             body = await read_body(request, self.settings.max_body_bytes)
@@ -287,34 +289,30 @@ class Router:
         return infer_response(response, binary_set(oip_request, outputs))
 
     @app.get("/v1/policy")
-    async def current_policy(self) -> dict[str, Any]:
-        """The policy in force on this replica and its digest."""
-        return {"sha256": self.policy_sha256,
-                "policy": self.service.policy.model_dump(mode="json")}
+    async def current_policy(self, request: Request) -> Response:
+        """The policy in force on this replica, the ones before it and the last rejected."""
+        refused = refuse_non_admin(request, self.admin_token)
+        return refused or JSONResponse(admin.policy_view(self.policies, self.replica))
+
+    @app.get("/v1/policy/history")
+    async def policy_history(self, request: Request) -> Response:
+        """The last applied policies with their documents, newest first."""
+        refused = refuse_non_admin(request, self.admin_token)
+        return refused or JSONResponse({"replica": self.replica,
+                                        "history": self.policies.history_view()})
 
     @app.get("/v1/targets")
-    async def list_targets(self) -> dict[str, Any]:
+    async def list_targets(self, request: Request) -> Response:
         self._ensure_background()
-        return self.service.snapshot()
+        refused = refuse_non_admin(request, self.admin_token)
+        return refused or JSONResponse({**self.service.snapshot(),
+                                        "policy": admin.policy_summary(self.policies)})
 
     @app.put("/v1/links/{name}")
     async def set_link(self, name: str, request: Request) -> Response:
         """Replace fields of a target's emulated link (admin token required)."""
-        if not bearer_ok(request, self.admin_token):
-            return error_response(OIPError("admin token required", status=401))
-        target = self.service.targets.get(name)
-        if target is None:
-            return error_response(OIPError(f"unknown target '{name}'", status=404))
-        try:
-            changes = await request.json()
-            if not isinstance(changes, dict):
-                raise ValueError("body must be a JSON object")
-            profile = LinkProfile.model_validate({**target.link.profile.model_dump(), **changes})
-        except (ValueError, ValidationError) as exc:
-            return error_response(OIPError(f"invalid link settings: {exc}"))
-        target.link.profile = profile
-        log.info("link of %s set to %s", name, profile.model_dump())
-        return JSONResponse({"target": name, "link_emulation": profile.model_dump()})
+        refused = refuse_non_admin(request, self.admin_token)
+        return refused or await admin.set_link(self.service, name, request)
 
     @app.put("/v1/fleet/{name}")
     async def fleet_heartbeat(self, name: str, request: Request) -> Response:

@@ -9,6 +9,7 @@ A bad file fails validation as a whole, with the reason, and never half-applies.
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -228,8 +229,10 @@ DEFAULT_POLICY_PATH = Path("infra/policy.yaml")
 
 
 def policy_digest(policy: PolicyDocument) -> str:
-    """Identifies a policy in force: ``GET /v1/policy`` reports it per replica."""
-    return hashlib.sha256(policy.model_dump_json().encode()).hexdigest()
+    """Identifies a policy in force: ``GET /v1/policy`` reports it per replica. The order
+    of keys in the file does not change it."""
+    text = json.dumps(policy.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def hash_key(api_key: str) -> str:

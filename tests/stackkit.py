@@ -88,8 +88,17 @@ class RunningStack:
     def pid(self, name: str) -> int:
         return next(p["pid"] for p in self.state["processes"] if p["name"] == name)
 
+    @property
+    def admin(self) -> dict[str, str]:
+        """The header the router's admin routes need (the token from the state file)."""
+        return {"authorization": f"Bearer {self.state['admin_token']}"}
+
+    def admin_get(self, path: str) -> Any:
+        """``GET path`` on the router with the admin token; the JSON answer."""
+        return httpx.get(f"{self.endpoint}{path}", headers=self.admin, timeout=5).json()
+
     def targets(self) -> dict[str, dict[str, Any]]:
-        body = httpx.get(f"{self.endpoint}/v1/targets", timeout=5).json()
+        body = self.admin_get("/v1/targets")
         return {t["name"]: t for t in body["targets"]}
 
 

@@ -77,21 +77,16 @@ def _fleet_agent(args: argparse.Namespace) -> Any:
 
 
 def _fleet(args: argparse.Namespace) -> int:
-    import httpx
     from rich.console import Console
 
+    from edgeroute.tools import router_api
     from edgeroute.tools.tables import fleet_table
 
-    state = read_state(args.state_file)
-    response = httpx.get(f"{state['endpoint']}/v1/fleet", timeout=10)
-    document = response.json()
-    if response.status_code != 200:
-        print(f"edgeroute fleet: {document.get('error', response.text)}", file=sys.stderr)
-        return 1
+    document = router_api.get(read_state(args.state_file), "/v1/fleet", admin=False)
     if args.json:
         print(json.dumps(document, indent=2))
     else:
-        Console().print(fleet_table(document["members"], document["ttl_ms"]))
+        Console().print(fleet_table(document.get("members", []), document.get("ttl_ms", 0)))
     return 0
 
 
@@ -255,17 +250,17 @@ def _link(args: argparse.Namespace) -> int:
 
 
 def _targets(args: argparse.Namespace) -> int:
-    import httpx
     from rich.console import Console
 
+    from edgeroute.tools import router_api
     from edgeroute.tools.tables import targets_table
 
-    state = read_state(args.state_file)
-    snapshot = httpx.get(f"{state['endpoint']}/v1/targets", timeout=10).json()
+    snapshot = router_api.get(read_state(args.state_file), "/v1/targets")
     if args.json:
         print(json.dumps(snapshot, indent=2))
-    else:
-        Console().print(targets_table(snapshot["targets"]))
+        return 0
+    Console().print(targets_table(snapshot.get("targets", [])))
+    print(router_api.policy_line(snapshot.get("policy")))
     return 0
 
 
@@ -393,5 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from edgeroute.tools.router_api import RouterError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except RouterError as exc:
+        print(f"edgeroute {args.command}: {exc}", file=sys.stderr)
+        return 1

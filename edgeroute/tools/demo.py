@@ -23,6 +23,7 @@ from edgeroute.models.store import ensure_models
 from edgeroute.tools.figures import plot, render, rich_progress, summarize, write_json
 from edgeroute.tools.loadgen import LoadResult, run_load
 from edgeroute.tools.overhead import measure, overhead_table
+from edgeroute.tools.router_api import admin_headers
 from edgeroute.tools.schedule import Phase, RequestMix
 from edgeroute.tools.serve_config import APP_NAME
 from edgeroute.tools.stack import Stack, StackError
@@ -93,8 +94,9 @@ def run_demo(config: StackConfig, policy: dict[str, Any], out_dir: Path,
         console.print(f"driving open-loop load at {stack.endpoint} "
                       f"(deadlines 100/250/1000 ms, 20% quality=high) ...")
         result = _drive(stack, console, quick)
-        console.print(targets_table(httpx.get(f"{stack.endpoint}/v1/targets",
-                                              timeout=10).json()["targets"]))
+        console.print(targets_table(httpx.get(
+            f"{stack.endpoint}/v1/targets", timeout=10,
+            headers=admin_headers({"admin_token": config.router.admin_token})).json()["targets"]))
         console.print("measuring the router hop against direct calls ...")
         stack.wait_all_targets()
         overhead = _overhead(stack, 50 if quick else 150)

@@ -231,7 +231,11 @@ def policy_reference(document: type[BaseModel] = PolicyDocument) -> str:
         "Every field of the routing policy file (`infra/policy.yaml` by default), one section "
         "per model, starting from the document itself. Units are in the field names. A file "
         "that breaks any constraint is refused as a whole (`edgeroute policy validate FILE` "
-        "says why). `edgeroute policy schema` prints the same schema as JSON Schema.",
+        "says why, with the line and column of a YAML error). An empty file is refused too "
+        "(it would mean every default, anonymous callers included) unless `--allow-defaults` "
+        "is given. A router replica that receives an invalid policy keeps the one in force "
+        "and reports the rejection (operations.md, \"Changing the policy while traffic "
+        "flows\"). `edgeroute policy schema` prints the same schema as JSON Schema.",
         "",
         "Regenerate this page after changing the policy models:",
         "",

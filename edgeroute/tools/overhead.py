@@ -40,7 +40,7 @@ def _body(row: np.ndarray, **parameters: Any) -> tuple[bytes, dict[str, str]]:
 @contextmanager
 def zero_link(client: httpx.Client, endpoint: str, token: str, target: str) -> Iterator[None]:
     auth = {"authorization": f"Bearer {token}"}
-    before = client.get(f"{endpoint}/v1/targets").json()["targets"]
+    before = client.get(f"{endpoint}/v1/targets", headers=auth).json()["targets"]
     saved = next(t["link_emulation"] for t in before if t["name"] == target)
     client.put(f"{endpoint}/v1/links/{target}", json=ZERO_LINK, headers=auth).raise_for_status()
     try:

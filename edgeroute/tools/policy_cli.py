@@ -10,14 +10,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+import yaml
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from edgeroute.contract import FEATURES, INPUT_NAME, MODEL_NAME
 from edgeroute.dataset import digits_split
+from edgeroute.tools import router_api
 from router.policy import PolicyDocument, hash_key, new_api_key, policy_digest
+from router.policy_keeper import raw_digest, reasons
 
 APPLY_TIMEOUT_S = 90.0
 
@@ -26,57 +28,114 @@ class PolicyError(Exception):
     """A policy file that does not validate, or a stack that did not take the policy."""
 
 
-def load(path: Path) -> PolicyDocument:
+EMPTY = ("{path} is empty: it would run every default (anonymous callers allowed, no "
+         "tenants). Write the settings you mean; to run the embedded default on purpose, "
+         "pass --allow-defaults (policy validate, policy apply)")
+
+
+def _yaml_error(path: Path, exc: yaml.YAMLError) -> PolicyError:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    return PolicyError(f"{where}: not valid YAML: {problem}" + (f" ({context})" if context
+                                                                else ""))
+
+
+def load(path: Path, *, allow_defaults: bool = False) -> PolicyDocument:
+    """The validated policy in ``path``, or a :class:`PolicyError` saying what is wrong and
+    where (YAML errors with line and column). An empty file is refused unless
+    ``allow_defaults``."""
     try:
-        return PolicyDocument.load(path)
+        text = Path(path).read_text()
     except FileNotFoundError:
         raise PolicyError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"{path}: cannot read it: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise _yaml_error(path, exc) from None
+    if raw is None or raw == {}:
+        if not allow_defaults:
+            raise PolicyError(EMPTY.format(path=path))
+        raw = {}
+    if not isinstance(raw, dict):
+        raise PolicyError(f"{path}: a policy is a YAML mapping, not {type(raw).__name__}")
+    try:
+        return PolicyDocument.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"{'.'.join(str(p) for p in e['loc']) or '(document)'}: {e['msg']}"
-                 for e in exc.errors()]
-        raise PolicyError(f"{path} is not a valid policy:\n  " + "\n  ".join(lines)) from None
-    except ValueError as exc:
-        raise PolicyError(f"{path} is not valid YAML: {exc}") from None
+        raise PolicyError(f"{path} is not a valid policy:\n  " + "\n  ".join(reasons(exc))
+                          ) from None
 
 
-def validate(path: Path, console: Console) -> None:
-    document = load(path)
-    console.print(f"{path}: valid (sha256 {policy_digest(document)[:12]}); policies: "
-                  f"{', '.join(document.policies)}; tenants: {len(document.tenants)}")
+def say(console: Console, text: str, style: str | None = None) -> None:
+    """Print ``text`` as it is: policy messages hold regexes and brackets that console
+    markup would eat."""
+    console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
 
 
-def apply(path: Path, state: dict[str, Any], console: Console) -> str:
-    """Validate locally, redeploy with only the router's ``user_config`` changed, and wait
-    until the router reports the new policy in force. An invalid file never leaves here."""
+def validate(path: Path, console: Console, *, allow_defaults: bool = False) -> None:
+    document = load(path, allow_defaults=allow_defaults)
+    say(console, f"{path}: valid (sha256 {policy_digest(document)[:12]}); policies: "
+                 f"{', '.join(document.policies)}; tenants: {len(document.tenants)}")
+
+
+def apply(path: Path, state: dict[str, Any], console: Console, *,
+          allow_defaults: bool = False, store: Path | None = None) -> str:
+    """Validate locally, then :func:`apply_document`. An invalid file never leaves here."""
+    document = load(path, allow_defaults=allow_defaults)
+    say(console, f"{path}: valid; applying policy {policy_digest(document)[:12]} ...")
+    return apply_document(document, state, console, source=f"edgeroute policy apply {path}",
+                          store=store)
+
+
+def apply_document(document: PolicyDocument, state: dict[str, Any], console: Console, *,
+                   source: str, store: Path | None = None) -> str:
+    """Redeploy with only the router's ``user_config`` changed, and wait until the router
+    reports the new policy in force (or that it refused it). Kept in ``store`` for
+    ``policy rollback``."""
+    if not state.get("ray_address") or not state.get("serve_config"):
+        raise PolicyError("the state file names no Ray address or Serve config: apply works "
+                          "on a stack `edgeroute up` started; elsewhere deploy a Serve config "
+                          "printed by `edgeroute infra serve-config`")
     os.environ.setdefault("RAY_AUTH_MODE", "token")  # read when ray is imported
     import ray
 
+    from edgeroute.tools.policy_history import remember
     from edgeroute.tools.serve_config import deploy, with_policy
 
-    document = load(path)
     digest = policy_digest(document)
-    console.print(f"{path}: valid; applying policy {digest[:12]} ...")
-    ray.init(address=state["ray_address"], namespace="edgeroute", logging_level=logging.WARNING,
-             log_to_driver=False)
+    sent = document.model_dump(mode="json")
     try:
-        deploy(with_policy(state["serve_config"], document.model_dump(mode="json")))
+        ray.init(address=state["ray_address"], namespace="edgeroute",
+                 logging_level=logging.WARNING, log_to_driver=False)
+        deploy(with_policy(state["serve_config"], sent, source))
+    except (ConnectionError, RuntimeError, TimeoutError) as exc:
+        raise PolicyError(f"could not deploy policy {digest[:12]}: {exc}") from None
     finally:
         ray.shutdown()
     deadline = time.monotonic() + APPLY_TIMEOUT_S
     while time.monotonic() < deadline:
         try:
-            live = httpx.get(f"{state['endpoint']}/v1/policy", timeout=5).json()["sha256"]
-        except (httpx.HTTPError, KeyError, ValueError):
-            live = None
-        if live == digest:
-            console.print(f"policy {digest[:12]} is in force")
+            live = router_api.get(state, "/v1/policy", timeout_s=5)
+        except router_api.RouterError:
+            live = {}
+        if live.get("sha256") == digest:
+            if store is not None:
+                remember(store, document)
+            say(console, f"policy {digest[:12]} is in force")
             return digest
+        rejected = live.get("rejected") or {}
+        if rejected.get("sha256") == raw_digest(sent):
+            raise PolicyError(f"the router refused policy {digest[:12]}: "
+                              + "; ".join(rejected.get("reasons", [])))
         time.sleep(0.5)
     raise PolicyError(f"the router did not report policy {digest[:12]} within "
                       f"{APPLY_TIMEOUT_S:.0f} s")
 
 
-def explain(endpoint: str, console: Console, *, deadline_ms: float, quality: str,
+def explain(state: dict[str, Any], console: Console, *, deadline_ms: float, quality: str,
             policy: str | None, api_key: str | None) -> dict[str, Any]:
     """Send one held-out digit with ``explain=true`` and print the candidates table."""
     row = digits_split().x_test[0]
@@ -87,12 +146,9 @@ def explain(endpoint: str, console: Console, *, deadline_ms: float, quality: str
     body = {"inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [1, FEATURES],
                         "data": row.tolist()}], "parameters": parameters}
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-    response = httpx.post(f"{endpoint}/v2/models/{MODEL_NAME}/infer", json=body,
-                          headers=headers, timeout=30)
-    document = response.json()
-    if response.status_code != 200:
-        raise PolicyError(f"the router answered {response.status_code}: {document.get('error')}")
-    params = document["parameters"]
+    document = router_api.call(state, "POST", f"/v2/models/{MODEL_NAME}/infer", json=body,
+                               headers=headers, admin=False, timeout_s=30)
+    params = document.get("parameters", {})
     explanation = params.get("explanation", {})
     table = Table(title=f"decision for deadline {deadline_ms:g} ms, quality={quality}, "
                         f"policy {explanation.get('policy', '?')}")
@@ -102,8 +158,8 @@ def explain(endpoint: str, console: Console, *, deadline_ms: float, quality: str
         table.add_row(c["plan"], f"{c['p50_ms']:.1f}", f"{c['p99_ms']:.1f}",
                       f"{c['p_miss']:.4f}", f"{c['cost_usd']:.3g}", c["verdict"])
     console.print(table)
-    console.print(f"reason: {explanation.get('reason')}\nserved by {params['target']} "
-                  f"({params['tier']}) in {params.get('attempts')} attempt(s)")
+    say(console, f"reason: {explanation.get('reason')}\nserved by {params.get('target')} "
+                 f"({params.get('tier')}) in {params.get('attempts')} attempt(s)")
     return document
 
 
@@ -119,30 +175,35 @@ def new_key(tenant: str) -> dict[str, str]:
 
 def run_policy(args: argparse.Namespace) -> int:
     """The ``edgeroute policy`` subcommands."""
+    from edgeroute.tools import policy_history
     from edgeroute.tools.cli import read_state
 
     console = Console()
     try:
         if args.action == "validate":
-            validate(Path(args.file), console)
+            validate(Path(args.file), console, allow_defaults=args.allow_defaults)
         elif args.action == "apply":
-            apply(Path(args.file), read_state(args.state_file), console)
+            apply(Path(args.file), read_state(args.state_file), console,
+                  allow_defaults=args.allow_defaults,
+                  store=policy_history.store_dir(args.state_file))
         elif args.action == "explain":
-            explain(str(read_state(args.state_file)["endpoint"]), console,
-                               deadline_ms=args.deadline_ms, quality=args.quality,
-                               policy=args.policy, api_key=args.api_key)
+            explain(read_state(args.state_file), console, deadline_ms=args.deadline_ms,
+                    quality=args.quality, policy=args.policy, api_key=args.api_key)
         elif args.action == "schema":
             print(schema())
         elif args.action == "key":
             print(json.dumps(new_key(args.tenant), indent=2))
+        else:
+            return policy_history.run(args, console)
     except PolicyError as exc:
-        console.print(f"[red]{exc}[/red]")
+        say(console, str(exc), style="red")
         return 1
     return 0
 
 
 def policy_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from edgeroute.tools.cli import DEFAULT_STATE_FILE
+    from edgeroute.tools.policy_history import add_parsers
 
     policy = sub.add_parser("policy", help="validate, apply live, explain routing policies")
     actions = policy.add_subparsers(dest="action", required=True)
@@ -151,6 +212,9 @@ def policy_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     apply = actions.add_parser("apply", help="apply a policy file to the running stack")
     apply.add_argument("file")
     apply.add_argument("--state-file", default=str(DEFAULT_STATE_FILE))
+    for parser in (validate, apply):
+        parser.add_argument("--allow-defaults", action="store_true",
+                            help="accept an empty file (the embedded default policy)")
     explain = actions.add_parser("explain", help="the decision table for a sample request")
     explain.add_argument("--state-file", default=str(DEFAULT_STATE_FILE))
     explain.add_argument("--deadline-ms", type=float, default=250.0)
@@ -160,4 +224,5 @@ def policy_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     actions.add_parser("schema", help="print the policy JSON Schema")
     key = actions.add_parser("key", help="make an API key and the hash for a tenant entry")
     key.add_argument("tenant")
+    add_parsers(actions, str(DEFAULT_STATE_FILE))
     policy.set_defaults(func=run_policy)

@@ -73,12 +73,17 @@ def without_tokens(config: StackConfig) -> tuple[StackConfig, dict[str, str]]:
     return config.model_copy(update={"router": stripped}), env
 
 
-def with_policy(document: dict[str, Any], policy: dict[str, Any]) -> dict[str, Any]:
-    """The same document with only the router's ``user_config`` replaced."""
+def with_policy(document: dict[str, Any], policy: dict[str, Any],
+                source: str | None = None) -> dict[str, Any]:
+    """The same document with only the router's ``user_config`` replaced; ``source`` says
+    where the policy came from (the router keeps it in its policy history)."""
     updated = json.loads(json.dumps(document))
+    user_config: dict[str, Any] = {"policy": policy}
+    if source:
+        user_config["source"] = source
     for deployment in updated["applications"][0]["deployments"]:
         if deployment["name"] == ROUTER:
-            deployment["user_config"] = {"policy": policy}
+            deployment["user_config"] = user_config
     return updated
 
 

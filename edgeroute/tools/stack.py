@@ -28,7 +28,9 @@ import httpx
 
 from edgeroute.config import EdgeWorker, StackConfig
 from edgeroute.models.store import ModelSet, model_path
+from edgeroute.tools.router_api import admin_headers
 from edgeroute.tools.serve_config import APP_NAME, TOKEN_ENV, deploy, serve_config, without_tokens
+from router.policy import PolicyDocument
 
 Say = Callable[[str], None]
 
@@ -105,7 +107,7 @@ class Stack:
     ) -> None:
         self.config = config
         self.models = models
-        self.policy = policy or {}
+        self.policy = policy or PolicyDocument().model_dump(mode="json")
         deployed, self.token_env = without_tokens(config)
         # A Ray this stack starts gets the tokens in its environment (Serve logs arguments);
         # a cluster it only connects to (``ray_address``) gets them as arguments.
@@ -256,7 +258,9 @@ class Stack:
 
     def _all_targets_seen(self) -> bool:
         try:
-            response = httpx.get(f"{self.endpoint}/v1/targets", timeout=2.0)
+            token = {"admin_token": self.config.router.admin_token}
+            response = httpx.get(f"{self.endpoint}/v1/targets", timeout=2.0,
+                                 headers=admin_headers(token))
             targets = response.json()["targets"]
         except (httpx.HTTPError, ValueError, KeyError):
             return False

@@ -89,7 +89,7 @@ def test_overload_from_1x_to_5x_keeps_goodput_and_sheds_fast(chaos_stack: Runnin
         while not stop.wait(0.2):
             try:
                 waiting = edge_stats(stack, "edge-c")["waiting"]
-                in_flight = httpx.get(f"{stack.endpoint}/v1/targets", timeout=5).json()[
+                in_flight = stack.admin_get("/v1/targets")[
                     "executor"]["admission"]["in_flight"]
             except (httpx.HTTPError, KeyError):
                 continue

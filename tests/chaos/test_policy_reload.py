@@ -7,7 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
@@ -18,16 +17,20 @@ from tests.stackkit import RunningStack
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 
-def _apply(stack: RunningStack, path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edgeroute", "policy", "apply", str(path),
+def _policy(stack: RunningStack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgeroute", "policy", *args,
                            "--state-file", str(stack.state_file)],
                           capture_output=True, text=True, timeout=120)
+
+
+def _apply(stack: RunningStack, path: Path) -> subprocess.CompletedProcess[str]:
+    return _policy(stack, "apply", str(path))
 
 
 def test_policy_reload_under_load_fails_no_request(chaos_stack: RunningStack,
                                                    tmp_path: Path) -> None:
     stack = chaos_stack
-    before = httpx.get(f"{stack.endpoint}/v1/policy", timeout=5).json()
+    before = stack.admin_get("/v1/policy")
     document = before["policy"]
     document["policies"]["default"]["risk_budget"] = 0.02
     changed, invalid, original = (tmp_path / "changed.yaml", tmp_path / "invalid.yaml",
@@ -46,9 +49,12 @@ def test_policy_reload_under_load_fails_no_request(chaos_stack: RunningStack,
     try:
         result = load(stack, [Phase("reload", 10.0, 20.0, events=((1.0, "reload"),))],
                       deadline_ms=1000, at={"reload": reload})
-        after = httpx.get(f"{stack.endpoint}/v1/policy", timeout=5).json()
+        after = stack.admin_get("/v1/policy")
         refused = _apply(stack, invalid)
-        kept = httpx.get(f"{stack.endpoint}/v1/policy", timeout=5).json()["sha256"]
+        kept = stack.admin_get("/v1/policy")["sha256"]
+        shown, diffed = _policy(stack, "show"), _policy(stack, "diff", "--previous", "1")
+        rolled = _policy(stack, "rollback")
+        rolled_back = stack.admin_get("/v1/policy")
     finally:
         assert _apply(stack, original).returncode == 0
     figures = {**summary(result.outcomes, result.seen),
@@ -60,4 +66,9 @@ def test_policy_reload_under_load_fails_no_request(chaos_stack: RunningStack,
     assert after["policy"]["policies"]["default"]["risk_budget"] == 0.02
     assert refused.returncode == 1 and "risk_budget" in refused.stdout
     assert kept == after["sha256"]
+    assert shown.returncode == 0 and "risk_budget: 0.02" in shown.stdout, shown
+    assert "-    risk_budget: 0.02" in diffed.stdout and "+    risk_budget: 0.01" in diffed.stdout
+    assert rolled.returncode == 0, rolled
+    assert rolled_back["sha256"] == before["sha256"]
+    assert rolled_back["source"].startswith("edgeroute policy rollback")
     within_bounds(figures)

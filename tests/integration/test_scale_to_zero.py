@@ -35,7 +35,7 @@ def test_cloud_scales_from_zero_while_the_edge_serves(tmp_path: Path, models: ob
                                       "downscale_delay_s": 600}
     with running_stack(tmp_path, config, stop_signal=signal.SIGTERM) as stack:
         endpoint = stack.endpoint
-        cloud = httpx.get(f"{endpoint}/v1/targets", timeout=5).json()["targets"][0]
+        cloud = stack.admin_get("/v1/targets")["targets"][0]
         assert cloud["name"] == "cloud" and cloud["estimates"]["replicas"] == 0
         for i in range(10):
             critical = _infer(endpoint, i, 10, deadline_ms=200)
@@ -47,7 +47,7 @@ def test_cloud_scales_from_zero_while_the_edge_serves(tmp_path: Path, models: ob
         assert woken.status_code == 200, woken.text
         assert woken.json()["parameters"]["tier"] == "cloud"
         time.sleep(5)  # the router reads replica counts every 2 s
-        view = httpx.get(f"{endpoint}/v1/targets", timeout=5).json()
+        view = stack.admin_get("/v1/targets")
         cloud = view["targets"][0]
         assert cloud["estimates"]["replicas"] == 1
         assert cloud["estimates"]["cold_starts"] >= 1, "the router did not learn the cold start"

@@ -13,6 +13,7 @@ test stops the processes of its own cluster only.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -20,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -166,8 +168,9 @@ def wait_for(check: Any, timeout_s: float, what: str) -> Any:
     pytest.fail(f"timed out waiting for {what}")
 
 
-def every_target_reached(endpoint: str) -> dict[str, dict[str, Any]] | None:
-    targets = httpx.get(f"{endpoint}/v1/targets", timeout=5).json()["targets"]
+def every_target_reached(endpoint: str, token: str) -> dict[str, dict[str, Any]] | None:
+    targets = httpx.get(f"{endpoint}/v1/targets", headers={"authorization": f"Bearer {token}"},
+                        timeout=5).json()["targets"]
     if all(t["estimates"]["observed"] and t["estimates"]["available"] for t in targets):
         return {t["name"]: t for t in targets}
     return None
@@ -205,7 +208,7 @@ def test_serve_deploy_of_the_generated_config_brings_up_the_edgeroute_app(
     endpoint = f"http://127.0.0.1:{ROUTER}"
     edges = [edge_argv(e.name, e.model, e.port) for e in stack.edges]
 
-    with ray_head(node_env), processes(*edges, env=base_env, log_dir=tmp_path):
+    with ray_head(node_env) as temp_dir, processes(*edges, env=base_env, log_dir=tmp_path):
         refused = subprocess.run([str(BIN / "serve"), "deploy", str(serve_file), "-a", address],
                                  env={**base_env, "RAY_AUTH_MODE": "token",
                                       "RAY_AUTH_TOKEN": secrets.token_hex(32)},
@@ -216,7 +219,8 @@ def test_serve_deploy_of_the_generated_config_brings_up_the_edgeroute_app(
         deployed = subprocess.run([str(BIN / "serve"), "deploy", str(serve_file), "-a", address],
                                   env=cli_env, capture_output=True, text=True, timeout=120)
         assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
-        targets = wait_for(lambda: every_target_reached(endpoint), 180, "the router's targets")
+        targets = wait_for(lambda: every_target_reached(endpoint, admin_token), 180,
+                           "the router's targets")
         print(f"\nserve deploy: every target reached {time.monotonic() - started:.1f} s after "
               f"`serve deploy` started")
 
@@ -232,7 +236,10 @@ def test_serve_deploy_of_the_generated_config_brings_up_the_edgeroute_app(
                 for name, t in targets.items()} == {
             name: (tier, quality, url, link.model_dump())
             for name, (tier, quality, url, link) in expected.items()}
-        in_force = httpx.get(f"{endpoint}/v1/policy", timeout=5).json()["sha256"]
+        admin = {"authorization": f"Bearer {admin_token}"}
+        assert httpx.get(f"{endpoint}/v1/policy", timeout=5).status_code == 401
+        assert httpx.get(f"{endpoint}/v1/targets", timeout=5).status_code == 401
+        in_force = httpx.get(f"{endpoint}/v1/policy", headers=admin, timeout=5).json()["sha256"]
         assert in_force == policy_digest(PolicyDocument.load(ROOT / "infra/policy.yaml"))
 
         split = digits_split()
@@ -249,15 +256,87 @@ def test_serve_deploy_of_the_generated_config_brings_up_the_edgeroute_app(
         assert {a.json()["parameters"]["tier"] for a in answers[1::2]} == {"cloud"}
 
         link = httpx.put(f"{endpoint}/v1/links/edge-b", json={"base_ms": 25},
-                         headers={"authorization": f"Bearer {admin_token}"}, timeout=5)
+                         headers=admin, timeout=5)
         assert link.status_code == 200, link.text
         assert httpx.get(f"{endpoint}/v1/fleet", timeout=5).json()["members"] == []
         fleet = edge_argv("site-x", "student-int8", FLEET_PORT, "--join", endpoint)
         with processes(fleet, env={**base_env, "EDGEROUTE_FLEET_TOKEN": fleet_token},
                        log_dir=tmp_path) as (worker,):
-            wait_for(lambda: "site-x" in (every_target_reached(endpoint) or {}), 60,
+            wait_for(lambda: "site-x" in (every_target_reached(endpoint, admin_token) or {}), 60,
                      "the joined worker to be reached")
             worker.terminate()
             worker.wait(timeout=15)
         members = httpx.get(f"{endpoint}/v1/fleet", timeout=5).json()["members"]
         assert members == []
+
+        invalid_policy_keeps_the_router_serving(
+            document, tmp_path, address=address, endpoint=endpoint, env=cli_env,
+            admin_token=admin_token, in_force=in_force)
+        logs = [p.read_text(errors="replace")
+                for p in temp_dir.glob("session_*/logs/serve/replica_edgeroute_router_*")]
+        assert any("policy rejected" in text and "risk_budget" in text for text in logs), \
+            "the replica's log does not say that it rejected the policy"
+
+
+def invalid_policy_keeps_the_router_serving(document: dict[str, Any], tmp_path: Path, *,
+                                            address: str, endpoint: str, env: dict[str, str],
+                                            admin_token: str, in_force: str) -> None:
+    """``serve deploy`` of a config whose policy does not validate, under load: the
+    router keeps its policy and serves every request; ``GET /v1/policy``, the replica's
+    log and ``edgeroute targets`` report the rejection."""
+    invalid = json.loads(json.dumps(document))
+    router = next(d for d in invalid["applications"][0]["deployments"] if d["name"] == "router")
+    router["user_config"]["policy"]["policies"]["default"]["risk_budget"] = 5
+    bad_file = tmp_path / "serve-invalid.yaml"
+    bad_file.write_text(yaml.safe_dump(invalid))
+    statuses: list[int] = []
+    stop = threading.Event()
+    row = digits_split().x_test[0].tolist()
+
+    def drive() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not stop.wait(0.1):
+                statuses.append(client.post(f"{endpoint}/v2/models/digits/infer", json={
+                    "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
+                                "data": row}], "parameters": {"deadline_ms": 1000}}).status_code)
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    try:
+        deployed = subprocess.run([str(BIN / "serve"), "deploy", str(bad_file), "-a", address],
+                                  env=env, capture_output=True, text=True, timeout=120)
+        assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+        admin = {"authorization": f"Bearer {admin_token}"}
+        view = wait_for(lambda: (v := httpx.get(f"{endpoint}/v1/policy", headers=admin,
+                                                timeout=5).json())["rejected"] and v,
+                        60, "the router to report the rejected policy")
+        time.sleep(3)  # traffic after the rejection
+    finally:
+        stop.set()
+        driver.join(timeout=30)
+    assert view["sha256"] == in_force
+    rejected = view["rejected"]
+    assert any("risk_budget" in reason for reason in rejected["reasons"]), rejected
+    assert len(statuses) >= 20 and set(statuses) == {200}, sorted(set(statuses))
+    status = subprocess.run([str(BIN / "serve"), "status", "-a", address], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert "DEPLOY_FAILED" not in status.stdout, status.stdout
+    state_file = tmp_path / "state.json"
+    state_file.write_text(json.dumps({"endpoint": endpoint, "admin_token": admin_token,
+                                      "ray_address": f"127.0.0.1:{GCS}",
+                                      "serve_config": document}))
+    shown = subprocess.run([str(BIN / "edgeroute"), "targets", "--state-file", str(state_file)],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert f"policy {rejected['sha256'][:12]} was REJECTED" in " ".join(shown.stdout.split())
+
+    rolled = subprocess.run([str(BIN / "edgeroute"), "policy", "rollback", "--state-file",
+                             str(state_file)], env=env, capture_output=True, text=True,
+                            timeout=180)
+    assert rolled.returncode == 0, rolled.stdout[-3000:] + rolled.stderr[-3000:]
+    assert "re-applying the one in force" in rolled.stdout
+    deployed_now = subprocess.run([str(BIN / "serve"), "config", "-a", address], env=env,
+                                  capture_output=True, text=True, timeout=60)
+    (app,) = [a for a in yaml.safe_load_all(deployed_now.stdout) if a]
+    router_now = next(d for d in app["deployments"] if d["name"] == "router")
+    assert router_now["user_config"]["policy"]["policies"]["default"]["risk_budget"] != 5

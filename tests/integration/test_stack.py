@@ -5,6 +5,7 @@ reload) are the chaos suite's, in ``tests/chaos``."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -135,12 +136,16 @@ def _apply(stack: RunningStack, path: Path) -> subprocess.CompletedProcess[str]:
 def test_tenant_keys_decide_who_may_use_which_policy(stack: RunningStack, tmp_path: Path) -> None:
     from router.policy import hash_key
 
-    document = httpx.get(f"{stack.endpoint}/v1/policy", timeout=5).json()["policy"]
+    document = stack.admin_get("/v1/policy")["policy"]
     document["tenants"] = [{"name": "acme", "key_sha256": hash_key("er_acme_key"),
                             "default_policy": "default", "allowed_policies": ["default"]}]
     path = tmp_path / "tenants.yaml"
     path.write_text(yaml.safe_dump(document))
     assert _apply(stack, path).returncode == 0
+    assert httpx.get(f"{stack.endpoint}/v1/policy", timeout=5).status_code == 401
+    views = json.dumps([stack.admin_get("/v1/policy"), stack.admin_get("/v1/policy/history"),
+                        stack.admin_get("/v1/targets")])
+    assert hash_key("er_acme_key") not in views
     url = f"{stack.endpoint}/v2/models/digits/infer"
     body: dict[str, Any] = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
                         "data": digits_split().x_test[0].tolist()}]}

@@ -29,6 +29,7 @@ from edgeroute.tools.bench.scenario import Fault, Scenario
 from edgeroute.tools.figures import rich_progress
 from edgeroute.tools.loadgen import LoadResult, run_load
 from edgeroute.tools.overhead import measure, throughput
+from edgeroute.tools.router_api import admin_headers
 from edgeroute.tools.schedule import Phase
 from edgeroute.tools.serve_config import APP_NAME
 from edgeroute.tools.stack import Stack, StackError
@@ -65,7 +66,9 @@ class Bench:
 
     def _targets(self) -> dict[str, Any]:
         assert self.stack is not None
-        body: dict[str, Any] = httpx.get(f"{self.stack.endpoint}/v1/targets", timeout=10).json()
+        token = {"admin_token": self.config.router.admin_token}
+        body: dict[str, Any] = httpx.get(f"{self.stack.endpoint}/v1/targets", timeout=10,
+                                         headers=admin_headers(token)).json()
         return body
 
     def _provisioned_usd(self) -> float:

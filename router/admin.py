@@ -1,0 +1,80 @@
+"""The router's admin surface: who may use it, and what its views and changes answer.
+
+Every admin route needs ``Authorization: Bearer <admin token>`` (the stack
+config's ``router.admin_token`` or the replica's ``EDGEROUTE_ADMIN_TOKEN``);
+without a configured token the admin routes are closed. The views are
+``GET /v1/policy`` (the policy in force, its history and the last rejected
+one), ``GET /v1/policy/history`` and ``GET /v1/targets``; the change is
+``PUT /v1/links/{target}``. No view carries a tenant's key hash.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+
+from edgeroute.config import LinkProfile
+from edgeroute.http import error_response
+from edgeroute.oip import OIPError
+from router.policy_keeper import PolicyKeeper
+from router.service import RoutingService
+
+log = logging.getLogger("ray.serve")
+
+
+def bearer_ok(request: Request, token: str | None) -> bool:
+    """Whether the request carries ``Authorization: Bearer <token>`` (never, without a token)."""
+    supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    return token is not None and secrets.compare_digest(supplied.encode(), token.encode())
+
+
+def refuse_non_admin(request: Request, token: str | None) -> Response | None:
+    """A 401 unless the request carries the admin token; ``None`` lets it through."""
+    if bearer_ok(request, token):
+        return None
+    why = "admin token required" if token else "admin routes are closed: no admin token is set"
+    return error_response(OIPError(why, status=401))
+
+
+def policy_view(keeper: PolicyKeeper, replica: str) -> dict[str, Any]:
+    return {**keeper.view(), "replica": replica}
+
+
+def policy_summary(keeper: PolicyKeeper) -> dict[str, Any]:
+    """What ``GET /v1/targets`` says of the policy: its digest and the last rejection."""
+    view = keeper.view()
+    return {"sha256": view["sha256"], "applied_at": view["applied_at"],
+            "rejected": view["rejected"]}
+
+
+def without_policy(keeper: PolicyKeeper) -> Response | None:
+    """The 503 for inference on a replica whose only policy was refused (it has none to
+    say who may call); ``None`` while a policy is in force."""
+    rejected = keeper.rejected
+    if keeper.in_force is not None or rejected is None:
+        return None
+    return error_response(OIPError(
+        f"no valid routing policy in force: policy {rejected.sha256[:12]} was rejected "
+        f"({'; '.join(rejected.reasons)[:300]})", status=503), {"retry-after": "5"})
+
+
+async def set_link(service: RoutingService, name: str, request: Request) -> Response:
+    """Replace fields of a target's emulated link with the JSON object in the body."""
+    target = service.targets.get(name)
+    if target is None:
+        return error_response(OIPError(f"unknown target '{name}'", status=404))
+    try:
+        changes = await request.json()
+        if not isinstance(changes, dict):
+            raise ValueError("body must be a JSON object")
+        profile = LinkProfile.model_validate({**target.link.profile.model_dump(), **changes})
+    except (ValueError, ValidationError) as exc:
+        return error_response(OIPError(f"invalid link settings: {exc}"))
+    target.link.profile = profile
+    log.info("link of %s set to %s", name, profile.model_dump())
+    return JSONResponse({"target": name, "link_emulation": profile.model_dump()})
