@@ -93,6 +93,7 @@ def http_ok(url: str, timeout_s: float = 1.0) -> bool:
 
 
 HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
+LOCAL_DRAINING_S = 2.0
 
 
 def ingress_env(config: StackConfig) -> dict[str, str]:
@@ -100,12 +101,16 @@ def ingress_env(config: StackConfig) -> dict[str, str]:
 
     Serve reads it when its controller and proxy processes start, which inherit it from
     the process that starts Ray. HAProxy gets one thread per core here, at most two:
-    the router replicas need the rest.
+    the router replicas need the rest. A stopping router replica keeps serving for a
+    draining period so that HAProxies on other nodes stop sending to it first; Serve's
+    30 s default is for clusters, and here it would hold every stop for 30 s while the
+    HAProxy on this same machine takes its new configuration in well under a second.
     """
     if config.ingress == "proxy":
         return {HAPROXY_ENV: "0"}
     threads = min(2, os.cpu_count() or 1)
-    return {HAPROXY_ENV: "1", "RAY_SERVE_HAPROXY_NBTHREAD": str(threads)}
+    return {HAPROXY_ENV: "1", "RAY_SERVE_HAPROXY_NBTHREAD": str(threads),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(LOCAL_DRAINING_S)}
 
 
 class Stack:
