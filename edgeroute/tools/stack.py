@@ -94,6 +94,27 @@ def http_ok(url: str, timeout_s: float = 1.0) -> bool:
         return False
 
 
+HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
+LOCAL_DRAINING_S = 2.0
+
+
+def ingress_env(config: StackConfig) -> dict[str, str]:
+    """What a Ray this stack starts needs in its environment for ``config.ingress``.
+
+    Serve reads it when its controller and proxy processes start, which inherit it from
+    the process that starts Ray. HAProxy gets one thread per core here, at most two:
+    the router replicas need the rest. A stopping router replica keeps serving for a
+    draining period so that HAProxies on other nodes stop sending to it first; Serve's
+    30 s default is for clusters, and here it would hold every stop for 30 s while the
+    HAProxy on this same machine takes its new configuration in well under a second.
+    """
+    if config.ingress == "proxy":
+        return {HAPROXY_ENV: "0"}
+    threads = min(2, os.cpu_count() or 1)
+    return {HAPROXY_ENV: "1", "RAY_SERVE_HAPROXY_NBTHREAD": str(threads),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(LOCAL_DRAINING_S)}
+
+
 class Stack:
     def __init__(
         self,
@@ -243,6 +264,7 @@ class Stack:
             for var in TOKEN_ENV.values():
                 os.environ.pop(var, None)
             os.environ.update(self.token_env)
+            os.environ.update(ingress_env(self.config))
         import ray
 
         self.say("starting Ray and the Serve app (router + cloud) ...")
@@ -288,6 +310,7 @@ class Stack:
             "admin_token": self.config.router.admin_token,
             "fleet_token": self.config.router.fleet_token,
             "ray_address": ray.get_runtime_context().gcs_address if self._ray_started else None,
+            "ingress": self.config.ingress,
             "serve_config": self.serve_document,
             "control_dir": str(self.control_dir),
             "processes": [asdict(p) for p in self.processes()],
