@@ -178,8 +178,9 @@ class RoutingService:
 
     def snapshot(self) -> dict[str, Any]:
         targets = []
+        threshold = self.policy.policies["default"].cascade.confidence_threshold
         for t in self.targets:
-            view = t.snapshot(self.policy.prices.for_target(t.name, t.tier))
+            view = t.snapshot(self.policy.prices.for_target(t.name, t.tier), threshold)
             view["breaker"] = self.breakers[t.name].snapshot()
             targets.append(view)
         return {"targets": targets, "executor": self.executor.snapshot(),

@@ -46,13 +46,19 @@ class Target:
     def view(self, rows: int, allowed: bool, prices: TierPrices) -> TargetView:
         return self.estimator.view(rows, allowed, prices)
 
-    def snapshot(self, prices: TierPrices) -> dict[str, Any]:
+    def snapshot(self, prices: TierPrices, confidence_threshold: float) -> dict[str, Any]:
+        """What ``GET /v1/targets`` shows of this target; ``unsure_rate``: how often its
+        answers fall below ``confidence_threshold`` (a small model's cascade escalation
+        probability, as the decision prices it)."""
+        unsure = (round(self.estimator.escalation_probability(confidence_threshold), 4)
+                  if self.quality == "small" else None)
         return {
             "name": self.name,
             "tier": self.tier,
             "quality": self.quality,
             "address": self.address,
             "estimates": self.estimator.snapshot(),
+            "unsure_rate": unsure,
             "cost_usd_per_request": self.view(1, True, prices).cost_usd,
             "prices": prices.model_dump(),
             "link_emulation": self.link.profile.model_dump(),
