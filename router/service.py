@@ -29,6 +29,11 @@ from router.policy import PolicyDocument
 from router.served import Served
 from router.targets import Target, TargetSet
 from router.tenancy import Caller
+from router.window import RollingTally
+
+SHARE_WINDOW_S = 10.0
+"""``traffic_share`` in ``/v1/targets``: each target's share of the upstream calls this replica
+made over this many recent seconds (hedges, escalations and fallbacks included)."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,8 @@ class RoutingService:
         self.baselines = BaselineState()
         self.rng = rng or random.Random()
         self.clock = clock
+        self.calls_to = RollingTally(SHARE_WINDOW_S, clock=clock)
+        targets.on_tick = self.publish_gauges
 
     def apply_policy(self, policy: PolicyDocument) -> None:
         """Swap the policy; learned state (estimates, breakers, budgets) carries over."""
@@ -163,8 +170,24 @@ class RoutingService:
         self.metrics.breaker_open.record(float(event.to_state == "open"),
                                          {"target": event.target})
 
+    def publish_gauges(self) -> None:
+        """Set each target's gauges from the state ``/v1/targets`` shows (the prober calls
+        this once per probe interval; transitions also set the breaker gauge at once)."""
+        for t in self.targets:
+            tags = {"target": t.name}
+            self.metrics.breaker_open.record(float(self.breakers[t.name].state == "open"),
+                                             tags)
+            self.metrics.predicted.record(t.estimator.distribution(1).quantile(0.5), tags)
+
+    def available(self, target: Target) -> bool:
+        """Whether the target takes calls and answers them: its breaker lets calls through
+        (closed, or half-open with its trial free) and its last inference did not fail."""
+        breaker = self.breakers[target.name]
+        return breaker.allows() and not breaker.down and target.estimator.answering
+
     def _attempt(self, attempt: Attempt) -> None:
         self.metrics.attempts.record(1, {"target": attempt.target, "outcome": attempt.outcome})
+        self.calls_to.add(attempt.target)
 
     def observe_replicas(self, name: str, replicas: int, elapsed_s: float) -> None:
         """Feed the cloud's running replica count (read from Serve at a bounded rate) to its
@@ -179,9 +202,12 @@ class RoutingService:
     def snapshot(self) -> dict[str, Any]:
         targets = []
         threshold = self.policy.policies["default"].cascade.confidence_threshold
+        shares = self.calls_to.shares()
         for t in self.targets:
             view = t.snapshot(self.policy.prices.for_target(t.name, t.tier), threshold)
             view["breaker"] = self.breakers[t.name].snapshot()
+            view["available"] = view["estimates"]["available"] = self.available(t)
+            view["traffic_share"] = round(shares.get(t.name, 0.0), 4)
             targets.append(view)
         return {"targets": targets, "executor": self.executor.snapshot(),
                 "ledger": self.ledger.snapshot()}

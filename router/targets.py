@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 import zlib
@@ -100,6 +101,8 @@ class TargetSet:
         self.targets = {t.name: t for t in targets}
         self.probe_interval_s = probe_interval_s
         self.breakers: Breakers | None = None
+        self.on_tick: Callable[[], None] | None = None
+        """Called once per probe interval from the probe loop (the service's gauges)."""
         self.generation = 0
         """Counts additions and removals, so that caches of the target list can tell."""
         self._clock = clock
@@ -141,14 +144,21 @@ class TargetSet:
         return True
 
     async def _trial(self, target: Target) -> None:
-        """Make the half-open trial call of an idle target with a blank row.
+        """Make a trial call of an idle target with a blank row: the half-open trial, or, with
+        the breaker closed, a call to a target whose last inference failed.
 
         A half-open breaker closes on a successful call, but a target that is only ever a
         fallback (a restarted backup site) may get none: it would keep one trial slot and
-        fail requests that need it. The prober makes the trial instead."""
+        fail requests that need it. The prober makes the trial instead. The closed-breaker
+        trial (at most one per probe interval, only while idle) finds out whether a target
+        that passes health checks answers inferences, so that ``/v1/targets`` does not call
+        a worker available while it answers every inference 503, nor unavailable once it
+        serves again."""
         assert self.breakers is not None
         breaker = self.breakers[target.name]
-        if breaker.state != "half_open" or target.estimator.in_flight:
+        state = breaker.state
+        if target.estimator.in_flight or not (
+                state == "half_open" or (state == "closed" and not target.estimator.answering)):
             return
         permit = breaker.acquire()
         if permit is None:
@@ -159,11 +169,13 @@ class TargetSet:
                                    PROBE_TIMEOUT_S)
         except (TargetError, asyncio.TimeoutError) as exc:
             permit.failure(f"trial: {exc}")
+            target.estimator.observe_failure(f"trial: {exc}", (self._clock() - started) * 1000)
             return
         except BaseException:
             permit.release()
             raise
         permit.success((self._clock() - started) * 1000)
+        target.estimator.answered()
 
     def due(self) -> list[Target]:
         now = self._clock()
@@ -178,10 +190,14 @@ class TargetSet:
 
     async def run_probes(self) -> None:
         """Probe idle targets and rebuild due estimates, a few times per probe interval."""
+        ticked = -math.inf
         while True:
             await self.probe_due()
             for target in self.targets.values():
                 target.estimator.maintain()
+            if self.on_tick is not None and self._clock() - ticked >= self.probe_interval_s:
+                ticked = self._clock()
+                self.on_tick()
             await asyncio.sleep(min(self.probe_interval_s / 4, MAINTAIN_S))
 
     async def aclose(self) -> None:
