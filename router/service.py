@@ -9,6 +9,7 @@ in-memory transports.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Callable
@@ -23,12 +24,14 @@ from router.calls import Attempt
 from router.cost import Ledger, marginal_cost_usd
 from router.decision import BaselineState, RequestQuality, decide
 from router.executor import Executor
+from router.explore import Explorer
 from router.metrics import RouterMetrics
 from router.plan import Decision
 from router.policy import PolicyDocument
 from router.served import Served
 from router.targets import Target, TargetSet
 from router.tenancy import Caller
+from router.view import TargetView
 from router.window import RollingTally
 
 SHARE_WINDOW_S = 10.0
@@ -105,6 +108,7 @@ class RoutingService:
         self.rng = rng or random.Random()
         self.clock = clock
         self.calls_to = RollingTally(SHARE_WINDOW_S, clock=clock)
+        self.explorer = Explorer(clock=clock)
         targets.on_tick = self.publish_gauges
 
     def apply_policy(self, policy: PolicyDocument) -> None:
@@ -140,9 +144,40 @@ class RoutingService:
         decision = decide(views, deadline_ms=deadline_ms, quality=quality, rows=rows,
                           policy=caller.policy, policy_name=caller.policy_name, rng=self.rng,
                           state=self.baselines)
+        if decision.plan is not None and caller.policy.strategy == "risk-optimal":
+            decision = self._explore(decision, views, deadline_ms, quality, caller)
         decision_us = (time.perf_counter() - started) * 1e6
         self.metrics.decision.record(decision_us, {})
         return decision, decision_us
+
+    def _explore(self, decision: Decision, views: list[TargetView], deadline_ms: float,
+                 quality: RequestQuality, caller: Caller) -> Decision:
+        """The decision for a request that explores a target due for it (:mod:`router.explore`):
+        the best plan starting on it, the other targets of its quality set aside, if that plan
+        is within the risk budget (the targets set aside come back as its last fallbacks, which
+        can only lower its risk); else ``decision`` unchanged."""
+        assert decision.plan is not None
+        asleep = {t.name for t in self.targets if t.scales_to_zero and not t.estimator.replicas}
+        target = self.explorer.due(views, caller.policy, quality, {decision.plan.primary}, asleep)
+        if target is None:
+            return decision
+        aside = [dataclasses.replace(v, allowed=False)
+                 if v.quality == target.quality and v is not target else v for v in views]
+        explored = decide(aside, deadline_ms=deadline_ms, quality=quality, rows=target.rows,
+                          policy=caller.policy, policy_name=caller.policy_name, rng=self.rng,
+                          state=self.baselines)
+        plan = explored.plan
+        if plan is None or plan.primary != target.name or not plan.within_budget:
+            return decision
+        self.explorer.explored()
+        chosen = decision.plan
+        extra = tuple(t for t in (chosen.primary, *chosen.fallbacks) if t not in plan.targets)
+        fallbacks = (plan.fallbacks + extra)[:max(caller.policy.max_fallbacks,
+                                                  len(plan.fallbacks))]
+        return dataclasses.replace(
+            explored, plan=dataclasses.replace(plan, fallbacks=fallbacks),
+            reason=f"exploring {target.name} (not called for {self.explorer.idle_s:g} s), "
+                   f"falling back to the plan it displaced: {explored.reason}")
 
     async def route(self, x: np.ndarray, *, deadline_ms: float, received: float,
                     quality: RequestQuality, caller: Caller) -> Routed:
@@ -188,6 +223,7 @@ class RoutingService:
     def _attempt(self, attempt: Attempt) -> None:
         self.metrics.attempts.record(1, {"target": attempt.target, "outcome": attempt.outcome})
         self.calls_to.add(attempt.target)
+        self.explorer.called(attempt.target)
 
     def observe_replicas(self, name: str, replicas: int, elapsed_s: float) -> None:
         """Feed the cloud's running replica count (read from Serve at a bounded rate) to its
@@ -210,4 +246,5 @@ class RoutingService:
             view["traffic_share"] = round(shares.get(t.name, 0.0), 4)
             targets.append(view)
         return {"targets": targets, "executor": self.executor.snapshot(),
+                "exploration": self.explorer.snapshot(),
                 "ledger": self.ledger.snapshot()}
