@@ -27,6 +27,13 @@ MAINTAIN_S = 0.1
 """How often estimates are rebuilt off the request path (they are due every 0.25 s)."""
 
 
+def _reason(exc: BaseException) -> str:
+    """What failed, for ``last_error`` (a bare timeout has no text of its own)."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"no answer within {PROBE_TIMEOUT_S * 1000:.0f} ms"
+    return str(exc)
+
+
 @dataclass
 class Target:
     name: str
@@ -133,7 +140,8 @@ class TargetSet:
         try:
             await asyncio.wait_for(target.transport.probe(PROBE_TIMEOUT_S), PROBE_TIMEOUT_S)
         except (TargetError, asyncio.TimeoutError) as exc:
-            target.estimator.observe_failure(f"probe: {exc}", (self._clock() - started) * 1000)
+            target.estimator.observe_failure(f"probe: {_reason(exc)}",
+                                             (self._clock() - started) * 1000)
             if self.breakers is not None:
                 self.breakers[target.name].probe_failed()
             return False
@@ -168,8 +176,9 @@ class TargetSet:
             await asyncio.wait_for(target.transport.infer(TRIAL_ROW, PROBE_TIMEOUT_S),
                                    PROBE_TIMEOUT_S)
         except (TargetError, asyncio.TimeoutError) as exc:
-            permit.failure(f"trial: {exc}")
-            target.estimator.observe_failure(f"trial: {exc}", (self._clock() - started) * 1000)
+            permit.failure(f"trial: {_reason(exc)}")
+            target.estimator.observe_failure(f"trial: {_reason(exc)}",
+                                             (self._clock() - started) * 1000)
             return
         except BaseException:
             permit.release()

@@ -114,8 +114,9 @@ def test_every_chaos_command_takes_effect_and_its_undo_puts_it_back(
     _ok(stack, "slow", edge, "--base-ms", "50")
     _ok(stack, "partition", edge)
     assert _link(stack, edge)["partitioned"]
-    assert wait_for(lambda: "partitioned" in (stack.targets()[edge]["estimates"]["last_error"]
-                                              or ""), 15) is not None, "probes see the cut"
+    assert wait_for(lambda: not stack.targets()[edge]["available"], 15) is not None, (
+        "probes see the cut")
+    assert stack.targets()[edge]["estimates"]["last_error"].startswith("probe: ")
     _ok(stack, "heal", edge)
     assert _link(stack, edge) == configured[edge], "slow and partition undone"
 
