@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from edgeroute.config import StackConfig
 from edgeroute.dataset import digits_split
 from edgeroute.tools.loadgen import Outcome, Phase
 from tests.chaos.conftest import (
@@ -86,8 +87,8 @@ def test_every_chaos_command_takes_effect_and_its_undo_puts_it_back(
 
     _ok(stack, "down", edge)
     assert wait_for(lambda: not alive(pid), 15) is not None
-    time.sleep(2.0)
-    assert stack.pid(edge) == pid, "held down: not restarted"
+    time.sleep((StackConfig().edge_restart_delay_s or 0.0) + 1.0)
+    assert stack.pid(edge) == pid and not alive(pid), "held down past the restart delay"
     _ok(stack, "up", edge)
     assert wait_for(lambda: stack.pid(edge) != pid and alive(stack.pid(edge)), 60) is not None
     assert wait_for(lambda: _edge_status(stack, edge) == 200, 30) is not None
