@@ -176,8 +176,14 @@ class CircuitBreaker:
         return Permit(self, self._generation, probe)
 
     def probe_failed(self) -> None:
-        """An active health check failed: if ejected, the target is down, not just erroring."""
-        if self.state != "closed":
+        """An active health check failed: if ejected, the target is down, not just erroring.
+        A half-open one is ejected again (no trial is spent on it; no longer ejection either)
+        and held until a check passes."""
+        state = self.state
+        if state == "half_open":
+            self._move("open", "active health check failed")
+            self._open_until = self._clock()
+        if state != "closed":
             self._down = True
 
     def probe_succeeded(self) -> None:

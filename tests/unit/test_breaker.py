@@ -286,8 +286,11 @@ def test_a_failed_health_check_while_half_open_holds_the_trial() -> None:
     clock.advance(2.0)
     assert b.state == "half_open"
     b.probe_failed()
+    assert b.state == "open" and b.snapshot()["down"]
     assert not b.allows(), "known down: no request is spent on a trial"
+    assert b.ejections == 1 and b.next_ejection_ms() == 4000.0, "no ejection added"
     b.probe_succeeded()
+    assert b.state == "half_open"
     succeed(b)
     assert b.state == "closed"
 

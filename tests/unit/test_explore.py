@@ -4,13 +4,11 @@ prices, and wins the traffic it deserves; without it, it would stay unused for g
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import numpy as np
 import pytest
 
-from edgeroute.config import LinkProfile
 from router.estimator import TargetEstimator
 from router.explore import Explorer
 from router.metrics import MemoryFactory, RouterMetrics
@@ -25,25 +23,26 @@ X = np.zeros((1, 64), dtype=np.float32)
 DEFAULT = Caller("anonymous", "default", PolicyDocument().policies["default"])
 
 
-def service(explorer: Explorer) -> RoutingService:
-    """edge-a 1 ms away, edge-b 4 ms, the cloud 20 ms; both edges answer confidently."""
+def service(explorer: Explorer, clock: FakeClock) -> RoutingService:
+    """Two edge workers that answer confidently and the cloud, on one fake clock."""
     targets = TargetSet([
         fake_target(FakeTransport(name, confidence=0.99), tier=tier, quality=quality,
-                    link=LinkProfile(base_ms=base_ms),
-                    estimator=TargetEstimator(name=name, tier=tier, quality=quality))
-        for name, tier, quality, base_ms in (("edge-a", "edge", "small", 1.0),
-                                             ("edge-b", "edge", "small", 4.0),
-                                             ("cloud", "cloud", "large", 20.0))])
-    svc = RoutingService(targets, metrics=RouterMetrics(MemoryFactory()))
+                    estimator=TargetEstimator(name=name, tier=tier, quality=quality,
+                                              clock=clock))
+        for name, tier, quality in (("edge-a", "edge", "small"), ("edge-b", "edge", "small"),
+                                    ("cloud", "cloud", "large"))], clock=clock)
+    svc = RoutingService(targets, metrics=RouterMetrics(MemoryFactory()), clock=clock)
     svc.explorer = explorer
     return svc
 
 
-def served(svc: RoutingService, n: int) -> list[str]:
+def served(svc: RoutingService, n: int, clock: FakeClock) -> list[str]:
+    """``n`` requests, one every 50 ms."""
     async def main() -> list[str]:
         names = []
         for _ in range(n):
-            routed = await svc.route(X, deadline_ms=200.0, received=time.monotonic(),
+            clock.advance(0.05)
+            routed = await svc.route(X, deadline_ms=200.0, received=clock(),
                                      quality="any", caller=DEFAULT)
             names.append(routed.served.target.name)
         return names
@@ -51,7 +50,7 @@ def served(svc: RoutingService, n: int) -> list[str]:
     return run_async(main)
 
 
-def outage_then_recovery(svc: RoutingService) -> None:
+def outage_then_recovery(svc: RoutingService, clock: FakeClock) -> None:
     """edge-a is ejected before it ever answered; edge-b serves and learns; edge-a returns."""
     breaker = svc.breakers["edge-a"]
     for _ in range(5):
@@ -59,7 +58,7 @@ def outage_then_recovery(svc: RoutingService) -> None:
         assert permit is not None
         permit.failure("connection refused")
     breaker.probe_failed()
-    assert Counter(served(svc, 60))["edge-a"] == 0
+    assert Counter(served(svc, 60, clock))["edge-a"] == 0
     edge_a = svc.targets.targets["edge-a"]
 
     async def probe() -> bool:
@@ -75,18 +74,19 @@ def test_a_target_stuck_at_its_prior_relearns_only_by_exploring(explore: bool) -
     an outage): its unsure-answer rate is the prior, which makes every cascade through it look
     dearer than one through edge-b. Without exploring it never gets the traffic that would
     correct that; exploring gives it a bounded share, and its rate moves to what it is."""
-    svc = service(Explorer(idle_s=0.05, max_share=0.05 if explore else 0.0))
-    outage_then_recovery(svc)
-    after = Counter(served(svc, 200))
+    clock = FakeClock()
+    svc = service(Explorer(idle_s=0.5, max_share=0.1 if explore else 0.0, clock=clock), clock)
+    outage_then_recovery(svc, clock)
+    after = Counter(served(svc, 400, clock))
     edge_a = next(t for t in svc.snapshot()["targets"] if t["name"] == "edge-a")
     if not explore:
         assert after["edge-a"] == 0
         assert edge_a["unsure_rate"] == pytest.approx(0.3, abs=0.01)
         return
-    assert after["edge-a"] >= 8, after
+    assert after["edge-a"] >= 20, after
     assert edge_a["unsure_rate"] < 0.15, "confident answers: the rate falls from the prior"
     assert edge_a["traffic_share"] > 0
-    assert svc.snapshot()["exploration"]["explored"] <= 0.05 * 260 + 1
+    assert svc.snapshot()["exploration"]["explored"] <= 0.1 * 200 + 1
 
 
 def view(name: str, quality: str = "small", allowed: bool = True) -> TargetView:
