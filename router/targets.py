@@ -9,6 +9,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -60,12 +61,16 @@ class Target:
         probability, as the decision prices it)."""
         unsure = (round(self.estimator.escalation_probability(confidence_threshold), 4)
                   if self.quality == "small" else None)
+        estimates = self.estimator.snapshot()
+        ago = estimates["last_error_s_ago"]
+        estimates["last_error_at"] = None if ago is None else datetime.fromtimestamp(
+            time.time() - ago, timezone.utc).isoformat(timespec="milliseconds")
         return {
             "name": self.name,
             "tier": self.tier,
             "quality": self.quality,
             "address": self.address,
-            "estimates": self.estimator.snapshot(),
+            "estimates": estimates,
             "unsure_rate": unsure,
             "cost_usd_per_request": self.view(1, True, prices).cost_usd,
             "prices": prices.model_dump(),

@@ -103,6 +103,7 @@ def test_a_worker_answering_every_inference_503_is_not_available() -> None:
         seen.append(view["available"])
         assert view["estimates"]["available"] == view["available"]
         assert "HTTP 503" in view["estimates"]["last_error"]
+        assert view["estimates"]["last_error_at"].endswith("+00:00")
     assert not any(seen), seen
     rig.edge.behaviour = answer
     for _ in range(20):
@@ -113,6 +114,7 @@ def test_a_worker_answering_every_inference_503_is_not_available() -> None:
     view = rig.view()
     assert view["breaker"]["state"] == "closed" and view["available"]
     assert view["estimates"]["last_error"] is None
+    assert view["estimates"]["last_error_at"] is None
 
 
 def test_the_breaker_gauge_reads_open_while_a_worker_is_held_down() -> None:
