@@ -3,8 +3,8 @@
 The first test runs each documented ``edgeroute chaos`` subcommand against the live stack
 and checks that it took effect and that its undo put things back. The second holds edge-a
 out for 12 s (longer than the breaker's first ejections put together: 2 s, then 4 s) by
-each outage kind that stops it answering (hung, held down, cut off) under open-loop load,
-and measures the time from the undo to edge-a carrying its pre-outage share of traffic again.
+each outage kind (hung, held down, cut off, answering 503) under open-loop load, and
+measures the time from the undo to edge-a carrying its pre-outage share of traffic again.
 """
 
 from __future__ import annotations
@@ -144,7 +144,8 @@ def _regained_after_s(outcomes: list[Outcome], undone_s: float, before: float) -
     return None
 
 
-OUTAGES = {"hang": ("hang", "resume"), "down": ("down", "up"), "partition": ("partition", "heal")}
+OUTAGES = {"hang": ("hang", "resume"), "down": ("down", "up"), "partition": ("partition", "heal"),
+           "unavailable": ("unavailable", "available")}
 
 
 @pytest.mark.parametrize("kind", sorted(OUTAGES))
@@ -152,15 +153,24 @@ def test_a_recovered_edge_wins_its_traffic_back_within_seconds(
         chaos_stack: RunningStack, kind: str) -> None:
     """Under 15 rps at a deadline only the edges meet, edge-a (the nearer edge) carries most
     traffic; it is held out for 12 s by ``kind``; after the undo it must carry at least 80% of
-    its former share again within 15 s (the figure is printed)."""
+    its former share again within 15 s (the figure is printed). A worker answering 503 passes
+    its health checks, so nothing tells the router it is well again before its ejection ends:
+    ejections grow while it keeps failing (the damping of a flapping target), and it gets the
+    time its breaker still had to run at the undo on top of the bound."""
     stack = chaos_stack
     fault, undo = OUTAGES[kind]
     assert wait_for(lambda: routed_to(stack, "edge-a"), 30) is not None
+    left_at_undo: list[float] = []
+
+    def undo_and_note() -> None:
+        must(stack, undo, "edge-a")()
+        left_at_undo.append(stack.targets()["edge-a"]["breaker"]["ejected_for_ms"] / 1000)
+
     phase = Phase(kind, 6.0 + OUTAGE_S + 20.0, 15.0,
                   events=((6.0, "fault"), (6.0 + OUTAGE_S, "undo")))
     try:
         run = load(stack, [phase], deadline_ms=DEADLINE_MS,
-                   at={"fault": must(stack, fault, "edge-a"), "undo": must(stack, undo, "edge-a")})
+                   at={"fault": must(stack, fault, "edge-a"), "undo": undo_and_note})
     finally:
         chaos(stack, undo, "edge-a")
     at = dict((name, t) for t, name in run.events)
@@ -172,11 +182,13 @@ def test_a_recovered_edge_wins_its_traffic_back_within_seconds(
     figures = {**summary(outcomes, run.seen), "edge_a_share_before": round(before, 3),
                "edge_a_share_during": None if during is None else round(during, 3),
                "regained_share_after_s": None if regained is None else round(regained, 2),
+               "ejection_left_at_undo_s": round(left_at_undo[0], 2) if left_at_undo else None,
                "edge_a_share_last_10s": edge_a["traffic_share"],
                "edge_a_breaker": {k: edge_a["breaker"][k] for k in ("state", "ejections",
                                                                     "transitions")}}
     record(f"recovery after {OUTAGE_S:g} s {kind}", **figures)
     assert before >= 0.5, "edge-a carried most traffic before the outage"
     assert during is not None and during <= 0.05, "held out during the outage"
-    assert regained is not None and regained <= REGAIN_BOUND_S, figures
+    bound = REGAIN_BOUND_S + (left_at_undo[0] if kind == "unavailable" else 0.0)
+    assert regained is not None and regained <= bound, figures
     restore(stack)
