@@ -176,8 +176,9 @@ class RoutingService:
                                                   len(plan.fallbacks))]
         return dataclasses.replace(
             explored, plan=dataclasses.replace(plan, fallbacks=fallbacks),
-            reason=f"exploring {target.name} (not called for {self.explorer.idle_s:g} s), "
-                   f"falling back to the plan it displaced: {explored.reason}")
+            reason=f"exploring {target.name} (not called for {self.explorer.idle_s:g} s; the "
+                   f"other {target.quality} models were set aside, shown as breaker open, and "
+                   f"the plan it displaced is its fallback): {explored.reason}")
 
     async def route(self, x: np.ndarray, *, deadline_ms: float, received: float,
                     quality: RequestQuality, caller: Caller) -> Routed:
