@@ -21,9 +21,17 @@ by traffic. Its states follow resilience4j's ``CircuitBreaker``:
   at a time are let through. The first probe that succeeds in time closes the
   breaker with a fresh window; a probe that fails or is slow re-opens it for
   the next, longer ejection.
+* **down**: an ejected target whose active health check failed (killed, hung,
+  held down, cut off) is known to be down. It stays ejected past the end of its
+  ejection, with no trial call and no longer next ejection, until a health
+  check passes; then it goes half-open at once (Envoy's
+  ``successful_active_health_check_uneject_host``). So an outage of any length
+  costs one ejection level, and the target is tried again within a probe
+  interval of its return rather than after an ejection grown during the outage.
 
-What this guarantees: a target that is down receives at most
-``half_open_probes`` calls per ejection, and the ejections get longer; a
+What this guarantees: a target that is failing calls receives at most
+``half_open_probes`` calls per ejection, and the ejections get longer; one that
+fails its health checks receives none until a check passes; a
 flapping target is ejected for longer each time it relapses, so traffic does
 not swing back and forth with it.
 
@@ -155,7 +163,8 @@ class CircuitBreaker:
         self._tick()
         if self._state == "closed":
             return True
-        return self._state == "half_open" and self._probes < self.settings.half_open_probes
+        return (self._state == "half_open" and not self._down
+                and self._probes < self.settings.half_open_probes)
 
     def acquire(self) -> Permit | None:
         """Claim a call (a probe slot while half-open); ``None`` when not allowed."""
@@ -167,18 +176,32 @@ class CircuitBreaker:
         return Permit(self, self._generation, probe)
 
     def probe_failed(self) -> None:
-        """An active health check failed: if ejected, the target is down, not just erroring."""
-        if self.state != "closed":
+        """An active health check failed: if ejected, the target is down, not just erroring.
+        A half-open one is ejected again (no trial is spent on it; no longer ejection either)
+        and held until a check passes."""
+        state = self.state
+        if state == "half_open":
+            self._move("open", "active health check failed")
+            self._open_until = self._clock()
+        if state != "closed":
             self._down = True
 
     def probe_succeeded(self) -> None:
         """An active health check passed. An ejected target that failed one since it was
-        ejected (it was down: killed, restarting) goes half-open at once, as with Envoy's
+        ejected (it was down: killed, hung, restarting) goes half-open at once, as with Envoy's
         ``successful_active_health_check_uneject_host``, so a restarted worker is probed
         within a probe interval of its return. A target that kept passing health checks
         while failing calls (a 503 storm, a flapping model) keeps its growing ejection."""
-        if self.state == "open" and self._down:
+        state = self.state
+        if state == "open" and self._down:
             self._move("half_open", "active health check passed")
+        if state != "closed":
+            self._down = False
+
+    @property
+    def down(self) -> bool:
+        """Ejected, and its last health check failed: no trial call until one passes."""
+        return self._down and self.state != "closed"
 
     def retry_after_s(self) -> float:
         """Seconds until the target may be tried again; 0 unless open."""
@@ -193,7 +216,7 @@ class CircuitBreaker:
 
     def _tick(self) -> None:
         now = self._clock()
-        if self._state == "open" and now >= self._open_until:
+        if self._state == "open" and now >= self._open_until and not self._down:
             self._move("half_open", "ejection over")
         elif self._state == "closed" and self._level:
             decay_s = self.settings.healthy_decay_ms / 1000
@@ -281,6 +304,7 @@ class CircuitBreaker:
             "ejection_level": self._level,
             "next_ejection_ms": self.next_ejection_ms(),
             "ejected_for_ms": round(self.retry_after_s() * 1000, 1),
+            "down": self.down,
             "probes_in_flight": self._probes,
             "transitions": dict(self.transitions),
             "last_transition": None if last is None else {

@@ -165,6 +165,11 @@ class TargetEstimator:
         self.cooldown_until = -math.inf
         self.last_seen = -math.inf
         self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        """When ``last_error`` happened (the injected clock); both clear on the next answer."""
+        self.answering = True
+        """False from a failure until the target next answers an inference: a worker that
+        answers every inference 503 is not answering, whatever its health checks say."""
 
     def observe_success(
         self, total_ms: float, server_ms: float, queue_ms: float, batch_rows: int,
@@ -201,6 +206,13 @@ class TargetEstimator:
         self.fail_rate.add(False)
         self._healthy()
         self.successes += 1
+        self.answered()
+
+    def answered(self) -> None:
+        """The target answered an inference (a request's, or the prober's trial call): the
+        outage behind ``last_error`` is over."""
+        self.answering = True
+        self.last_error = self.last_error_at = None
 
     def observe_probe(self, total_ms: float) -> None:
         """A readiness probe answered: all of its time is network.
@@ -220,7 +232,8 @@ class TargetEstimator:
         """A call failed after ``elapsed_ms`` (when known): counts toward ``p_fail``."""
         self.failures += 1
         self.consecutive_failures += 1
-        self.last_error = reason
+        self.last_error, self.last_error_at = reason, self._clock()
+        self.answering = False
         self.fail_rate.add(True)
         if elapsed_ms is not None:
             self.fail_detect.update(max(elapsed_ms, 0.0))
@@ -376,4 +389,6 @@ class TargetEstimator:
             "consecutive_failures": self.consecutive_failures,
             "cooldown_left_ms": round(max(self.cooldown_until - self._clock(), 0.0) * 1000, 1),
             "last_error": self.last_error,
+            "last_error_s_ago": None if self.last_error_at is None
+            else round(self._clock() - self.last_error_at, 3),
         }

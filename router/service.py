@@ -9,6 +9,7 @@ in-memory transports.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Callable
@@ -23,12 +24,19 @@ from router.calls import Attempt
 from router.cost import Ledger, marginal_cost_usd
 from router.decision import BaselineState, RequestQuality, decide
 from router.executor import Executor
+from router.explore import Explorer
 from router.metrics import RouterMetrics
 from router.plan import Decision
 from router.policy import PolicyDocument
 from router.served import Served
 from router.targets import Target, TargetSet
 from router.tenancy import Caller
+from router.view import TargetView
+from router.window import RollingTally
+
+SHARE_WINDOW_S = 10.0
+"""``traffic_share`` in ``/v1/targets``: each target's share of the upstream calls this replica
+made over this many recent seconds (hedges, escalations and fallbacks included)."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +107,9 @@ class RoutingService:
         self.baselines = BaselineState()
         self.rng = rng or random.Random()
         self.clock = clock
+        self.calls_to = RollingTally(SHARE_WINDOW_S, clock=clock)
+        self.explorer = Explorer(clock=clock)
+        targets.on_tick = self.publish_gauges
 
     def apply_policy(self, policy: PolicyDocument) -> None:
         """Swap the policy; learned state (estimates, breakers, budgets) carries over."""
@@ -133,9 +144,41 @@ class RoutingService:
         decision = decide(views, deadline_ms=deadline_ms, quality=quality, rows=rows,
                           policy=caller.policy, policy_name=caller.policy_name, rng=self.rng,
                           state=self.baselines)
+        if decision.plan is not None and caller.policy.strategy == "risk-optimal":
+            decision = self._explore(decision, views, deadline_ms, quality, caller)
         decision_us = (time.perf_counter() - started) * 1e6
         self.metrics.decision.record(decision_us, {})
         return decision, decision_us
+
+    def _explore(self, decision: Decision, views: list[TargetView], deadline_ms: float,
+                 quality: RequestQuality, caller: Caller) -> Decision:
+        """The decision for a request that explores a target due for it (:mod:`router.explore`):
+        the best plan starting on it, the other targets of its quality set aside, if that plan
+        is within the risk budget (the targets set aside come back as its last fallbacks, which
+        can only lower its risk); else ``decision`` unchanged."""
+        assert decision.plan is not None
+        asleep = {t.name for t in self.targets if t.scales_to_zero and not t.estimator.replicas}
+        target = self.explorer.due(views, caller.policy, quality, {decision.plan.primary}, asleep)
+        if target is None:
+            return decision
+        aside = [dataclasses.replace(v, allowed=False)
+                 if v.quality == target.quality and v is not target else v for v in views]
+        explored = decide(aside, deadline_ms=deadline_ms, quality=quality, rows=target.rows,
+                          policy=caller.policy, policy_name=caller.policy_name, rng=self.rng,
+                          state=self.baselines)
+        plan = explored.plan
+        if plan is None or plan.primary != target.name or not plan.within_budget:
+            return decision
+        self.explorer.explored()
+        chosen = decision.plan
+        extra = tuple(t for t in (chosen.primary, *chosen.fallbacks) if t not in plan.targets)
+        fallbacks = (plan.fallbacks + extra)[:max(caller.policy.max_fallbacks,
+                                                  len(plan.fallbacks))]
+        return dataclasses.replace(
+            explored, plan=dataclasses.replace(plan, fallbacks=fallbacks),
+            reason=f"exploring {target.name} (not called for {self.explorer.idle_s:g} s; the "
+                   f"other {target.quality} models were set aside, shown as breaker open, and "
+                   f"the plan it displaced is its fallback): {explored.reason}")
 
     async def route(self, x: np.ndarray, *, deadline_ms: float, received: float,
                     quality: RequestQuality, caller: Caller) -> Routed:
@@ -163,8 +206,25 @@ class RoutingService:
         self.metrics.breaker_open.record(float(event.to_state == "open"),
                                          {"target": event.target})
 
+    def publish_gauges(self) -> None:
+        """Set each target's gauges from the state ``/v1/targets`` shows (the prober calls
+        this once per probe interval; transitions also set the breaker gauge at once)."""
+        for t in self.targets:
+            tags = {"target": t.name}
+            self.metrics.breaker_open.record(float(self.breakers[t.name].state == "open"),
+                                             tags)
+            self.metrics.predicted.record(t.estimator.distribution(1).quantile(0.5), tags)
+
+    def available(self, target: Target) -> bool:
+        """Whether the target takes calls and answers them: its breaker lets calls through
+        (closed, or half-open with its trial free) and its last inference did not fail."""
+        breaker = self.breakers[target.name]
+        return breaker.allows() and not breaker.down and target.estimator.answering
+
     def _attempt(self, attempt: Attempt) -> None:
         self.metrics.attempts.record(1, {"target": attempt.target, "outcome": attempt.outcome})
+        self.calls_to.add(attempt.target)
+        self.explorer.called(attempt.target)
 
     def observe_replicas(self, name: str, replicas: int, elapsed_s: float) -> None:
         """Feed the cloud's running replica count (read from Serve at a bounded rate) to its
@@ -178,9 +238,14 @@ class RoutingService:
 
     def snapshot(self) -> dict[str, Any]:
         targets = []
+        threshold = self.policy.policies["default"].cascade.confidence_threshold
+        shares = self.calls_to.shares()
         for t in self.targets:
-            view = t.snapshot(self.policy.prices.for_target(t.name, t.tier))
+            view = t.snapshot(self.policy.prices.for_target(t.name, t.tier), threshold)
             view["breaker"] = self.breakers[t.name].snapshot()
+            view["available"] = view["estimates"]["available"] = self.available(t)
+            view["traffic_share"] = round(shares.get(t.name, 0.0), 4)
             targets.append(view)
         return {"targets": targets, "executor": self.executor.snapshot(),
+                "exploration": self.explorer.snapshot(),
                 "ledger": self.ledger.snapshot()}

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,13 @@ PROBE_TIMEOUT_S = 1.0
 TRIAL_ROW = np.zeros((1, 64), dtype=np.float32)
 MAINTAIN_S = 0.1
 """How often estimates are rebuilt off the request path (they are due every 0.25 s)."""
+
+
+def _reason(exc: BaseException) -> str:
+    """What failed, for ``last_error`` (a bare timeout has no text of its own)."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"no answer within {PROBE_TIMEOUT_S * 1000:.0f} ms"
+    return str(exc)
 
 
 @dataclass
@@ -46,13 +55,23 @@ class Target:
     def view(self, rows: int, allowed: bool, prices: TierPrices) -> TargetView:
         return self.estimator.view(rows, allowed, prices)
 
-    def snapshot(self, prices: TierPrices) -> dict[str, Any]:
+    def snapshot(self, prices: TierPrices, confidence_threshold: float) -> dict[str, Any]:
+        """What ``GET /v1/targets`` shows of this target; ``unsure_rate``: how often its
+        answers fall below ``confidence_threshold`` (a small model's cascade escalation
+        probability, as the decision prices it)."""
+        unsure = (round(self.estimator.escalation_probability(confidence_threshold), 4)
+                  if self.quality == "small" else None)
+        estimates = self.estimator.snapshot()
+        ago = estimates["last_error_s_ago"]
+        estimates["last_error_at"] = None if ago is None else datetime.fromtimestamp(
+            time.time() - ago, timezone.utc).isoformat(timespec="milliseconds")
         return {
             "name": self.name,
             "tier": self.tier,
             "quality": self.quality,
             "address": self.address,
-            "estimates": self.estimator.snapshot(),
+            "estimates": estimates,
+            "unsure_rate": unsure,
             "cost_usd_per_request": self.view(1, True, prices).cost_usd,
             "prices": prices.model_dump(),
             "link_emulation": self.link.profile.model_dump(),
@@ -94,6 +113,8 @@ class TargetSet:
         self.targets = {t.name: t for t in targets}
         self.probe_interval_s = probe_interval_s
         self.breakers: Breakers | None = None
+        self.on_tick: Callable[[], None] | None = None
+        """Called once per probe interval from the probe loop (the service's gauges)."""
         self.generation = 0
         """Counts additions and removals, so that caches of the target list can tell."""
         self._clock = clock
@@ -124,7 +145,8 @@ class TargetSet:
         try:
             await asyncio.wait_for(target.transport.probe(PROBE_TIMEOUT_S), PROBE_TIMEOUT_S)
         except (TargetError, asyncio.TimeoutError) as exc:
-            target.estimator.observe_failure(f"probe: {exc}", (self._clock() - started) * 1000)
+            target.estimator.observe_failure(f"probe: {_reason(exc)}",
+                                             (self._clock() - started) * 1000)
             if self.breakers is not None:
                 self.breakers[target.name].probe_failed()
             return False
@@ -135,14 +157,21 @@ class TargetSet:
         return True
 
     async def _trial(self, target: Target) -> None:
-        """Make the half-open trial call of an idle target with a blank row.
+        """Make a trial call of an idle target with a blank row: the half-open trial, or, with
+        the breaker closed, a call to a target whose last inference failed.
 
         A half-open breaker closes on a successful call, but a target that is only ever a
         fallback (a restarted backup site) may get none: it would keep one trial slot and
-        fail requests that need it. The prober makes the trial instead."""
+        fail requests that need it. The prober makes the trial instead. The closed-breaker
+        trial (at most one per probe interval, only while idle) finds out whether a target
+        that passes health checks answers inferences, so that ``/v1/targets`` does not call
+        a worker available while it answers every inference 503, nor unavailable once it
+        serves again."""
         assert self.breakers is not None
         breaker = self.breakers[target.name]
-        if breaker.state != "half_open" or target.estimator.in_flight:
+        state = breaker.state
+        if target.estimator.in_flight or not (
+                state == "half_open" or (state == "closed" and not target.estimator.answering)):
             return
         permit = breaker.acquire()
         if permit is None:
@@ -152,12 +181,15 @@ class TargetSet:
             await asyncio.wait_for(target.transport.infer(TRIAL_ROW, PROBE_TIMEOUT_S),
                                    PROBE_TIMEOUT_S)
         except (TargetError, asyncio.TimeoutError) as exc:
-            permit.failure(f"trial: {exc}")
+            permit.failure(f"trial: {_reason(exc)}")
+            target.estimator.observe_failure(f"trial: {_reason(exc)}",
+                                             (self._clock() - started) * 1000)
             return
         except BaseException:
             permit.release()
             raise
         permit.success((self._clock() - started) * 1000)
+        target.estimator.answered()
 
     def due(self) -> list[Target]:
         now = self._clock()
@@ -172,10 +204,14 @@ class TargetSet:
 
     async def run_probes(self) -> None:
         """Probe idle targets and rebuild due estimates, a few times per probe interval."""
+        ticked = -math.inf
         while True:
             await self.probe_due()
             for target in self.targets.values():
                 target.estimator.maintain()
+            if self.on_tick is not None and self._clock() - ticked >= self.probe_interval_s:
+                ticked = self._clock()
+                self.on_tick()
             await asyncio.sleep(min(self.probe_interval_s / 4, MAINTAIN_S))
 
     async def aclose(self) -> None:

@@ -59,3 +59,41 @@ class RollingCounts:
     def reset(self) -> None:
         self._counts = [[0] * len(self.kinds) for _ in self._counts]
         self._epochs = [-math.inf] * len(self._epochs)
+
+
+class RollingTally:
+    """Counts per key (any hashable name, keys come and go) over the last ``window_s``
+    seconds, in ``buckets`` slices of time: memory grows with the keys seen in one window,
+    never with traffic."""
+
+    def __init__(self, window_s: float, *, clock: Callable[[], float], buckets: int = 10) -> None:
+        if window_s <= 0 or buckets < 1:
+            raise ValueError("window_s must be > 0 and buckets >= 1")
+        self._slice_s = window_s / buckets
+        self._buckets = buckets
+        self._clock = clock
+        self._slices: dict[int, dict[str, int]] = {}
+
+    def add(self, key: str) -> None:
+        epoch = math.floor(self._clock() / self._slice_s)
+        counts = self._slices.get(epoch)
+        if counts is None:
+            oldest = epoch - self._buckets + 1
+            self._slices = {e: c for e, c in self._slices.items() if e >= oldest}
+            counts = self._slices[epoch] = {}
+        counts[key] = counts.get(key, 0) + 1
+
+    def counts(self) -> dict[str, int]:
+        oldest = math.floor(self._clock() / self._slice_s) - self._buckets + 1
+        total: dict[str, int] = {}
+        for epoch, counts in self._slices.items():
+            if epoch >= oldest:
+                for key, n in counts.items():
+                    total[key] = total.get(key, 0) + n
+        return total
+
+    def shares(self) -> dict[str, float]:
+        """Each key's share of the counts in the window (empty when nothing was counted)."""
+        counts = self.counts()
+        whole = sum(counts.values())
+        return {key: n / whole for key, n in counts.items()} if whole else {}

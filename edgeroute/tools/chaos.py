@@ -2,8 +2,11 @@
 
 Every action works from the state file ``edgeroute up`` writes: edge workers
 are signalled by pid (kill, hang, resume, unavailable, available), kept down or restarted through
-markers the supervisor's watchdog obeys, and links are slowed, cut or healed
-through the router's admin endpoint.
+markers the supervisor's watchdog obeys, and links are slowed or cut through the router's
+admin endpoint. Each fault has its undo: ``resume`` a hang, ``available`` after
+``unavailable``, ``up`` after ``down``; ``heal`` puts back the link the stack config gives the
+target (read from the Serve config in the state file), undoing ``slow`` and ``partition``
+alike. ``kill`` needs none: the supervisor restarts the worker (``restart`` does it at once).
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
+
+from edgeroute.config import StackConfig
 
 
 class ChaosError(Exception):
@@ -86,12 +92,54 @@ def restart(state: dict[str, Any], name: str) -> str:
     return f"{name}: restart requested"
 
 
+def slow(state: dict[str, Any], name: str, base_ms: float,
+         jitter_ms: float | None = None) -> dict[str, Any]:
+    """Lengthen a target's round trip to ``base_ms``; its jitter is kept unless given."""
+    changes: dict[str, Any] = {"base_ms": base_ms}
+    if jitter_ms is not None:
+        changes["jitter_ms"] = jitter_ms
+    return set_link(state, name, changes)
+
+
+def partition(state: dict[str, Any], name: str) -> dict[str, Any]:
+    """Blackhole a target's link: attempts hang until their timeout, probes too."""
+    return set_link(state, name, {"partitioned": True})
+
+
+def heal(state: dict[str, Any], name: str) -> dict[str, Any]:
+    """Undo ``slow``, ``partition`` and ``edgeroute link``: the link the stack config gives
+    the target. A worker that joined the fleet is not in the config: only its partition ends."""
+    configured = configured_link(state, name)
+    return set_link(state, name, configured if configured is not None
+                    else {"partitioned": False})
+
+
+def configured_link(state: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The link of target ``name`` in the stack config the stack was deployed with."""
+    try:
+        config = StackConfig.model_validate(
+            state["serve_config"]["applications"][0]["args"]["config"])
+    except (KeyError, IndexError, TypeError, ValidationError):
+        return None
+    links = {config.cloud.name: config.cloud.link,
+             **{e.name: e.link for e in config.edges},
+             **{x.name: x.link for x in config.external}}
+    link = links.get(name)
+    return None if link is None else link.model_dump()
+
+
 def set_link(state: dict[str, Any], target: str, changes: dict[str, Any]) -> dict[str, Any]:
-    response = httpx.put(
-        f"{state['endpoint']}/v1/links/{target}", json=changes, timeout=10,
-        headers={"authorization": f"Bearer {state['admin_token']}"},
-    )
-    body: dict[str, Any] = response.json()
+    try:
+        response = httpx.put(
+            f"{state['endpoint']}/v1/links/{target}", json=changes, timeout=10,
+            headers={"authorization": f"Bearer {state['admin_token']}"},
+        )
+        body: dict[str, Any] = response.json()
+    except httpx.HTTPError as exc:
+        raise ChaosError(f"the router did not answer: {exc}") from None
+    except ValueError:
+        raise ChaosError(f"the router answered {response.status_code} without JSON: "
+                         f"{response.text[:200]!r}") from None
     if response.status_code != 200:
         raise ChaosError(f"link change refused ({response.status_code}): {body.get('error')}")
     return body

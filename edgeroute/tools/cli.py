@@ -190,13 +190,10 @@ def _chaos(args: argparse.Namespace) -> int:
 
     state = read_state(args.state_file)
     try:
-        if args.action in ("slow", "partition", "heal"):
-            changes: dict[str, object] = {
-                "slow": {"base_ms": args.base_ms, "jitter_ms": args.jitter_ms},
-                "partition": {"partitioned": True},
-                "heal": {"partitioned": False},
-            }[args.action]
-            print(json.dumps(chaos.set_link(state, args.name, changes)))
+        if args.action == "slow":
+            print(json.dumps(chaos.slow(state, args.name, args.base_ms, args.jitter_ms)))
+        elif args.action in ("partition", "heal"):
+            print(json.dumps(getattr(chaos, args.action)(state, args.name)))
         else:
             print(getattr(chaos, args.action)(state, args.name))
     except chaos.ChaosError as exc:
@@ -217,9 +214,9 @@ def _chaos_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         "down": "stop an edge worker and keep it down",
         "up": "let a held-down edge worker start again",
         "restart": "restart an edge worker now",
-        "slow": "slow a target's link",
-        "partition": "cut a target's link (attempts hang until their timeout)",
-        "heal": "end a partition",
+        "slow": "slow a target's link (undo: heal)",
+        "partition": "cut a target's link (attempts hang until their timeout; undo: heal)",
+        "heal": "restore the target's link from the stack config (ends slow and partition)",
     }
     for action, text in helps.items():
         parser = actions.add_parser(action, help=text)
@@ -227,7 +224,8 @@ def _chaos_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         parser.add_argument("--state-file", default=str(DEFAULT_STATE_FILE))
         if action == "slow":
             parser.add_argument("--base-ms", type=float, required=True)
-            parser.add_argument("--jitter-ms", type=float, default=0.0)
+            parser.add_argument("--jitter-ms", type=float, default=None,
+                                help="jitter of the slowed link (default: keep the current)")
     chaos.set_defaults(func=_chaos)
 
 

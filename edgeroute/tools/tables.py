@@ -29,18 +29,29 @@ def card_table(models: ModelSet) -> Table:
 def targets_table(targets: list[dict[str, Any]]) -> Table:
     table = Table(title="targets (router's live view)")
     for column in ("target", "tier", "available", "breaker", "network ms", "queue ms",
-                   "service ms", "predicted ms", "ok", "failed", "USD/request", "last error"):
+                   "service ms", "predicted ms", "unsure", "share", "ok", "failed",
+                   "USD/request", "last error"):
         table.add_column(column)
     for t in targets:
         e = t["estimates"]
+        unsure = t.get("unsure_rate")
         table.add_row(
-            t["name"], t["tier"], "yes" if e["available"] else "cooling down",
+            t["name"], t["tier"], "yes" if t.get("available", e["available"]) else "no",
             t.get("breaker", {}).get("state", "-"),
             f"{e['network_ms']:.1f}", f"{e['queue_ms']:.2f}", f"{e['service_ms']:.2f}",
-            f"{e['predicted_ms']:.1f}", str(e["successes"]), str(e["failures"]),
-            f"{t['cost_usd_per_request']:.2e}", (e["last_error"] or "")[:40],
+            f"{e['predicted_ms']:.1f}", "-" if unsure is None else f"{unsure:.1%}",
+            f"{t.get('traffic_share', 0.0):.0%}", str(e["successes"]), str(e["failures"]),
+            f"{t['cost_usd_per_request']:.2e}", _last_error(e),
         )
     return table
+
+
+def _last_error(estimates: dict[str, Any]) -> str:
+    error = estimates.get("last_error")
+    if not error:
+        return ""
+    ago = estimates.get("last_error_s_ago")
+    return error[:40] + ("" if ago is None else f" ({ago:.0f} s ago)")
 
 
 def fleet_table(members: list[dict[str, Any]], ttl_ms: float) -> Table:

@@ -256,6 +256,45 @@ def test_a_target_back_from_the_dead_is_probed_as_soon_as_a_health_check_passes(
     assert b.snapshot()["last_transition"]["reason"] == "active health check passed"
 
 
+def test_a_target_down_for_long_gets_no_trial_calls_and_no_longer_ejection() -> None:
+    """A hung or held-down worker fails its health checks for a minute: it is kept ejected
+    without trial calls (each would cost a request its deadline) and its ejection level does
+    not climb with the outage, so once a check passes it is tried at once, and a trial that
+    fails then (a backlog draining) ejects it for the next level only, not for minutes."""
+    clock = FakeClock()
+    b = breaker(clock)
+    trip(b)
+    b.probe_failed()
+    for _ in range(60):
+        clock.advance(1.0)
+        assert b.state == "open" and not b.allows() and b.acquire() is None
+        assert b.snapshot()["down"]
+        b.probe_failed()
+    assert b.ejections == 1
+    b.probe_succeeded()
+    assert b.state == "half_open" and b.allows() and not b.snapshot()["down"]
+    trial = b.acquire()
+    assert trial is not None
+    trial.failure("no answer within 86 ms")
+    assert b.retry_after_s() == 4.0, "the second ejection, whatever the outage's length"
+
+
+def test_a_failed_health_check_while_half_open_holds_the_trial() -> None:
+    clock = FakeClock()
+    b = breaker(clock)
+    trip(b)
+    clock.advance(2.0)
+    assert b.state == "half_open"
+    b.probe_failed()
+    assert b.state == "open" and b.snapshot()["down"]
+    assert not b.allows(), "known down: no request is spent on a trial"
+    assert b.ejections == 1 and b.next_ejection_ms() == 4000.0, "no ejection added"
+    b.probe_succeeded()
+    assert b.state == "half_open"
+    succeed(b)
+    assert b.state == "closed"
+
+
 def test_passing_health_checks_do_not_cut_short_the_ejection_of_a_failing_target() -> None:
     """A 503 storm or a flapping model answers health checks: it keeps its ejection."""
     clock = FakeClock()
