@@ -4,14 +4,17 @@ Every admin route needs ``Authorization: Bearer <admin token>`` (the stack
 config's ``router.admin_token`` or the replica's ``EDGEROUTE_ADMIN_TOKEN``);
 without a configured token the admin routes are closed. The views are
 ``GET /v1/policy`` (the policy in force, its history and the last rejected
-one), ``GET /v1/policy/history`` and ``GET /v1/targets``; the change is
-``PUT /v1/links/{target}``. No view carries a tenant's key hash.
+one), ``GET /v1/policy/history`` and ``GET /v1/targets``; the changes are
+``PUT /v1/links/{target}`` and ``POST /v1/targets/{target}/{drain|undrain|reset}``.
+No view carries a tenant's key hash. Like every learned state, a change reaches the
+router replica that answered it (``replica`` in the answer).
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Request
@@ -21,8 +24,10 @@ from pydantic import ValidationError
 from edgeroute.config import LinkProfile
 from edgeroute.http import error_response
 from edgeroute.oip import OIPError
+from router.estimator import TargetEstimator
 from router.policy_keeper import PolicyKeeper
 from router.service import RoutingService
+from router.targets import Target
 
 log = logging.getLogger("ray.serve")
 
@@ -78,3 +83,27 @@ async def set_link(service: RoutingService, name: str, request: Request) -> Resp
     target.link.profile = profile
     log.info("link of %s set to %s", name, profile.model_dump())
     return JSONResponse({"target": name, "link_emulation": profile.model_dump()})
+
+
+def target_action(service: RoutingService, name: str, action: str,
+                  fresh: Callable[[Target], TargetEstimator], replica: str) -> Response:
+    """``drain`` (no new request goes to the target; calls in flight finish), ``undrain``,
+    or ``reset`` (forget its estimates and breaker history, as for a worker that joined
+    anew)."""
+    try:
+        if action in ("drain", "undrain"):
+            service.drain(name, drained=action == "drain")
+        elif action == "reset":
+            target = service.targets.get(name)
+            if target is None:
+                raise KeyError(name)
+            service.reset(name, fresh(target))
+        else:
+            return error_response(OIPError(
+                f"unknown action '{action}': use drain, undrain or reset", status=404))
+    except KeyError:
+        return error_response(OIPError(f"unknown target '{name}'", status=404))
+    log.info("target %s: %s", name, action)
+    return JSONResponse({"target": name, "action": action, "replica": replica,
+                         "drained": name in service.drained,
+                         "in_flight": service.executor.limits.per_target.get(name, 0)})

@@ -26,7 +26,7 @@ from ray.serve.handle import DeploymentHandle
 
 from cloud.deployment import CloudModel
 from edgeroute import contract
-from edgeroute.config import RouterSettings, StackConfig
+from edgeroute.config import StackConfig
 from edgeroute.http import (
     check_content_type,
     error_response,
@@ -44,6 +44,7 @@ from edgeroute.oip import (
 )
 from router import admin
 from router.admin import bearer_ok, refuse_non_admin
+from router.build import build_targets, fleet_target, target_estimator
 from router.context import (
     REQUEST_ID_HEADER,
     bind_request_id,
@@ -51,7 +52,7 @@ from router.context import (
     serve_request_id,
 )
 from router.decision import RequestQuality
-from router.estimator import EstimatorSettings, TargetEstimator
+from router.estimator import TargetEstimator
 from router.fleet import Member
 from router.fleet_actor import FleetClient, FleetSync, RegistryUnavailable
 from router.metrics import RouterMetrics, ServeFactory
@@ -59,10 +60,9 @@ from router.openapi import INFER_OPENAPI
 from router.policy_keeper import PolicyKeeper
 from router.served import NotServed, Shed
 from router.service import Rejected, RoutingService
-from router.targets import Target, TargetSet, make_target
+from router.targets import Target
 from router.tenancy import resolve
 from router.timing import ServerTiming
-from router.transport import HandleTransport, HttpTransport
 
 log = logging.getLogger("ray.serve")
 REPLICA_POLL_S = 2.0
@@ -92,48 +92,6 @@ def request_options(
     if not isinstance(explain, bool):
         raise OIPError("parameters.explain must be a boolean")
     return float(deadline), quality, explain
-
-
-def target_estimator(settings: RouterSettings, name: str, tier: str, quality: str,
-                     concurrency: int) -> TargetEstimator:
-    """A fresh estimator: the prior latency until probes and answers come in."""
-    return TargetEstimator(
-        name=name, tier=tier, quality=quality,  # type: ignore[arg-type]
-        prior_latency_ms=settings.prior_latency_ms,
-        failure_cooldown_ms=settings.failure_cooldown_ms,
-        settings=EstimatorSettings(probe_interval_s=settings.probe_interval_ms / 1000,
-                                   concurrency=concurrency),
-    )
-
-
-def fleet_target(member: Member, settings: RouterSettings) -> Target:
-    """The target for a worker that joined the fleet (reached over HTTP at its URL)."""
-    return make_target(member.name, member.tier, member.quality, member.link,
-                       HttpTransport(member.name, member.url), member.url,
-                       target_estimator(settings, member.name, member.tier, member.quality,
-                                        member.concurrency))
-
-
-def build_targets(config: StackConfig, cloud: DeploymentHandle) -> TargetSet:
-    settings = config.router
-
-    def estimator(name: str, tier: str, quality: str, concurrency: int) -> TargetEstimator:
-        return target_estimator(settings, name, tier, quality, concurrency)
-
-    c = config.cloud
-    targets: list[Target] = [make_target(
-        c.name, "cloud", "large", c.link, HandleTransport(c.name, cloud), f"serve:{c.name}",
-        estimator(c.name, "cloud", "large", c.max_batch_size),
-        scales_to_zero=c.autoscaling.min_replicas == 0,
-    )]
-    for e in config.edges:
-        targets.append(make_target(e.name, "edge", "small", e.link, HttpTransport(e.name, e.url),
-                                   e.url, estimator(e.name, "edge", "small", e.concurrency)))
-    for x in config.external:
-        targets.append(make_target(x.name, x.tier, x.quality, x.link,
-                                   HttpTransport(x.name, x.url), x.url,
-                                   estimator(x.name, x.tier, x.quality, 8)))
-    return TargetSet(targets, probe_interval_s=settings.probe_interval_ms / 1000)
 
 
 @serve.deployment(name="router", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
@@ -305,8 +263,19 @@ class Router:
     async def list_targets(self, request: Request) -> Response:
         self._ensure_background()
         refused = refuse_non_admin(request, self.admin_token)
-        return refused or JSONResponse({**self.service.snapshot(),
+        return refused or JSONResponse({**self.service.snapshot(), "replica": self.replica,
                                         "policy": admin.policy_summary(self.policies)})
+
+    @app.post("/v1/targets/{name}/{action}")
+    async def target_action(self, name: str, action: str, request: Request) -> Response:
+        """Drain, undrain or reset one target (admin token required)."""
+        refused = refuse_non_admin(request, self.admin_token)
+        return refused or admin.target_action(self.service, name, action, self._fresh,
+                                              self.replica)
+
+    def _fresh(self, target: Target) -> TargetEstimator:
+        return target_estimator(self.config.router, target.name, target.tier, target.quality,
+                                target.estimator.settings.concurrency)
 
     @app.put("/v1/links/{name}")
     async def set_link(self, name: str, request: Request) -> Response:

@@ -23,6 +23,7 @@ from router.breaker import Breakers, Transition
 from router.calls import Attempt
 from router.cost import Ledger, marginal_cost_usd
 from router.decision import BaselineState, RequestQuality, decide
+from router.estimator import TargetEstimator
 from router.executor import Executor
 from router.explore import Explorer
 from router.metrics import RouterMetrics
@@ -109,6 +110,9 @@ class RoutingService:
         self.clock = clock
         self.calls_to = RollingTally(SHARE_WINDOW_S, clock=clock)
         self.explorer = Explorer(clock=clock)
+        self.drained: set[str] = set()
+        """Targets no new decision may use (an operator's drain); probes keep them measured
+        and calls already made there finish."""
         targets.on_tick = self.publish_gauges
 
     def apply_policy(self, policy: PolicyDocument) -> None:
@@ -136,11 +140,32 @@ class RoutingService:
         self.breakers.forget(name)
         return self.targets.remove(name)
 
+    def _known(self, name: str) -> Target:
+        target = self.targets.get(name)
+        if target is None:
+            raise KeyError(name)
+        return target
+
+    def drain(self, name: str, drained: bool = True) -> Target:
+        """Stop (or resume) placing new requests on ``name``; raises ``KeyError`` if unknown."""
+        target = self._known(name)
+        (self.drained.add if drained else self.drained.discard)(name)
+        return target
+
+    def reset(self, name: str, estimator: TargetEstimator) -> Target:
+        """Forget what was learned about ``name``: a fresh estimator and a closed breaker, as
+        for a worker that joined anew; raises ``KeyError`` if unknown."""
+        target = self._known(name)
+        target.estimator = estimator
+        self.breakers.forget(name)
+        return target
+
     def decide(self, rows: int, deadline_ms: float, quality: RequestQuality,
                caller: Caller) -> tuple[Decision, float]:
         started = time.perf_counter()
         views = [t.view(rows, self.executor.allows(t.name),
-                        self.policy.prices.for_target(t.name, t.tier)) for t in self.targets]
+                        self.policy.prices.for_target(t.name, t.tier))
+                 for t in self.targets if t.name not in self.drained]
         decision = decide(views, deadline_ms=deadline_ms, quality=quality, rows=rows,
                           policy=caller.policy, policy_name=caller.policy_name, rng=self.rng,
                           state=self.baselines)
@@ -245,6 +270,8 @@ class RoutingService:
             view["breaker"] = self.breakers[t.name].snapshot()
             view["available"] = view["estimates"]["available"] = self.available(t)
             view["traffic_share"] = round(shares.get(t.name, 0.0), 4)
+            view["drained"] = t.name in self.drained
+            view["in_flight"] = self.executor.limits.per_target.get(t.name, 0)
             targets.append(view)
         return {"targets": targets, "executor": self.executor.snapshot(),
                 "exploration": self.explorer.snapshot(),

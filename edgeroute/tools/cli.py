@@ -247,21 +247,6 @@ def _link(args: argparse.Namespace) -> int:
     return 0
 
 
-def _targets(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from edgeroute.tools import router_api
-    from edgeroute.tools.tables import targets_table
-
-    snapshot = router_api.get(read_state(args.state_file), "/v1/targets")
-    if args.json:
-        print(json.dumps(snapshot, indent=2))
-        return 0
-    Console().print(targets_table(snapshot.get("targets", [])))
-    print(router_api.policy_line(snapshot.get("policy")))
-    return 0
-
-
 def _infra_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """``edgeroute infra ...``: parsed here, carried out by :func:`.infra_gen.main`."""
 
@@ -368,10 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     cut.add_argument("--heal", action="store_true", help="end a partition")
     link.set_defaults(func=_link)
 
-    targets = sub.add_parser("targets", help="show the router's live view of its targets")
-    targets.add_argument("--state-file", default=str(DEFAULT_STATE_FILE))
-    targets.add_argument("--json", action="store_true")
-    targets.set_defaults(func=_targets)
+    from edgeroute.tools.targets_cli import targets_parser
+
+    targets_parser(sub)
 
     fleet = sub.add_parser("fleet", help="the edge workers that joined the running router")
     fleet_actions = fleet.add_subparsers(dest="action", required=True)

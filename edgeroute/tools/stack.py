@@ -135,7 +135,10 @@ class Stack:
         self.serve_document = serve_config(config if config.ray_address else deployed,
                                            self.policy)
         self.state_file = state_file
-        self.log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp")) / "edgeroute-logs"
+        self.log_dir = log_dir or (state_file.parent / "logs" if state_file else
+                                   Path(os.environ.get("TMPDIR", "/tmp")) / "edgeroute-logs")
+        """Each edge worker's output, ``<name>.log``: beside the state file, so that two
+        stacks never share one."""
         self.control_dir = (state_file.parent if state_file else self.log_dir) / "control"
         """Markers the watchdog obeys: ``<edge>.down`` keeps a worker down,
         ``<edge>.restart`` restarts it now (written by ``edgeroute chaos``)."""
@@ -313,6 +316,7 @@ class Stack:
             "ingress": self.config.ingress,
             "serve_config": self.serve_document,
             "control_dir": str(self.control_dir),
+            "log_dir": str(self.log_dir),
             "processes": [asdict(p) for p in self.processes()],
         }
 

@@ -26,9 +26,11 @@ def card_table(models: ModelSet) -> Table:
     return table
 
 
-def targets_table(targets: list[dict[str, Any]]) -> Table:
-    table = Table(title="targets (router's live view)")
-    for column in ("target", "tier", "available", "breaker", "network ms", "queue ms",
+def targets_table(targets: list[dict[str, Any]], replica: str | None = None) -> Table:
+    seen_by = f" of replica {replica}" if replica else ""
+    table = Table(title=f"targets (router's live view{seen_by})")
+    for column in ("target", "tier", "available", "breaker", "in flight", "network ms",
+                   "queue ms",
                    "service ms", "predicted ms", "unsure", "share", "ok", "failed",
                    "USD/request", "last error"):
         table.add_column(column)
@@ -37,7 +39,8 @@ def targets_table(targets: list[dict[str, Any]]) -> Table:
         unsure = t.get("unsure_rate")
         table.add_row(
             t["name"], t["tier"], "yes" if t.get("available", e["available"]) else "no",
-            t.get("breaker", {}).get("state", "-"),
+            t.get("breaker", {}).get("state", "-") + (", DRAINED" if t.get("drained") else ""),
+            str(t.get("in_flight", "-")),
             f"{e['network_ms']:.1f}", f"{e['queue_ms']:.2f}", f"{e['service_ms']:.2f}",
             f"{e['predicted_ms']:.1f}", "-" if unsure is None else f"{unsure:.1%}",
             f"{t.get('traffic_share', 0.0):.0%}", str(e["successes"]), str(e["failures"]),

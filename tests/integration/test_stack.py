@@ -127,6 +127,37 @@ def test_links_change_on_the_running_stack(stack: RunningStack) -> None:
     assert "edge-a" in _edge_tiers(stack, 5), "edge-a did not get traffic back after healing"
 
 
+def _targets_cli(stack: RunningStack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgeroute", "targets", *args, "--state-file",
+                           str(stack.state_file)], capture_output=True, text=True, timeout=60)
+
+
+def test_drain_undrain_reset_and_watch_on_the_running_stack(stack: RunningStack) -> None:
+    assert httpx.post(f"{stack.endpoint}/v1/targets/edge-a/drain", timeout=5).status_code == 401
+    drained = _targets_cli(stack, "drain", "edge-a")
+    assert drained.returncode == 0 and "drained: yes" in drained.stdout, drained.stderr
+    try:
+        assert stack.targets()["edge-a"]["drained"] is True
+        assert "edge-a" not in _edge_tiers(stack, 15)
+        watched = _targets_cli(stack, "--watch", "0.2", "--count", "2")
+        assert watched.returncode == 0
+        assert watched.stdout.count("targets (router's live view") == 2
+        assert "DRAINED" in watched.stdout
+    finally:
+        assert _targets_cli(stack, "undrain", "edge-a").returncode == 0
+    assert stack.targets()["edge-a"]["drained"] is False
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "edge-a" not in _edge_tiers(stack, 5):
+        time.sleep(1)
+    assert "edge-a" in _edge_tiers(stack, 5), "edge-a did not get traffic back after undrain"
+    assert _targets_cli(stack, "reset", "edge-b").returncode == 0
+    fresh = stack.targets()["edge-b"]["estimates"]
+    assert fresh["failures"] == 0 and fresh["successes"] <= 2  # probes may have answered
+    unknown = _targets_cli(stack, "drain", "edge-z")
+    assert unknown.returncode == 1 and "unknown target 'edge-z'" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+
+
 def _apply(stack: RunningStack, path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "edgeroute", "policy", "apply", str(path),
                            "--state-file", str(stack.state_file)],

@@ -130,3 +130,38 @@ def test_a_target_that_leaves_and_joins_again_starts_with_a_closed_breaker() -> 
     assert svc.breakers["edge-a"].snapshot()["state"] == "closed"
     assert svc.breakers["edge-a"].snapshot()["ejections"] == 0
     assert route(svc).served.target.name in {"edge-a", "cloud"}
+
+
+def test_a_drained_target_gets_no_new_request_until_undrained() -> None:
+    svc, _ = service((FakeTransport("edge-a"), "edge", "small"),
+                     (FakeTransport("edge-b"), "edge", "small"))
+    svc.drain("edge-a")
+    served = {route(svc).served.target.name for _ in range(20)}
+    assert served == {"edge-b"}
+    view = {t["name"]: t for t in svc.snapshot()["targets"]}
+    assert view["edge-a"]["drained"] is True and view["edge-b"]["drained"] is False
+    svc.drain("edge-b")
+    with pytest.raises(Rejected):
+        route(svc)
+    svc.drain("edge-a", drained=False)
+    assert route(svc).served.target.name == "edge-a"
+
+
+def test_reset_forgets_estimates_and_breaker_history() -> None:
+    svc, _ = service((FakeTransport("edge-a"), "edge", "small"),
+                     (FakeTransport("edge-b"), "edge", "small"))
+    for _ in range(10):
+        route(svc)
+    learned = svc.targets.get("edge-a")
+    assert learned is not None
+    before = learned.estimator
+    assert before.snapshot()["successes"] + svc.targets.get("edge-b").estimator.snapshot()[
+        "successes"] == 10
+    fresh = TargetEstimator(name="edge-a", tier="edge", quality="small")
+    svc.reset("edge-a", fresh)
+    assert learned.estimator is fresh and fresh.snapshot()["successes"] == 0
+    assert svc.breakers["edge-a"].state == "closed"
+    with pytest.raises(KeyError):
+        svc.reset("nowhere", fresh)
+    with pytest.raises(KeyError):
+        svc.drain("nowhere")
