@@ -52,7 +52,7 @@ from router.decision import RequestQuality
 from router.estimator import EstimatorSettings, TargetEstimator
 from router.fleet import Member
 from router.fleet_actor import FleetClient, FleetSync, RegistryUnavailable
-from router.metrics import RouterMetrics, ServeFactory
+from router.metrics import RequestTally, RouterMetrics, ServeFactory
 from router.openapi import INFER_OPENAPI
 from router.policy import PolicyDocument, policy_digest
 from router.served import NotServed, Shed
@@ -241,7 +241,11 @@ class Router:
         # it on the response; the same id goes on to the targets.
         rid = pick_request_id(request.headers.get(REQUEST_ID_HEADER), serve_request_id())
         bind_request_id(rid)
-        policy_name, tier, status = "-", "-", 200
+        with self.service.metrics.tally(received) as tally:
+            return await self._infer(model, request, rid, received, tally)
+
+    async def _infer(self, model: str, request: Request, rid: str, received: float,
+                     tally: RequestTally) -> Response:
         try:
             contract.check_model_name(model)
             check_content_type(request.headers)
@@ -250,36 +254,33 @@ class Router:
             x = contract.input_batch(oip_request, self.settings.max_batch)
             caller = resolve(self.service.policy, request.headers.get("authorization"),
                              oip_request.parameters.get("policy"))
-            policy_name = caller.policy_name
+            tally.policy = caller.policy_name
             deadline_ms, quality, explain = request_options(
                 oip_request, caller.policy.default_deadline_ms, self.settings.max_deadline_ms
             )
             routed = await self.service.route(x, deadline_ms=deadline_ms, received=received,
                                               quality=quality, caller=caller)
+            tally.tier = routed.served.target.tier
+            reply = routed.served.reply
+            outputs = select_outputs(
+                oip_request, contract.output_tensors(reply.probabilities, reply.labels)
+            )
         except Shed as shed:
             self.service.metrics.shed.record(1, {"reason": shed.scope})
-            status = 503
+            tally.status = 503
             return error_response(OIPError(str(shed), status=503),
                                   {"retry-after": retry_after_header(shed.retry_after_s)})
         except NotServed as failure:
-            status = 504 if failure.deadline_passed else 503
+            status = tally.status = 504 if failure.deadline_passed else 503
             headers = {} if status == 504 else {
                 "retry-after": retry_after_header(failure.retry_after_s)}
             return error_response(OIPError(str(failure), status=status), headers)
         except Rejected as rejected:
-            status = 503
+            tally.status = 503
             return error_response(rejected, {"retry-after": "1"})
         except OIPError as error:
-            status = error.status
+            tally.status = error.status
             return error_response(error)
-        finally:
-            self.service.metrics.request(policy_name, status, tier,
-                                         (time.monotonic() - received) * 1000)
-        tier = routed.served.target.tier
-        reply = routed.served.reply
-        outputs = select_outputs(
-            oip_request, contract.output_tensors(reply.probabilities, reply.labels)
-        )
         parameters = routed.parameters(caller, deadline_ms, explain)
         parameters["router_replica"] = self.replica
         response = InferResponse(contract.MODEL_NAME, outputs, reply.model_version,

@@ -29,6 +29,10 @@ from router.policy import PolicyDocument
 from router.served import Served
 from router.targets import Target, TargetSet
 from router.tenancy import Caller
+from router.view import TargetView
+
+PREDICTED_EVERY_S = 1.0
+"""How often the predicted-latency gauges are refreshed from a decision's views."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,7 @@ class RoutingService:
         self.baselines = BaselineState()
         self.rng = rng or random.Random()
         self.clock = clock
+        self._predicted_at = -float("inf")
 
     def apply_policy(self, policy: PolicyDocument) -> None:
         """Swap the policy; learned state (estimates, breakers, budgets) carries over."""
@@ -135,7 +140,18 @@ class RoutingService:
                           state=self.baselines)
         decision_us = (time.perf_counter() - started) * 1e6
         self.metrics.decision.record(decision_us, {})
+        self._publish_predicted(views)
         return decision, decision_us
+
+    def _publish_predicted(self, views: list[TargetView]) -> None:
+        """Each target's predicted median latency as this decision saw it (at a bounded rate:
+        a gauge per target per request would cost more than the decision)."""
+        now = self.clock()
+        if now - self._predicted_at < PREDICTED_EVERY_S:
+            return
+        self._predicted_at = now
+        for view in views:
+            self.metrics.predicted.record(view.latency.quantile(0.5), {"target": view.name})
 
     async def route(self, x: np.ndarray, *, deadline_ms: float, received: float,
                     quality: RequestQuality, caller: Caller) -> Routed:
