@@ -18,9 +18,10 @@ What the decision reads comes from :meth:`TargetEstimator.view`:
 
 :meth:`TargetEstimator.predict` (a mean and spread per part, exponentially
 weighted: Finch, "Incremental calculation of weighted mean and variance",
-2009) and the failure cooldown behind :attr:`TargetEstimator.available`
-are kept for the executor and the prober until the breaker
-(:mod:`router.breaker`) takes over.
+2009) is kept for the executor.
+
+Nothing here takes a target out of rotation: that is the breaker's
+(:mod:`router.breaker`) alone.
 """
 
 from __future__ import annotations
@@ -123,8 +124,6 @@ class DecayedRate:
 
 
 class TargetEstimator:
-    MAX_COOLDOWN_FACTOR = 16
-
     def __init__(
         self,
         *,
@@ -133,7 +132,6 @@ class TargetEstimator:
         quality: Quality = "small",
         weight: float = 0.2,
         prior_latency_ms: float = 50.0,
-        failure_cooldown_ms: float = 1000.0,
         settings: EstimatorSettings = DEFAULT_SETTINGS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -144,7 +142,6 @@ class TargetEstimator:
         self.total = Ewma(weight)
         self.fail_detect = Ewma(weight)
         self.prior_latency_ms = prior_latency_ms
-        self.failure_cooldown_ms = failure_cooldown_ms
         self._clock = clock
         self.latency = LatencyModel(prior_latency_ms=prior_latency_ms, settings=settings,
                                     clock=clock)
@@ -161,8 +158,8 @@ class TargetEstimator:
         self.in_flight = 0
         self.successes = 0
         self.failures = 0
-        self.consecutive_failures = 0
-        self.cooldown_until = -math.inf
+        self._failing = False
+        """The last call or probe failed (failures in a row are the breaker's to count)."""
         self.last_seen = -math.inf
         self.last_error: str | None = None
 
@@ -210,7 +207,7 @@ class TargetEstimator:
         off the target for many half-lives after it came back. Flapping is the
         breaker's to damp (its ejections grow), not this estimate's.
         """
-        if self.consecutive_failures:
+        if self._failing:
             self.fail_rate.reset()
         self.network.update(max(total_ms, 0.0))
         self.latency.add_network(max(total_ms, 0.0))
@@ -219,13 +216,11 @@ class TargetEstimator:
     def observe_failure(self, reason: str, elapsed_ms: float | None = None) -> None:
         """A call failed after ``elapsed_ms`` (when known): counts toward ``p_fail``."""
         self.failures += 1
-        self.consecutive_failures += 1
+        self._failing = True
         self.last_error = reason
         self.fail_rate.add(True)
         if elapsed_ms is not None:
             self.fail_detect.update(max(elapsed_ms, 0.0))
-        factor = min(2 ** (self.consecutive_failures - 1), self.MAX_COOLDOWN_FACTOR)
-        self.cooldown_until = self._clock() + self.failure_cooldown_ms * factor / 1000
         self.last_seen = self._clock()
 
     def observe_cold_start(self, ms: float) -> None:
@@ -245,17 +240,8 @@ class TargetEstimator:
         self.replicas = replicas
 
     def _healthy(self) -> None:
-        self.consecutive_failures = 0
-        self.cooldown_until = -math.inf
+        self._failing = False
         self.last_seen = self._clock()
-
-    @property
-    def available(self) -> bool:
-        """False while cooling down after a failure."""
-        return self._clock() >= self.cooldown_until
-
-    def idle_for_s(self) -> float:
-        return self._clock() - self.last_seen
 
     def needs_probe(self, now: float) -> bool:
         """True when nothing was heard of the target for a probe interval and no call is out."""
@@ -357,7 +343,6 @@ class TargetEstimator:
         prediction = self.predict()
         latency = self.distribution()
         return {
-            "available": self.available,
             "observed": prediction.observed,
             "network_ms": round(prediction.network_ms, 3),
             "queue_ms": round(prediction.queue_ms, 3),
@@ -373,7 +358,5 @@ class TargetEstimator:
             "in_flight": self.in_flight,
             "successes": self.successes,
             "failures": self.failures,
-            "consecutive_failures": self.consecutive_failures,
-            "cooldown_left_ms": round(max(self.cooldown_until - self._clock(), 0.0) * 1000, 1),
             "last_error": self.last_error,
         }

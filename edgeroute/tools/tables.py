@@ -28,14 +28,13 @@ def card_table(models: ModelSet) -> Table:
 
 def targets_table(targets: list[dict[str, Any]]) -> Table:
     table = Table(title="targets (router's live view)")
-    for column in ("target", "tier", "available", "breaker", "network ms", "queue ms",
+    for column in ("target", "tier", "breaker", "network ms", "queue ms",
                    "service ms", "predicted ms", "ok", "failed", "USD/request", "last error"):
         table.add_column(column)
     for t in targets:
         e = t["estimates"]
         table.add_row(
-            t["name"], t["tier"], "yes" if e["available"] else "cooling down",
-            t.get("breaker", {}).get("state", "-"),
+            t["name"], t["tier"], t.get("breaker", {}).get("state", "-"),
             f"{e['network_ms']:.1f}", f"{e['queue_ms']:.2f}", f"{e['service_ms']:.2f}",
             f"{e['predicted_ms']:.1f}", str(e["successes"]), str(e["failures"]),
             f"{t['cost_usd_per_request']:.2e}", (e["last_error"] or "")[:40],

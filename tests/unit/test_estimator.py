@@ -2,13 +2,12 @@
 distribution, failure probability, cold starts, confidence, cost) and how fast it forgets.
 How well its predicted P_miss matches what happens is ``test_calibration.py``.
 
-The mean-and-spread summary (``predict``) and the failure cooldown are the interim interface
-of the executor and the prober; their tests are kept below the new ones.
+The mean-and-spread summary (``predict``) is the interim interface of the executor; its tests
+are kept below the new ones.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -342,70 +341,28 @@ def test_the_prior_stands_until_the_target_is_observed() -> None:
     assert seen.mean_ms == pytest.approx(3.0)
 
 
-def test_a_failure_cools_the_target_down_for_the_configured_time() -> None:
+def test_a_probe_that_answers_after_failures_ends_the_outage() -> None:
     clock = FakeClock()
-    est = estimator(clock, failure_cooldown_ms=1000.0)
-    assert est.available
+    est = estimator(clock, settings=EstimatorSettings(prior_fail_probability=0.001))
+    for _ in range(20):
+        est.observe_success(10.0, 0.0, 0.0, 1)
+    est.observe_probe(5.0)
+    healthy = est.p_fail()
+    for _ in range(10):
+        est.observe_failure("connection refused")
+    assert est.p_fail() > 0.3
+    est.observe_probe(5.0)
+    assert est.p_fail() == pytest.approx(0.001), "a restarted worker is not held to its outage"
+    assert healthy < 0.001, "a probe while healthy keeps the successes"
+
+
+def test_the_snapshot_names_the_last_error_and_has_no_cooldown() -> None:
+    est = estimator(FakeClock())
     est.observe_failure("refused")
-    assert not est.available
-    assert est.last_error == "refused"
-    clock.advance(0.999)
-    assert not est.available
-    clock.advance(0.001)
-    assert est.available
-
-
-def test_cooldown_doubles_with_consecutive_failures_up_to_the_cap() -> None:
-    clock = FakeClock()
-    est = estimator(clock, failure_cooldown_ms=100.0)
-    cooldowns = []
-    for _ in range(8):
-        est.observe_failure("refused")
-        cooldowns.append(round(est.cooldown_until - clock(), 6))
-    cap = 0.1 * TargetEstimator.MAX_COOLDOWN_FACTOR
-    assert cooldowns == [0.1, 0.2, 0.4, 0.8, 1.6, cap, cap, cap]
-    assert est.consecutive_failures == 8
-    assert est.failures == 8
-
-
-@pytest.mark.parametrize("recover", ["success", "probe"])
-def test_an_answer_clears_the_cooldown_and_restarts_the_doubling(recover: str) -> None:
-    clock = FakeClock()
-    est = estimator(clock, failure_cooldown_ms=100.0)
-    for _ in range(3):
-        est.observe_failure("refused")
-    assert not est.available
-    if recover == "success":
-        est.observe_success(total_ms=5.0, server_ms=1.0, queue_ms=0.0, batch_rows=1)
-    else:
-        est.observe_probe(total_ms=5.0)
-    assert est.available
-    assert est.consecutive_failures == 0
-    est.observe_failure("refused again")
-    assert est.cooldown_until - clock() == pytest.approx(0.1)
-    assert est.failures == 4
-
-
-def test_cooldown_left_shows_in_the_snapshot() -> None:
-    clock = FakeClock()
-    est = estimator(clock, failure_cooldown_ms=500.0)
-    est.observe_failure("refused")
-    clock.advance(0.2)
     snapshot = est.snapshot()
-    assert snapshot["available"] is False
-    assert snapshot["cooldown_left_ms"] == pytest.approx(300.0)
     assert snapshot["last_error"] == "refused"
-
-
-def test_idle_time_counts_from_the_last_answer_or_failure() -> None:
-    clock = FakeClock()
-    est = estimator(clock)
-    assert math.isinf(est.idle_for_s())
-    est.observe_probe(total_ms=1.0)
-    clock.advance(2.5)
-    assert est.idle_for_s() == pytest.approx(2.5)
-    est.observe_failure("refused")
-    assert est.idle_for_s() == 0.0
+    assert snapshot["failures"] == 1
+    assert not {"available", "cooldown_left_ms", "consecutive_failures"} & set(snapshot)
 
 
 def test_service_scales_up_with_rows_beyond_the_batches_observed() -> None:

@@ -71,9 +71,7 @@ class RouterReplica:
             self.estimators.append(TargetEstimator(
                 name=name, tier="cloud" if is_cloud else "edge",
                 quality="large" if is_cloud else "small",
-                prior_latency_ms=router.prior_latency_ms,
-                failure_cooldown_ms=router.failure_cooldown_ms, settings=settings[c],
-                clock=clock))
+                prior_latency_ms=router.prior_latency_ms, settings=settings[c], clock=clock))
         self.ejections = 0
         self.breakers = Breakers(doc.breaker, clock=clock, on_transition=self._transition)
         self.breaker_of = [self.breakers[n] for n in self.names]
