@@ -208,7 +208,7 @@ class Router:
     async def ready(self) -> Response:
         """Ready once some target has answered: the router can serve something."""
         self._ensure_background()
-        is_ready = any(t.estimator.network.count > 0 for t in self.service.targets)
+        is_ready = any(t.estimator.observed for t in self.service.targets)
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
     @app.get("/v2")

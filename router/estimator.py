@@ -16,9 +16,11 @@ What the decision reads comes from :meth:`TargetEstimator.view`:
   (``observe_confidence``);
 * the marginal cost from the price book (:mod:`router.cost`).
 
-:meth:`TargetEstimator.predict` (a mean and spread per part, exponentially
-weighted: Finch, "Incremental calculation of weighted mean and variance",
-2009) is kept for the executor.
+One exponentially weighted mean of observed latency is kept beside the
+distributions, for the ``least-latency`` baseline alone (LiteLLM's latency
+routing reads such a mean): :attr:`TargetEstimator.latency_ewma`. The plan's
+executor reads no estimate: the decision writes the times it priced into the
+plan (:class:`~router.plan.Timing`).
 
 Nothing here takes a target out of rotation: that is the breaker's
 (:mod:`router.breaker`) alone.
@@ -29,14 +31,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from edgeroute.config import Quality, Tier
 from router.cost import MarginalPrices, marginal_cost_usd
 from router.distribution import Distribution
 from router.latency import DEFAULT_SETTINGS, EstimatorSettings, LatencyModel
-from router.sketches import WindowedHistogram
+from router.sketches import WindowedHistogram, WindowedSketch
 from router.view import THRESHOLDS, TargetView, escalation_at
 
 
@@ -63,24 +64,6 @@ class Ewma:
     @property
     def std(self) -> float:
         return math.sqrt(self.var)
-
-
-@dataclass(frozen=True)
-class Prediction:
-    network_ms: float
-    queue_ms: float
-    service_ms: float
-    spread_ms: float
-    """Combined standard deviation of the three parts."""
-    observed: bool
-    """False while the target has never answered: the figures are the prior."""
-
-    @property
-    def mean_ms(self) -> float:
-        return self.network_ms + self.queue_ms + self.service_ms
-
-    def upper_ms(self, sigmas: float = 2.0) -> float:
-        return self.mean_ms + sigmas * self.spread_ms
 
 
 class DecayedRate:
@@ -137,14 +120,18 @@ class TargetEstimator:
     ) -> None:
         self.name, self.tier, self.quality = name, tier, quality
         self.settings = settings
-        self.network, self.queue, self.service = Ewma(weight), Ewma(weight), Ewma(weight)
-        self.batch_rows = Ewma(weight)
-        self.total = Ewma(weight)
-        self.fail_detect = Ewma(weight)
+        self.latency_ewma = Ewma(weight)
+        """Observed latency, exponentially weighted: the ``least-latency`` baseline's input,
+        read by nothing else."""
         self.prior_latency_ms = prior_latency_ms
         self._clock = clock
         self.latency = LatencyModel(prior_latency_ms=prior_latency_ms, settings=settings,
                                     clock=clock)
+        self.fail_detect = WindowedSketch(window_s=settings.window_s, clock=clock, min_count=1)
+        """How long failed calls took to be known as failed."""
+        self.at_target = WindowedSketch(window_s=settings.window_s, clock=clock,
+                                        min_count=settings.min_window_count)
+        """The time answered calls spent at the target (reported queue plus compute)."""
         self.fail_rate = DecayedRate(settings.failure_half_life_s, settings.prior_fail_probability,
                                      settings.prior_fail_weight, clock)
         self.confidence = WindowedHistogram(window_s=settings.window_s, clock=clock,
@@ -183,15 +170,12 @@ class TargetEstimator:
         network_ms = max(total_ms - server_ms - queue_ms, 0.0)
         warm = self.replicas != 0
         if warm:
-            self.network.update(network_ms)
-            self.total.update(max(total_ms, 0.0))
+            self.latency_ewma.update(max(total_ms, 0.0))
         else:
             usual = self.latency.network_median_ms() or 0.0
             self.observe_cold_start(max(network_ms - usual, 0.0))
             self.replicas = 1
-        self.queue.update(max(queue_ms, 0.0))
-        self.service.update(max(server_ms, 0.0))
-        self.batch_rows.update(float(max(batch_rows, 1)))
+        self.at_target.add(max(queue_ms, 0.0) + max(server_ms, 0.0))
         unexplained = max(queue_ms - self.wait_ahead_ms(ahead, batch_rows), 0.0)
         self.latency.add_call(network_ms if warm else None, unexplained,
                               max(server_ms, 0.0), max(batch_rows, 1))
@@ -209,7 +193,6 @@ class TargetEstimator:
         """
         if self._failing:
             self.fail_rate.reset()
-        self.network.update(max(total_ms, 0.0))
         self.latency.add_network(max(total_ms, 0.0))
         self._healthy()
 
@@ -220,7 +203,7 @@ class TargetEstimator:
         self.last_error = reason
         self.fail_rate.add(True)
         if elapsed_ms is not None:
-            self.fail_detect.update(max(elapsed_ms, 0.0))
+            self.fail_detect.add(max(elapsed_ms, 0.0))
         self.last_seen = self._clock()
 
     def observe_cold_start(self, ms: float) -> None:
@@ -251,9 +234,10 @@ class TargetEstimator:
         return self.fail_rate.probability()
 
     def fail_fast_ms(self) -> float:
-        """Typical time to learn that a call failed: as observed, else one network median."""
+        """Typical time to learn that a call failed: the mean observed over the last window
+        or two, else one network median."""
         if self.fail_detect.count:
-            return self.fail_detect.mean
+            return self.fail_detect.mean()
         median = self.latency.network_median_ms()
         return median if median is not None else self.prior_latency_ms
 
@@ -308,10 +292,10 @@ class TargetEstimator:
     def server_share(self) -> float:
         """The share of an answered call's time spent at the target rather than on the
         network (1 until a call has answered)."""
-        if not self.service.count:
+        if not self.at_target.count:
             return 1.0
-        at_target = self.queue.mean + self.service.mean
-        whole = at_target + self.network.mean
+        at_target = self.at_target.mean()
+        whole = at_target + self.latency.network.mean()
         return at_target / whole if whole > 0 else 1.0
 
     def cost_usd(self, rows: int, prices: MarginalPrices) -> float:
@@ -320,39 +304,40 @@ class TargetEstimator:
 
     def view(self, rows: int, allowed: bool, prices: MarginalPrices) -> TargetView:
         """Everything the decision needs of this target for a request of ``rows`` rows."""
-        observed = self.network.count > 0
+        observed = self.observed
         return TargetView(
             name=self.name, tier=self.tier, quality=self.quality, allowed=allowed,
             latency=self.distribution(rows), p_fail=self.p_fail(),
             fail_fast_ms=self.fail_fast_ms(), cost_usd=self.cost_usd(rows, prices),
-            ewma_latency_ms=self.total.mean if self.total.count else self.prior_latency_ms,
+            ewma_latency_ms=(self.latency_ewma.mean if self.latency_ewma.count
+                             else self.prior_latency_ms),
             escalation=self.escalation_table(), in_flight=self.in_flight, rows=rows,
             observed=observed,
         )
 
-    def predict(self, rows: int = 1) -> Prediction:
-        if self.network.count == 0:
-            return Prediction(self.prior_latency_ms, 0.0, 0.0, self.prior_latency_ms / 2, False)
-        service = self.service.mean
-        if self.service.count and self.batch_rows.mean > 0:
-            service *= max(1.0, rows / self.batch_rows.mean)
-        spread = math.sqrt(self.network.var + self.queue.var + self.service.var)
-        return Prediction(self.network.mean, self.queue.mean, service, spread, True)
+    @property
+    def observed(self) -> bool:
+        """Whether the target ever answered (a call or a probe): else the figures are the
+        prior."""
+        return self.latency.network.count > 0
 
     def snapshot(self) -> dict[str, Any]:
-        prediction = self.predict()
+        """What the decision reads of the target now (one row, the calls in flight included),
+        and the counts behind it."""
         latency = self.distribution()
+        model = self.latency
         return {
-            "observed": prediction.observed,
-            "network_ms": round(prediction.network_ms, 3),
-            "queue_ms": round(prediction.queue_ms, 3),
-            "service_ms": round(prediction.service_ms, 3),
-            "predicted_ms": round(prediction.mean_ms, 3),
-            "predicted_upper_ms": round(prediction.upper_ms(), 3),
+            "observed": self.observed,
+            "network_ms": round(model.network.mean(), 3),
+            "queue_ms": round(model.queue.mean(), 3),
+            "service_ms": round(model.service_ms(1), 3),
+            "wait_ahead_ms": round(self.wait_ahead_ms(self.in_flight), 3),
+            "predicted_ms": round(latency.quantile(0.5), 3),
             "p50_ms": round(latency.quantile(0.5), 3),
             "p99_ms": round(latency.quantile(0.99), 3),
             "p_fail": round(self.p_fail(), 5),
             "fail_fast_ms": round(self.fail_fast_ms(), 3),
+            "least_latency_ewma_ms": round(self.latency_ewma.mean, 3),
             "replicas": self.replicas,
             "cold_starts": self.cold_starts,
             "in_flight": self.in_flight,

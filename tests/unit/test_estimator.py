@@ -1,9 +1,6 @@
 """Per-target estimates on a fake clock: what the router learns from each call (latency as a
 distribution, failure probability, cold starts, confidence, cost) and how fast it forgets.
 How well its predicted P_miss matches what happens is ``test_calibration.py``.
-
-The mean-and-spread summary (``predict``) is the interim interface of the executor; its tests
-are kept below the new ones.
 """
 
 from __future__ import annotations
@@ -302,43 +299,50 @@ def test_the_view_carries_what_the_decision_needs() -> None:
 def test_network_is_observed_time_minus_server_queue_and_compute() -> None:
     est = estimator(FakeClock())
     est.observe_success(total_ms=30.0, server_ms=8.0, queue_ms=2.0, batch_rows=1)
-    prediction = est.predict()
-    assert prediction.observed
-    assert prediction.network_ms == pytest.approx(20.0)
-    assert prediction.queue_ms == pytest.approx(2.0)
-    assert prediction.service_ms == pytest.approx(8.0)
-    assert prediction.mean_ms == pytest.approx(30.0)
+    shown = est.snapshot()
+    assert shown["observed"]
+    assert (shown["network_ms"], shown["queue_ms"], shown["service_ms"]) == (20.0, 2.0, 8.0)
+    assert shown["predicted_ms"] == pytest.approx(30.0, rel=0.03)
+    assert shown["predicted_ms"] == pytest.approx(
+        est.view(1, True, TierPrices()).latency.quantile(0.5), abs=1e-3)
 
 
 def test_network_is_never_negative_when_the_server_reports_more_than_was_observed() -> None:
     est = estimator(FakeClock())
     est.observe_success(total_ms=5.0, server_ms=8.0, queue_ms=1.0, batch_rows=1)
-    assert est.predict().network_ms == 0.0
+    assert est.snapshot()["network_ms"] == 0.0
 
 
 def test_a_probe_updates_only_the_network_part() -> None:
-    est = estimator(FakeClock(), weight=0.5)
+    est = estimator(FakeClock())
     est.observe_success(total_ms=30.0, server_ms=8.0, queue_ms=2.0, batch_rows=4)
     est.observe_probe(total_ms=40.0)
-    prediction = est.predict(rows=4)
-    assert prediction.network_ms == pytest.approx(30.0)
-    assert prediction.queue_ms == pytest.approx(2.0)
-    assert prediction.service_ms == pytest.approx(8.0)
+    shown = est.snapshot()
+    assert shown["network_ms"] == pytest.approx(30.0)
+    assert shown["queue_ms"] == pytest.approx(2.0)
+    assert est.latency.service_ms(4) == pytest.approx(8.0)
     assert est.successes == 1
-    assert est.batch_rows.mean == pytest.approx(4.0)
+    assert est.latency.typical_rows() == pytest.approx(4.0)
 
 
 def test_the_prior_stands_until_the_target_is_observed() -> None:
-    est = estimator(FakeClock(), prior_latency_ms=80.0)
-    prior = est.predict(rows=32)
-    assert not prior.observed
-    assert prior.mean_ms == pytest.approx(80.0)
-    assert prior.spread_ms == pytest.approx(40.0)
-    assert prior.upper_ms() == pytest.approx(160.0)
+    clock = FakeClock()
+    est = estimator(clock, prior_latency_ms=80.0)
+    assert not est.observed
+    assert est.distribution(32).quantile(0.5) == pytest.approx(80.0, rel=0.01)
     est.observe_probe(total_ms=3.0)
-    seen = est.predict()
-    assert seen.observed
-    assert seen.mean_ms == pytest.approx(3.0)
+    settle(clock, est)
+    assert est.observed
+    assert est.distribution().quantile(0.5) == pytest.approx(3.0, rel=0.03)
+
+
+def test_only_the_least_latency_baseline_reads_an_exponentially_weighted_mean() -> None:
+    est = estimator(FakeClock(), weight=0.5)
+    est.observe_success(total_ms=10.0, server_ms=1.0, queue_ms=0.0, batch_rows=1)
+    est.observe_success(total_ms=30.0, server_ms=1.0, queue_ms=0.0, batch_rows=1)
+    view = est.view(1, True, TierPrices())
+    assert view.ewma_latency_ms == pytest.approx(20.0)
+    assert est.snapshot()["least_latency_ewma_ms"] == pytest.approx(20.0)
 
 
 def test_a_probe_that_answers_after_failures_ends_the_outage() -> None:
@@ -363,15 +367,6 @@ def test_the_snapshot_names_the_last_error_and_has_no_cooldown() -> None:
     assert snapshot["last_error"] == "refused"
     assert snapshot["failures"] == 1
     assert not {"available", "cooldown_left_ms", "consecutive_failures"} & set(snapshot)
-
-
-def test_service_scales_up_with_rows_beyond_the_batches_observed() -> None:
-    est = estimator(FakeClock())
-    est.observe_success(total_ms=20.0, server_ms=8.0, queue_ms=0.0, batch_rows=4)
-    assert est.predict(rows=4).service_ms == pytest.approx(8.0)
-    assert est.predict(rows=16).service_ms == pytest.approx(32.0)
-    assert est.predict(rows=1).service_ms == pytest.approx(8.0), "fewer rows never predict less"
-    assert est.predict(rows=16).network_ms == est.predict(rows=1).network_ms
 
 
 def test_ewma_converges_on_a_constant() -> None:
