@@ -166,9 +166,6 @@ class StackConfig(Frozen):
     def endpoint(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def target_names(self) -> list[str]:
-        return [self.cloud.name, *(e.name for e in self.edges), *(x.name for x in self.external)]
-
     @classmethod
     def load(cls, path: Path | None) -> StackConfig:
         """Read a YAML file; ``None`` gives the embedded default."""

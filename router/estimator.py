@@ -42,28 +42,21 @@ from router.view import THRESHOLDS, TargetView, escalation_at
 
 
 class Ewma:
-    """Exponentially weighted mean and variance; the first sample seeds the mean."""
+    """Exponentially weighted mean; the first sample seeds it."""
 
     def __init__(self, weight: float) -> None:
         if not 0 < weight <= 1:
             raise ValueError("weight must lie in (0, 1]")
         self.weight = weight
         self.mean = 0.0
-        self.var = 0.0
         self.count = 0
 
     def update(self, value: float) -> None:
         if self.count == 0:
             self.mean = value
         else:
-            delta = value - self.mean
-            self.mean += self.weight * delta
-            self.var = (1 - self.weight) * (self.var + self.weight * delta * delta)
+            self.mean += self.weight * (value - self.mean)
         self.count += 1
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(self.var)
 
 
 class DecayedRate:

@@ -374,7 +374,6 @@ def test_ewma_converges_on_a_constant() -> None:
     for _ in range(50):
         ewma.update(12.5)
     assert ewma.mean == pytest.approx(12.5)
-    assert ewma.var == pytest.approx(0.0)
     assert ewma.count == 50
 
 
@@ -384,15 +383,12 @@ def test_ewma_tracks_a_step_change() -> None:
     for _ in range(20):
         ewma.update(10.0)
     ewma.update(20.0)
-    peak_std = ewma.std
-    assert peak_std > 1.0, "a step shows as spread"
     means = [ewma.mean]
     for _ in range(40):
         ewma.update(20.0)
         means.append(ewma.mean)
     assert means == sorted(means), "the mean moves monotonically toward the new level"
     assert 20.0 - ewma.mean <= 10.0 * (1 - weight) ** 41 + 1e-9
-    assert ewma.std < 0.05 * peak_std, "the spread fades once the new level holds"
 
 
 @pytest.mark.parametrize("weight", [0.0, -0.1, 1.5])
