@@ -156,10 +156,16 @@ class Scored:
                             verdict)
 
 
+_TYPICAL_KEY = ("quantile", TYPICAL_LEVEL)
+_UPPER_KEY = ("quantile", UPPER_LEVEL)
+
+
 def timing(view: TargetView) -> Timing:
-    """The times of ``view``'s latency distribution a plan's executor applies."""
+    """The times of ``view``'s latency distribution a plan's executor applies (memoised on
+    the distribution, which many decisions share)."""
     latency = view.latency
-    return Timing(latency.quantile(TYPICAL_LEVEL), latency.quantile(UPPER_LEVEL))
+    return Timing(latency.derived(_TYPICAL_KEY, latency.quantile, TYPICAL_LEVEL),
+                  latency.derived(_UPPER_KEY, latency.quantile, UPPER_LEVEL))
 
 
 def cost_floor(primary: TargetView, partner: TargetView | None, share: float) -> float:

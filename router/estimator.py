@@ -129,6 +129,9 @@ class TargetEstimator:
                                      settings.prior_fail_weight, clock)
         self.confidence = WindowedHistogram(window_s=settings.window_s, clock=clock,
                                             min_count=settings.min_window_count)
+        self._share = 1.0
+        """:meth:`server_share`, updated by each answer and probe."""
+        self._observed = False
         self._escalation = self._escalation_table()
         self._escalation_dirty = False
         self._escalation_at = -math.inf
@@ -164,11 +167,13 @@ class TargetEstimator:
         warm = self.replicas != 0
         if warm:
             self.latency_ewma.update(max(total_ms, 0.0))
+            self._observed = True
         else:
             usual = self.latency.network_median_ms() or 0.0
             self.observe_cold_start(max(network_ms - usual, 0.0))
             self.replicas = 1
         self.at_target.add(max(queue_ms, 0.0) + max(server_ms, 0.0))
+        self._update_share()
         unexplained = max(queue_ms - self.wait_ahead_ms(ahead, batch_rows), 0.0)
         self.latency.add_call(network_ms if warm else None, unexplained,
                               max(server_ms, 0.0), max(batch_rows, 1))
@@ -186,7 +191,9 @@ class TargetEstimator:
         """
         if self._failing:
             self.fail_rate.reset()
+        self._observed = True
         self.latency.add_network(max(total_ms, 0.0))
+        self._update_share()
         self._healthy()
 
     def observe_failure(self, reason: str, elapsed_ms: float | None = None) -> None:
@@ -284,12 +291,14 @@ class TargetEstimator:
 
     def server_share(self) -> float:
         """The share of an answered call's time spent at the target rather than on the
-        network (1 until a call has answered)."""
-        if not self.at_target.count:
-            return 1.0
-        at_target = self.at_target.mean()
-        whole = at_target + self.latency.network.mean()
-        return at_target / whole if whole > 0 else 1.0
+        network (1 until a call has answered), over the last window or two."""
+        return self._share
+
+    def _update_share(self) -> None:
+        if self.at_target.count:
+            at_target = self.at_target.mean()
+            whole = at_target + self.latency.network.mean()
+            self._share = at_target / whole if whole > 0 else 1.0
 
     def cost_usd(self, rows: int, prices: MarginalPrices) -> float:
         batch = max(float(rows), self.latency.typical_rows())
@@ -312,7 +321,7 @@ class TargetEstimator:
     def observed(self) -> bool:
         """Whether the target ever answered (a call or a probe): else the figures are the
         prior."""
-        return self.latency.network.count > 0
+        return self._observed
 
     def snapshot(self) -> dict[str, Any]:
         """What the decision reads of the target now (one row, the calls in flight included),

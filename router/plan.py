@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 PlanKind = Literal["single", "hedged", "cascade"]
 TYPICAL_LEVEL = 0.5
@@ -24,8 +24,7 @@ UPPER_LEVEL = 0.99
 """The levels of a target's latency distribution a :class:`Timing` holds."""
 
 
-@dataclass(frozen=True)
-class Timing:
+class Timing(NamedTuple):
     """One target's latency as the decision priced it (ms, from its distribution)."""
 
     typical_ms: float
