@@ -2,7 +2,8 @@
 
 HTTP glue only: parsing is the codec's (:mod:`edgeroute.oip`), who the caller
 is and which policy applies is :mod:`router.tenancy`'s, routing is
-:class:`router.service.RoutingService`'s. Endpoints: the OIP health, metadata
+:class:`router.service.RoutingService`'s, and the HTTP answer to each error of
+theirs is :mod:`router.errors`'. Endpoints: the OIP health, metadata
 and infer routes (JSON and binary tensors), ``GET /v1/targets`` (the live view
 of every target), ``GET /v1/policy``, and the admin route
 ``PUT /v1/links/{target}`` that changes a target's emulated link, and the edge
@@ -32,7 +33,6 @@ from edgeroute.http import (
     error_response,
     infer_response,
     read_body,
-    retry_after_header,
 )
 from edgeroute.oip import (
     InferRequest,
@@ -49,14 +49,15 @@ from router.context import (
     serve_request_id,
 )
 from router.decision import RequestQuality
+from router.errors import ROUTER_ERRORS, error_reply
 from router.estimator import EstimatorSettings, TargetEstimator
 from router.fleet import Member
 from router.fleet_actor import FleetClient, FleetSync, RegistryUnavailable
 from router.metrics import RequestTally, RouterMetrics, ServeFactory
 from router.openapi import INFER_OPENAPI
 from router.policy import PolicyDocument, policy_digest
-from router.served import NotServed, Shed
-from router.service import Rejected, RoutingService
+from router.served import Shed
+from router.service import RoutingService
 from router.targets import Target, TargetSet, make_target
 from router.tenancy import resolve
 from router.timing import ServerTiming
@@ -264,22 +265,12 @@ class Router:
             outputs = select_outputs(
                 oip_request, contract.output_tensors(reply.probabilities, reply.labels)
             )
-        except Shed as shed:
-            self.service.metrics.shed.record(1, {"reason": shed.scope})
-            tally.status = 503
-            return error_response(OIPError(str(shed), status=503),
-                                  {"retry-after": retry_after_header(shed.retry_after_s)})
-        except NotServed as failure:
-            status = tally.status = 504 if failure.deadline_passed else 503
-            headers = {} if status == 504 else {
-                "retry-after": retry_after_header(failure.retry_after_s)}
-            return error_response(OIPError(str(failure), status=status), headers)
-        except Rejected as rejected:
-            tally.status = 503
-            return error_response(rejected, {"retry-after": "1"})
-        except OIPError as error:
-            tally.status = error.status
-            return error_response(error)
+        except ROUTER_ERRORS as error:
+            if isinstance(error, Shed):
+                self.service.metrics.shed.record(1, {"reason": error.scope})
+            refusal = error_reply(error)
+            tally.status = refusal.status_code
+            return refusal
         parameters = routed.parameters(caller, deadline_ms, explain)
         parameters["router_replica"] = self.replica
         response = InferResponse(contract.MODEL_NAME, outputs, reply.model_version,
