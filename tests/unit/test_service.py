@@ -182,3 +182,18 @@ def test_the_predicted_latency_gauge_shows_what_the_decision_read() -> None:
     priors = {name: t.estimator.latency.distribution(1, False).quantile(0.5)
               for name, t in svc.targets.targets.items()}
     assert {k[0][1]: v for k, v in gauge.values.items()} == pytest.approx(priors)
+
+
+def test_the_targets_table_shows_what_the_decision_reads() -> None:
+    from rich.console import Console
+
+    from edgeroute.tools.tables import targets_table
+
+    svc, _ = service((FakeTransport("edge-a"), "edge", "small"))
+    route(svc)
+    console = Console(record=True, width=200)
+    console.print(targets_table(svc.snapshot()["targets"]))
+    shown = console.export_text()
+    p50 = svc.targets.targets["edge-a"].estimator.distribution().quantile(0.5)
+    assert f"{p50:.1f}" in shown and "closed" in shown
+    assert "cooling" not in shown
