@@ -104,7 +104,6 @@ class RouterSettings(Frozen):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     num_replicas: int = Field(1, ge=1, le=64)
     probe_interval_ms: float = Field(1000.0, ge=50)
-    failure_cooldown_ms: float = Field(1000.0, ge=0)
     prior_latency_ms: float = Field(50.0, ge=0)
     """Latency assumed for a target before anything has been observed of it."""
     min_attempt_ms: float = Field(2.0, ge=0)
@@ -172,9 +171,6 @@ class StackConfig(Frozen):
     @property
     def endpoint(self) -> str:
         return f"http://{self.host}:{self.port}"
-
-    def target_names(self) -> list[str]:
-        return [self.cloud.name, *(e.name for e in self.edges), *(x.name for x in self.external)]
 
     @classmethod
     def load(cls, path: Path | None) -> StackConfig:

@@ -15,7 +15,6 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 TEST_SIZE = 0.25
-DATASET_NAME = "sklearn.datasets.load_digits"
 
 
 @dataclass(frozen=True)

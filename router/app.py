@@ -2,7 +2,8 @@
 
 HTTP glue only: parsing is the codec's (:mod:`edgeroute.oip`), who the caller
 is and which policy applies is :mod:`router.tenancy`'s, routing is
-:class:`router.service.RoutingService`'s. Endpoints: the OIP health, metadata
+:class:`router.service.RoutingService`'s, and the HTTP answer to each error of
+theirs is :mod:`router.errors`'. Endpoints: the OIP health, metadata
 and infer routes (JSON and binary tensors), ``GET /v1/targets`` (the live view
 of every target), ``GET /v1/policy`` and ``GET /v1/policy/history``, and the
 route ``PUT /v1/links/{target}`` that changes a target's emulated link (all four
@@ -32,7 +33,6 @@ from edgeroute.http import (
     error_response,
     infer_response,
     read_body,
-    retry_after_header,
 )
 from edgeroute.oip import (
     InferRequest,
@@ -52,14 +52,15 @@ from router.context import (
     serve_request_id,
 )
 from router.decision import RequestQuality
+from router.errors import ROUTER_ERRORS, error_reply
 from router.estimator import TargetEstimator
 from router.fleet import Member
 from router.fleet_actor import FleetClient, FleetSync, RegistryUnavailable
-from router.metrics import RouterMetrics, ServeFactory
+from router.metrics import RequestTally, RouterMetrics, ServeFactory
 from router.openapi import INFER_OPENAPI
 from router.policy_keeper import PolicyKeeper
-from router.served import NotServed, Shed
-from router.service import Rejected, RoutingService
+from router.served import Shed
+from router.service import RoutingService
 from router.targets import Target
 from router.tenancy import resolve
 from router.timing import ServerTiming
@@ -166,7 +167,7 @@ class Router:
     async def ready(self) -> Response:
         """Ready once some target has answered: the router can serve something."""
         self._ensure_background()
-        is_ready = any(t.estimator.network.count > 0 for t in self.service.targets)
+        is_ready = any(t.estimator.observed for t in self.service.targets)
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
     @app.get("/v2")
@@ -198,10 +199,14 @@ class Router:
         # it on the response; the same id goes on to the targets.
         rid = pick_request_id(request.headers.get(REQUEST_ID_HEADER), serve_request_id())
         bind_request_id(rid)
-        policy_name, tier, status = "-", "-", 200
+        with self.service.metrics.tally(received) as tally:
+            return await self._infer(model, request, rid, received, tally)
+
+    async def _infer(self, model: str, request: Request, rid: str, received: float,
+                     tally: RequestTally) -> Response:
         try:
             if (refused := admin.without_policy(self.policies)) is not None:
-                status = 503
+                tally.status = refused.status_code
                 return refused
             contract.check_model_name(model)
             check_content_type(request.headers)
@@ -210,36 +215,23 @@ class Router:
             x = contract.input_batch(oip_request, self.settings.max_batch)
             caller = resolve(self.service.policy, request.headers.get("authorization"),
                              oip_request.parameters.get("policy"))
-            policy_name = caller.policy_name
+            tally.policy = caller.policy_name
             deadline_ms, quality, explain = request_options(
                 oip_request, caller.policy.default_deadline_ms, self.settings.max_deadline_ms
             )
             routed = await self.service.route(x, deadline_ms=deadline_ms, received=received,
                                               quality=quality, caller=caller)
-        except Shed as shed:
-            self.service.metrics.shed.record(1, {"reason": shed.scope})
-            status = 503
-            return error_response(OIPError(str(shed), status=503),
-                                  {"retry-after": retry_after_header(shed.retry_after_s)})
-        except NotServed as failure:
-            status = 504 if failure.deadline_passed else 503
-            headers = {} if status == 504 else {
-                "retry-after": retry_after_header(failure.retry_after_s)}
-            return error_response(OIPError(str(failure), status=status), headers)
-        except Rejected as rejected:
-            status = 503
-            return error_response(rejected, {"retry-after": "1"})
-        except OIPError as error:
-            status = error.status
-            return error_response(error)
-        finally:
-            self.service.metrics.request(policy_name, status, tier,
-                                         (time.monotonic() - received) * 1000)
-        tier = routed.served.target.tier
-        reply = routed.served.reply
-        outputs = select_outputs(
-            oip_request, contract.output_tensors(reply.probabilities, reply.labels)
-        )
+            tally.tier = routed.served.target.tier
+            reply = routed.served.reply
+            outputs = select_outputs(
+                oip_request, contract.output_tensors(reply.probabilities, reply.labels)
+            )
+        except ROUTER_ERRORS as error:
+            if isinstance(error, Shed):
+                self.service.metrics.shed.record(1, {"reason": error.scope})
+            refusal = error_reply(error)
+            tally.status = refusal.status_code
+            return refusal
         parameters = routed.parameters(caller, deadline_ms, explain)
         parameters["router_replica"] = self.replica
         response = InferResponse(contract.MODEL_NAME, outputs, reply.model_version,

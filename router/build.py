@@ -18,7 +18,6 @@ def target_estimator(settings: RouterSettings, name: str, tier: str, quality: st
     return TargetEstimator(
         name=name, tier=tier, quality=quality,  # type: ignore[arg-type]
         prior_latency_ms=settings.prior_latency_ms,
-        failure_cooldown_ms=settings.failure_cooldown_ms,
         settings=EstimatorSettings(probe_interval_s=settings.probe_interval_ms / 1000,
                                    concurrency=concurrency),
     )

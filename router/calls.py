@@ -7,8 +7,9 @@ A call reports its outcome to the target's breaker and estimator exactly once:
 * a ``TargetRejected`` (4xx): the estimator hears of it, the breaker does not
   (Envoy's outlier detection counts 5xx and local-origin errors only, so a
   client cannot eject a target by sending requests it refuses);
-* a timeout: a failure only if the call had at least twice the target's
-  predicted upper latency; a tighter deadline says nothing about its health;
+* a timeout: a failure only if the call was overdue, by the times its plan
+  priced (:meth:`~router.plan.Plan.overdue`: the target's p99); a
+  tighter deadline says nothing about its health;
 * a cancellation (the loser of a hedge, a client that went away): a slow call
   if it had already run that long, else nothing.
 
@@ -38,21 +39,9 @@ import numpy as np
 
 from router.admission import InFlightLimits
 from router.breaker import Permit
+from router.plan import Plan
 from router.targets import Target
 from router.transport import Reply, TargetError, TargetTimeout, TargetUnavailable
-
-ExpectedMs = Callable[[Target, int], float]
-"""A target's predicted upper latency in ms for a batch of so many rows."""
-
-
-def predicted_upper_ms(target: Target, rows: int) -> float:
-    """The estimator's predicted mean plus two standard deviations."""
-    return target.estimator.predict(rows).upper_ms()
-
-
-def predicted_typical_ms(target: Target, rows: int) -> float:
-    """The estimator's predicted mean."""
-    return target.estimator.predict(rows).mean_ms
 
 
 @dataclass
@@ -94,13 +83,14 @@ OnAttempt = Callable[[Attempt], None]
 
 class _Flight:
     """A launched call's hold on its target: counted in flight (``ahead``: the calls it found
-    there) until settled, exactly once; a call that never started gives its permit back."""
+    there) until settled, exactly once; a call that never started gives its permit back.
+    ``plan`` says when the call is overdue."""
 
-    __slots__ = ("ahead", "claim", "settled", "started")
+    __slots__ = ("ahead", "claim", "plan", "settled", "started")
 
-    def __init__(self, claim: Claim) -> None:
+    def __init__(self, claim: Claim, plan: Plan) -> None:
         estimator = claim.target.estimator
-        self.claim, self.ahead = claim, estimator.in_flight
+        self.claim, self.plan, self.ahead = claim, plan, estimator.in_flight
         estimator.in_flight += 1
         self.started = self.settled = False
 
@@ -119,19 +109,16 @@ class Caller:
     """Makes calls and reports each outcome to the target's breaker and estimator, and to
     ``on_attempt`` (which must not raise)."""
 
-    def __init__(self, expected_ms: ExpectedMs, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
                  on_attempt: OnAttempt | None = None) -> None:
-        self._expected_ms = expected_ms
         self._clock = clock
         self._on_attempt = on_attempt
 
-    def overdue(self, target: Target, rows: int, seconds: float) -> bool:
-        """Whether ``seconds`` is at least twice what the target is predicted to need."""
-        return seconds * 1000 >= 2 * self._expected_ms(target, rows)
-
-    def launch(self, claim: Claim, x: np.ndarray, timeout_s: float) -> asyncio.Task[Answer]:
-        """Start a call as its own task; the target counts it in flight from now on."""
-        flight = _Flight(claim)
+    def launch(self, claim: Claim, x: np.ndarray, timeout_s: float,
+               plan: Plan) -> asyncio.Task[Answer]:
+        """Start a call of ``plan`` as its own task; the target counts it in flight from now
+        on."""
+        flight = _Flight(claim, plan)
         task = asyncio.create_task(self._call(flight, x, timeout_s), name=claim.target.name)
         task.add_done_callback(flight.settle)
         return task
@@ -145,12 +132,12 @@ class Caller:
         try:
             reply = await asyncio.wait_for(target.transport.infer(x, timeout_s), timeout_s)
         except (asyncio.TimeoutError, TargetTimeout):
-            raise self._timed_out(claim, len(x), timeout_s, self._ms_since(started)) from None
+            raise self._timed_out(flight, timeout_s, self._ms_since(started)) from None
         except TargetError as error:
             self._failed(claim, error, self._ms_since(started))
             raise
         except asyncio.CancelledError:
-            self._abandoned(claim, len(x), self._ms_since(started))
+            self._abandoned(flight, self._ms_since(started))
             raise
         except Exception as exc:
             unexpected = TargetUnavailable(target.name, f"{type(exc).__name__}: {exc}"[:300])
@@ -175,10 +162,10 @@ class Caller:
         if self._on_attempt is not None:
             self._on_attempt(Attempt(target.name, target.tier, outcome, elapsed_ms))
 
-    def _timed_out(self, claim: Claim, rows: int, timeout_s: float,
-                   elapsed_ms: float) -> TargetTimeout:
+    def _timed_out(self, flight: _Flight, timeout_s: float, elapsed_ms: float) -> TargetTimeout:
+        claim = flight.claim
         reason = f"no answer within {timeout_s * 1000:.0f} ms"
-        if self.overdue(claim.target, rows, timeout_s):
+        if flight.plan.overdue(claim.target.name, timeout_s * 1000):
             claim.permit.failure(reason)
             claim.target.estimator.observe_failure(reason, elapsed_ms)
         else:
@@ -194,8 +181,9 @@ class Caller:
             claim.permit.release()
         self._report(claim.target, "failure" if error.retryable else "rejected", elapsed_ms)
 
-    def _abandoned(self, claim: Claim, rows: int, elapsed_ms: float) -> None:
-        if self.overdue(claim.target, rows, elapsed_ms / 1000):
+    def _abandoned(self, flight: _Flight, elapsed_ms: float) -> None:
+        claim = flight.claim
+        if flight.plan.overdue(claim.target.name, elapsed_ms):
             claim.permit.slow(f"abandoned after {elapsed_ms:.0f} ms")
         else:
             claim.permit.release()

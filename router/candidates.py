@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol, overload
 
 from router import risk
-from router.plan import CandidateRow, Plan, PlanKind
+from router.plan import TYPICAL_LEVEL, UPPER_LEVEL, CandidateRow, Plan, PlanKind, Timing
 from router.view import TargetView
 
 CHOSEN = "chosen"
@@ -145,6 +145,8 @@ class Scored:
             confidence_threshold=self.threshold if escalate_to else None, p_miss=self.p_miss,
             expected_cost_usd=self.cost_usd, predicted_p50_ms=p50, predicted_p99_ms=p99,
             within_budget=within_budget, expected_extra_ratio=self.extra,
+            timing={v.name: timing(v) for v in (self.primary, self.partner, *self.fallbacks)
+                    if v is not None},
         )
 
     def row(self, verdict: str) -> CandidateRow:
@@ -152,6 +154,18 @@ class Scored:
         p50, p99 = self.figures()
         return CandidateRow(self.plan(True).describe(), p50, p99, self.p_miss, self.cost_usd,
                             verdict)
+
+
+_TYPICAL_KEY = ("quantile", TYPICAL_LEVEL)
+_UPPER_KEY = ("quantile", UPPER_LEVEL)
+
+
+def timing(view: TargetView) -> Timing:
+    """The times of ``view``'s latency distribution a plan's executor applies (memoised on
+    the distribution, which many decisions share)."""
+    latency = view.latency
+    return Timing(latency.derived(_TYPICAL_KEY, latency.quantile, TYPICAL_LEVEL),
+                  latency.derived(_UPPER_KEY, latency.quantile, UPPER_LEVEL))
 
 
 def cost_floor(primary: TargetView, partner: TargetView | None, share: float) -> float:

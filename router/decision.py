@@ -104,9 +104,11 @@ class _Context:
         """Fallbacks after ``primary`` failed (shared by its single plan and its cascades).
 
         A failure is learned after ``fail_fast_ms``; when failures are hangs (a lost Ray
-        node), ``fail_fast_ms`` grows to the timeouts, but the executor cuts a call that
-        runs long to leave the fallback its time: the fallbacks are planned as if the failure
-        were known by the primary's predicted p99 at the latest. Without that bound, a target
+        node), ``fail_fast_ms`` grows to the timeouts. The plan's timeout rule
+        (:meth:`~router.plan.Plan.timeout_ms`) cuts a call that runs past its typical time
+        when the next fallback would otherwise lose its upper (p99) time, and both times are
+        the ones written into the plan from these views: the fallbacks are planned as if the
+        failure were known by the primary's p99 at the latest. Without that bound, a target
         whose failures are timeouts would be planned with no fallback at all."""
         found = self._rests.get(id(primary))
         if found is None:

@@ -16,11 +16,14 @@ What the decision reads comes from :meth:`TargetEstimator.view`:
   (``observe_confidence``);
 * the marginal cost from the price book (:mod:`router.cost`).
 
-:meth:`TargetEstimator.predict` (a mean and spread per part, exponentially
-weighted: Finch, "Incremental calculation of weighted mean and variance",
-2009) and the failure cooldown behind :attr:`TargetEstimator.available`
-are kept for the executor and the prober until the breaker
-(:mod:`router.breaker`) takes over.
+One exponentially weighted mean of observed latency is kept beside the
+distributions, for the ``least-latency`` baseline alone (LiteLLM's latency
+routing reads such a mean): :attr:`TargetEstimator.latency_ewma`. The plan's
+executor reads no estimate: the decision writes the times it priced into the
+plan (:class:`~router.plan.Timing`).
+
+Nothing here takes a target out of rotation: that is the breaker's
+(:mod:`router.breaker`) alone.
 """
 
 from __future__ import annotations
@@ -28,58 +31,32 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from edgeroute.config import Quality, Tier
 from router.cost import MarginalPrices, marginal_cost_usd
 from router.distribution import Distribution
 from router.latency import DEFAULT_SETTINGS, EstimatorSettings, LatencyModel
-from router.sketches import WindowedHistogram
+from router.sketches import WindowedHistogram, WindowedSketch
 from router.view import THRESHOLDS, TargetView, escalation_at
 
 
 class Ewma:
-    """Exponentially weighted mean and variance; the first sample seeds the mean."""
+    """Exponentially weighted mean; the first sample seeds it."""
 
     def __init__(self, weight: float) -> None:
         if not 0 < weight <= 1:
             raise ValueError("weight must lie in (0, 1]")
         self.weight = weight
         self.mean = 0.0
-        self.var = 0.0
         self.count = 0
 
     def update(self, value: float) -> None:
         if self.count == 0:
             self.mean = value
         else:
-            delta = value - self.mean
-            self.mean += self.weight * delta
-            self.var = (1 - self.weight) * (self.var + self.weight * delta * delta)
+            self.mean += self.weight * (value - self.mean)
         self.count += 1
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(self.var)
-
-
-@dataclass(frozen=True)
-class Prediction:
-    network_ms: float
-    queue_ms: float
-    service_ms: float
-    spread_ms: float
-    """Combined standard deviation of the three parts."""
-    observed: bool
-    """False while the target has never answered: the figures are the prior."""
-
-    @property
-    def mean_ms(self) -> float:
-        return self.network_ms + self.queue_ms + self.service_ms
-
-    def upper_ms(self, sigmas: float = 2.0) -> float:
-        return self.mean_ms + sigmas * self.spread_ms
 
 
 class DecayedRate:
@@ -123,8 +100,6 @@ class DecayedRate:
 
 
 class TargetEstimator:
-    MAX_COOLDOWN_FACTOR = 16
-
     def __init__(
         self,
         *,
@@ -133,25 +108,30 @@ class TargetEstimator:
         quality: Quality = "small",
         weight: float = 0.2,
         prior_latency_ms: float = 50.0,
-        failure_cooldown_ms: float = 1000.0,
         settings: EstimatorSettings = DEFAULT_SETTINGS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name, self.tier, self.quality = name, tier, quality
         self.settings = settings
-        self.network, self.queue, self.service = Ewma(weight), Ewma(weight), Ewma(weight)
-        self.batch_rows = Ewma(weight)
-        self.total = Ewma(weight)
-        self.fail_detect = Ewma(weight)
+        self.latency_ewma = Ewma(weight)
+        """Observed latency, exponentially weighted: the ``least-latency`` baseline's input,
+        read by nothing else."""
         self.prior_latency_ms = prior_latency_ms
-        self.failure_cooldown_ms = failure_cooldown_ms
         self._clock = clock
         self.latency = LatencyModel(prior_latency_ms=prior_latency_ms, settings=settings,
                                     clock=clock)
+        self.fail_detect = WindowedSketch(window_s=settings.window_s, clock=clock, min_count=1)
+        """How long failed calls took to be known as failed."""
+        self.at_target = WindowedSketch(window_s=settings.window_s, clock=clock,
+                                        min_count=settings.min_window_count)
+        """The time answered calls spent at the target (reported queue plus compute)."""
         self.fail_rate = DecayedRate(settings.failure_half_life_s, settings.prior_fail_probability,
                                      settings.prior_fail_weight, clock)
         self.confidence = WindowedHistogram(window_s=settings.window_s, clock=clock,
                                             min_count=settings.min_window_count)
+        self._share = 1.0
+        """:meth:`server_share`, updated by each answer and probe."""
+        self._observed = False
         self._escalation = self._escalation_table()
         self._escalation_dirty = False
         self._escalation_at = -math.inf
@@ -161,8 +141,8 @@ class TargetEstimator:
         self.in_flight = 0
         self.successes = 0
         self.failures = 0
-        self.consecutive_failures = 0
-        self.cooldown_until = -math.inf
+        self._failing = False
+        """The last call or probe failed (failures in a row are the breaker's to count)."""
         self.last_seen = -math.inf
         self.last_error: str | None = None
         self.last_error_at: float | None = None
@@ -191,15 +171,14 @@ class TargetEstimator:
         network_ms = max(total_ms - server_ms - queue_ms, 0.0)
         warm = self.replicas != 0
         if warm:
-            self.network.update(network_ms)
-            self.total.update(max(total_ms, 0.0))
+            self.latency_ewma.update(max(total_ms, 0.0))
+            self._observed = True
         else:
             usual = self.latency.network_median_ms() or 0.0
             self.observe_cold_start(max(network_ms - usual, 0.0))
             self.replicas = 1
-        self.queue.update(max(queue_ms, 0.0))
-        self.service.update(max(server_ms, 0.0))
-        self.batch_rows.update(float(max(batch_rows, 1)))
+        self.at_target.add(max(queue_ms, 0.0) + max(server_ms, 0.0))
+        self._update_share()
         unexplained = max(queue_ms - self.wait_ahead_ms(ahead, batch_rows), 0.0)
         self.latency.add_call(network_ms if warm else None, unexplained,
                               max(server_ms, 0.0), max(batch_rows, 1))
@@ -222,23 +201,22 @@ class TargetEstimator:
         off the target for many half-lives after it came back. Flapping is the
         breaker's to damp (its ejections grow), not this estimate's.
         """
-        if self.consecutive_failures:
+        if self._failing:
             self.fail_rate.reset()
-        self.network.update(max(total_ms, 0.0))
+        self._observed = True
         self.latency.add_network(max(total_ms, 0.0))
+        self._update_share()
         self._healthy()
 
     def observe_failure(self, reason: str, elapsed_ms: float | None = None) -> None:
         """A call failed after ``elapsed_ms`` (when known): counts toward ``p_fail``."""
         self.failures += 1
-        self.consecutive_failures += 1
+        self._failing = True
         self.last_error, self.last_error_at = reason, self._clock()
         self.answering = False
         self.fail_rate.add(True)
         if elapsed_ms is not None:
-            self.fail_detect.update(max(elapsed_ms, 0.0))
-        factor = min(2 ** (self.consecutive_failures - 1), self.MAX_COOLDOWN_FACTOR)
-        self.cooldown_until = self._clock() + self.failure_cooldown_ms * factor / 1000
+            self.fail_detect.add(max(elapsed_ms, 0.0))
         self.last_seen = self._clock()
 
     def observe_cold_start(self, ms: float) -> None:
@@ -258,17 +236,8 @@ class TargetEstimator:
         self.replicas = replicas
 
     def _healthy(self) -> None:
-        self.consecutive_failures = 0
-        self.cooldown_until = -math.inf
+        self._failing = False
         self.last_seen = self._clock()
-
-    @property
-    def available(self) -> bool:
-        """False while cooling down after a failure."""
-        return self._clock() >= self.cooldown_until
-
-    def idle_for_s(self) -> float:
-        return self._clock() - self.last_seen
 
     def needs_probe(self, now: float) -> bool:
         """True when nothing was heard of the target for a probe interval and no call is out."""
@@ -278,9 +247,10 @@ class TargetEstimator:
         return self.fail_rate.probability()
 
     def fail_fast_ms(self) -> float:
-        """Typical time to learn that a call failed: as observed, else one network median."""
+        """Typical time to learn that a call failed: the mean observed over the last window
+        or two, else one network median."""
         if self.fail_detect.count:
-            return self.fail_detect.mean
+            return self.fail_detect.mean()
         median = self.latency.network_median_ms()
         return median if median is not None else self.prior_latency_ms
 
@@ -334,12 +304,14 @@ class TargetEstimator:
 
     def server_share(self) -> float:
         """The share of an answered call's time spent at the target rather than on the
-        network (1 until a call has answered)."""
-        if not self.service.count:
-            return 1.0
-        at_target = self.queue.mean + self.service.mean
-        whole = at_target + self.network.mean
-        return at_target / whole if whole > 0 else 1.0
+        network (1 until a call has answered), over the last window or two."""
+        return self._share
+
+    def _update_share(self) -> None:
+        if self.at_target.count:
+            at_target = self.at_target.mean()
+            whole = at_target + self.latency.network.mean()
+            self._share = at_target / whole if whole > 0 else 1.0
 
     def cost_usd(self, rows: int, prices: MarginalPrices) -> float:
         batch = max(float(rows), self.latency.typical_rows())
@@ -347,47 +319,45 @@ class TargetEstimator:
 
     def view(self, rows: int, allowed: bool, prices: MarginalPrices) -> TargetView:
         """Everything the decision needs of this target for a request of ``rows`` rows."""
-        observed = self.network.count > 0
+        observed = self.observed
         return TargetView(
             name=self.name, tier=self.tier, quality=self.quality, allowed=allowed,
             latency=self.distribution(rows), p_fail=self.p_fail(),
             fail_fast_ms=self.fail_fast_ms(), cost_usd=self.cost_usd(rows, prices),
-            ewma_latency_ms=self.total.mean if self.total.count else self.prior_latency_ms,
+            ewma_latency_ms=(self.latency_ewma.mean if self.latency_ewma.count
+                             else self.prior_latency_ms),
             escalation=self.escalation_table(), in_flight=self.in_flight, rows=rows,
             observed=observed,
         )
 
-    def predict(self, rows: int = 1) -> Prediction:
-        if self.network.count == 0:
-            return Prediction(self.prior_latency_ms, 0.0, 0.0, self.prior_latency_ms / 2, False)
-        service = self.service.mean
-        if self.service.count and self.batch_rows.mean > 0:
-            service *= max(1.0, rows / self.batch_rows.mean)
-        spread = math.sqrt(self.network.var + self.queue.var + self.service.var)
-        return Prediction(self.network.mean, self.queue.mean, service, spread, True)
+    @property
+    def observed(self) -> bool:
+        """Whether the target ever answered (a call or a probe): else the figures are the
+        prior."""
+        return self._observed
 
     def snapshot(self) -> dict[str, Any]:
-        prediction = self.predict()
+        """What the decision reads of the target now (one row, the calls in flight included),
+        and the counts behind it."""
         latency = self.distribution()
+        model = self.latency
         return {
-            "available": self.available,
-            "observed": prediction.observed,
-            "network_ms": round(prediction.network_ms, 3),
-            "queue_ms": round(prediction.queue_ms, 3),
-            "service_ms": round(prediction.service_ms, 3),
-            "predicted_ms": round(prediction.mean_ms, 3),
-            "predicted_upper_ms": round(prediction.upper_ms(), 3),
+            "observed": self.observed,
+            "network_ms": round(model.network.mean(), 3),
+            "queue_ms": round(model.queue.mean(), 3),
+            "service_ms": round(model.service_ms(1), 3),
+            "wait_ahead_ms": round(self.wait_ahead_ms(self.in_flight), 3),
+            "predicted_ms": round(latency.quantile(0.5), 3),
             "p50_ms": round(latency.quantile(0.5), 3),
             "p99_ms": round(latency.quantile(0.99), 3),
             "p_fail": round(self.p_fail(), 5),
             "fail_fast_ms": round(self.fail_fast_ms(), 3),
+            "least_latency_ewma_ms": round(self.latency_ewma.mean, 3),
             "replicas": self.replicas,
             "cold_starts": self.cold_starts,
             "in_flight": self.in_flight,
             "successes": self.successes,
             "failures": self.failures,
-            "consecutive_failures": self.consecutive_failures,
-            "cooldown_left_ms": round(max(self.cooldown_until - self._clock(), 0.0) * 1000, 1),
             "last_error": self.last_error,
             "last_error_s_ago": None if self.last_error_at is None
             else round(self._clock() - self.last_error_at, 3),

@@ -3,7 +3,8 @@
 What :meth:`Executor.run` guarantees:
 
 * **The deadline holds.** Every call's timeout is the deadline left (less a
-  reserve for the next fallback when the call can afford it); a wait happens
+  reserve for the next fallback when the call can afford it, by the times the
+  decision priced: :meth:`~router.plan.Plan.timeout_ms`); a wait happens
   only if the next try still fits; the executor returns by the deadline plus
   a small grace even if a transport ignores cancellation.
 * **One retry layer.** A single tenacity ``AsyncRetrying`` drives the tries;
@@ -22,7 +23,8 @@ What :meth:`Executor.run` guarantees:
   plan's hedge is called too (budget allowing); the first answer wins, the other is cancelled.
 * **Cascade.** If the plan escalates and the answer's top probability is below
   ``confidence_threshold`` while the deadline leaves the escalation target its
-  predicted time, that target's answer is returned instead (``escalated``).
+  upper time (:meth:`~router.plan.Plan.escalation_fits`), that target's answer
+  is returned instead (``escalated``).
 * **Breakers and admission.** Targets whose breaker is open, or that are at
   their in-flight bound, are skipped; half-open probe slots are claimed per
   call. A replica at its in-flight bound sheds the request before any call.
@@ -49,16 +51,7 @@ from tenacity import AsyncRetrying, RetryCallState
 from router.admission import InFlightLimits
 from router.breaker import Breakers
 from router.budget import RetryBudget
-from router.calls import (
-    Answer,
-    Caller,
-    Claim,
-    ExpectedMs,
-    OnAttempt,
-    Race,
-    predicted_typical_ms,
-    predicted_upper_ms,
-)
+from router.calls import Answer, Caller, Claim, OnAttempt, Race
 from router.plan import Plan
 from router.policy import AdmissionSettings, BreakerSettings, RetrySettings
 from router.retrying import (
@@ -114,9 +107,9 @@ class Executor:
     """Runs plans against one router replica's targets; holds its breakers, budget and bounds.
 
     ``clock`` (for deadlines, breakers, budget), ``sleep`` (retry waits) and ``rng``
-    (backoff jitter) are injected; ``expected_ms(target, rows)`` is a target's predicted
-    upper latency, used to reserve time for a fallback, to decide whether a timeout is
-    the target's fault and whether an escalation fits; ``on_attempt`` hears of every
+    (backoff jitter) are injected; the times that reserve a fallback its share, say
+    whether a timeout is the target's fault and whether an escalation fits are the
+    plan's; ``on_attempt`` hears of every
     upstream call (metrics); ``min_attempt_ms`` is the least time worth an attempt;
     ``cancel_grace_ms`` bounds the wait for a cancelled call to finish.
     """
@@ -132,8 +125,6 @@ class Executor:
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
-        expected_ms: ExpectedMs = predicted_upper_ms,
-        typical_ms: ExpectedMs = predicted_typical_ms,
         on_attempt: OnAttempt | None = None,
         min_attempt_ms: float = 2.0,
         cancel_grace_ms: float = 10.0,
@@ -148,9 +139,7 @@ class Executor:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
-        self._expected_ms = expected_ms
-        self._typical_ms = typical_ms
-        self._caller = Caller(expected_ms, clock, on_attempt)
+        self._caller = Caller(clock, on_attempt)
         self._backoff = self._new_backoff()
         self._orphans: set[asyncio.Task[Any]] = set()
 
@@ -235,7 +224,7 @@ class Executor:
         timeout_s = self._call_timeout(req, claim.target)
         req.calls += 1
         req.tried[claim.target.name] = None
-        return self._caller.launch(claim, req.x, timeout_s)
+        return self._caller.launch(claim, req.x, timeout_s, req.plan)
 
     def _launch_hedge(self, req: _Request, name: str) -> asyncio.Task[Answer] | None:
         if (name in req.tried or req.calls >= self.retry.max_attempts
@@ -249,19 +238,15 @@ class Executor:
         return self._launch(req, claim)
 
     def _call_timeout(self, req: _Request, target: Target) -> float:
-        """:func:`call_timeout` of a call to ``target`` now (seconds)."""
+        """The plan's timeout of a call to ``target`` now (seconds), with the next target
+        not yet tried that could take over."""
         left = self._time_left(req)
         if req.calls + 1 >= self.retry.max_attempts:
             return left
         following = next((n for n in req.chain if n != target.name and n not in req.tried
                           and self._claimable(n)), None)
-        fallback = self.targets.get(following) if following else None
-        if fallback is None:
-            return left
-        rows = len(req.x)
-        return call_timeout(left, self._expected_ms(fallback, rows) / 1000,
-                            self._typical_ms(target, rows) / 1000, self.min_attempt_s,
-                            self.grace_s)
+        return req.plan.timeout_ms(target.name, following, left * 1000,
+                                   self.min_attempt_s * 1000, self.grace_s * 1000) / 1000
 
     def _route(self, req: _Request, retry_state: RetryCallState) -> bool:
         """Pick and reserve the next try's target: a fresh fallback, else a retry."""
@@ -332,7 +317,7 @@ class Executor:
         if (target is None or threshold is None or answer.target is target
                 or _confidence(answer.reply) >= threshold
                 or req.calls >= self.retry.max_attempts
-                or self._time_left(req) * 1000 < self._expected_ms(target, len(req.x))):
+                or not req.plan.escalation_fits(self._time_left(req) * 1000)):
             return self._served(req, answer, fallback, hedge_won, escalated=False)
         claim = self._claim(req, target.name)
         if claim is not None:
@@ -381,17 +366,3 @@ class Executor:
             return min(ejected)
         return self.limits.settings.shed_retry_after_s
 
-
-def call_timeout(left: float, fallback_expected: float, own_typical: float, min_attempt: float,
-                 grace: float) -> float:
-    """A call's timeout (any one unit): the deadline ``left``, less what the next fallback is
-    predicted to need, a least attempt and the grace a timed-out call gets to finish
-    cancelling, if the call still has its own typical time in what remains; else all of
-    ``left``.
-
-    A call that runs past the cut is in the tail of its own distribution or hung (a call to a
-    lost Ray node hangs rather than fails): the fallback, given its predicted upper time, is
-    then the better bet, and it is what the plan's P(miss) counted on. The simulator applies
-    the same rule (:mod:`edgeroute.tools.sim.execute`)."""
-    cut = left - fallback_expected - min_attempt - grace
-    return cut if cut >= max(own_typical, min_attempt) else left

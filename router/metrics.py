@@ -8,13 +8,23 @@ by an injected factory: Ray Serve's in a replica, an in-memory recorder in tests
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import defaultdict
+from collections.abc import Callable
+from types import TracebackType
 from typing import Any, Protocol
 
 LATENCY_BOUNDARIES_MS: list[float] = [
     1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000,
 ]
 DECISION_BOUNDARIES_US: list[float] = [5, 10, 20, 50, 100, 200, 500, 1000, 5000]
+NO_TIER = "none"
+"""The ``tier`` label of a request no target answered (refused, shed, failed, malformed)."""
+CLIENT_GONE = 499
+"""The ``status`` label of a request whose client went away first (nginx's code)."""
+NO_POLICY = "-"
+"""The ``policy`` label of a request refused before its policy was known."""
 
 
 class Instrument(Protocol):
@@ -142,6 +152,34 @@ class RouterMetrics:
         self.requests.record(1, {"policy": policy, "status": str(status), "tier": tier})
         self.latency.record(latency_ms, {"policy": policy, "tier": tier})
 
+    def tally(self, received: float,
+              clock: Callable[[], float] = time.monotonic) -> RequestTally:
+        """A client request received at ``received`` (on ``clock``), recorded when it ends."""
+        return RequestTally(self, received, clock)
+
     def served(self, target: str, tier: str, cost_usd: float) -> None:
         self.placements.record(1, {"target": target, "tier": tier})
         self.cost.record(cost_usd, {"target": target, "tier": tier})
+
+
+class RequestTally:
+    """One client request's labels while it is handled, recorded once as it ends (``with``):
+    the policy once known, the tier of the target that answered (:data:`NO_TIER` until one
+    did) and the status. The latency runs from ``received`` to the end of the block."""
+
+    def __init__(self, metrics: RouterMetrics, received: float,
+                 clock: Callable[[], float]) -> None:
+        self._metrics, self._received, self._clock = metrics, received, clock
+        self.policy = NO_POLICY
+        self.tier = NO_TIER
+        self.status = 200
+
+    def __enter__(self) -> RequestTally:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        if kind is not None and self.status == 200:
+            self.status = CLIENT_GONE if issubclass(kind, asyncio.CancelledError) else 500
+        self._metrics.request(self.policy, self.status, self.tier,
+                              (self._clock() - self._received) * 1000)

@@ -1,11 +1,7 @@
 """What running a plan ends in: a :class:`Served` result, or a :class:`NotServed` failure.
 
-How the app answers each (DESIGN.md "Contracts"):
-
-* :class:`NotServed` with ``deadline_passed``: 504;
-* :class:`NotServed` otherwise: 503 with ``Retry-After``;
-* :class:`Shed` (a ``NotServed``): excess load refused before any upstream call, 503
-  with ``Retry-After`` at once.
+:class:`Shed` (a ``NotServed``) is excess load refused before any upstream call.
+None of them carries an HTTP status: the ingress answers each (:mod:`router.errors`).
 """
 
 from __future__ import annotations
@@ -38,7 +34,8 @@ class Served:
 
 
 class NotServed(Exception):
-    """No target answered; ``deadline_passed`` picks 504 over 503 (+ ``Retry-After``)."""
+    """No target answered, by the deadline (``deadline_passed``) or not; ``retry_after_s``:
+    when trying again is worth it."""
 
     def __init__(self, message: str, *, attempts: int, deadline_passed: bool,
                  retry_after_s: float = 1.0) -> None:
@@ -49,7 +46,7 @@ class NotServed(Exception):
 
 
 class Shed(NotServed):
-    """Refused for load before any upstream call: answer 503 with ``Retry-After`` at once."""
+    """Refused for load before any upstream call, at once."""
 
     def __init__(self, message: str, *, retry_after_s: float,
                  scope: Literal["router", "target"]) -> None:

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from edgeroute.oip import OIPError
 from router.breaker import Breakers, Transition
 from router.calls import Attempt
 from router.cost import Ledger, marginal_cost_usd
@@ -75,11 +74,11 @@ class Routed:
         return params
 
 
-class Rejected(OIPError):
-    """The decision found no plan it may run (503 with Retry-After)."""
+class Rejected(Exception):
+    """The decision found no plan it may run (the ingress answers it: :mod:`router.errors`)."""
 
     def __init__(self, decision: Decision) -> None:
-        super().__init__(f"no plan: {decision.reason}", status=503)
+        super().__init__(f"no plan: {decision.reason}")
         self.decision = decision
 
 

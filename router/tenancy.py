@@ -5,6 +5,10 @@ time. A request without a key is anonymous (if the policy allows it); a key
 that matches no tenant is a 401; asking for a policy the caller may not use is
 a 403. Nothing in the request body can claim another tenant's rights: only the
 key decides the tenant.
+
+Errors: :class:`Unauthenticated` (no usable key), :class:`NotPermitted` (a policy
+the tenant may not use), and :class:`~edgeroute.oip.OIPError` for a malformed
+``parameters.policy``; the ingress answers each (:mod:`router.errors`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,14 @@ from edgeroute.oip import OIPError
 from router.policy import PolicyDocument, RoutingPolicy, hash_key
 
 ANONYMOUS = "anonymous"
+
+
+class Unauthenticated(Exception):
+    """The request carries no key where one is required, or a key that matches no tenant."""
+
+
+class NotPermitted(Exception):
+    """The caller's tenant may not use the policy it asked for."""
 
 
 @dataclass(frozen=True)
@@ -30,21 +42,21 @@ def _tenant_for(document: PolicyDocument, api_key: str) -> tuple[str, str, tuple
     for tenant in document.tenants:
         if hmac.compare_digest(digest, tenant.key_sha256):
             return tenant.name, tenant.default_policy, tenant.allowed_policies
-    raise OIPError("invalid API key", status=401)
+    raise Unauthenticated("invalid API key")
 
 
 def resolve(document: PolicyDocument, authorization: str | None, requested: object) -> Caller:
-    """The caller's tenant and the named policy to route with, or a 4xx saying why not."""
+    """The caller's tenant and the named policy to route with, or an error saying why not."""
     if authorization:
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
-            raise OIPError("Authorization must be 'Bearer <api key>'", status=401)
+            raise Unauthenticated("Authorization must be 'Bearer <api key>'")
         tenant, default, allowed = _tenant_for(document, key.strip())
     elif document.anonymous.allowed:
         tenant, default = ANONYMOUS, document.anonymous.policy
         allowed = (default, *document.anonymous.allowed_policies)
     else:
-        raise OIPError("an API key is required (Authorization: Bearer <key>)", status=401)
+        raise Unauthenticated("an API key is required (Authorization: Bearer <key>)")
     if requested is None:
         name = default
     elif not isinstance(requested, str):
@@ -53,7 +65,7 @@ def resolve(document: PolicyDocument, authorization: str | None, requested: obje
         known = ", ".join(sorted(document.policies))
         raise OIPError(f"unknown policy {requested!r}; known: {known}")
     elif requested not in allowed:
-        raise OIPError(f"policy {requested!r} is not allowed for {tenant}", status=403)
+        raise NotPermitted(f"policy {requested!r} is not allowed for {tenant}")
     else:
         name = requested
     return Caller(tenant, name, document.policies[name])

@@ -291,7 +291,7 @@ class Stack:
             return False
         return all(
             t["estimates"]["replicas"] == 0  # scaled to zero: nothing to reach until woken
-            or (t["estimates"]["observed"] and t["estimates"]["available"])
+            or (t["estimates"]["observed"] and t["breaker"]["state"] == "closed")
             for t in targets
         )
 

@@ -171,7 +171,7 @@ def wait_for(check: Any, timeout_s: float, what: str) -> Any:
 def every_target_reached(endpoint: str, token: str) -> dict[str, dict[str, Any]] | None:
     targets = httpx.get(f"{endpoint}/v1/targets", headers={"authorization": f"Bearer {token}"},
                         timeout=5).json()["targets"]
-    if all(t["estimates"]["observed"] and t["estimates"]["available"] for t in targets):
+    if all(t["estimates"]["observed"] and t["available"] for t in targets):
         return {t["name"]: t for t in targets}
     return None
 

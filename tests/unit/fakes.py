@@ -23,7 +23,7 @@ from router.breaker import Breakers
 from router.calls import OnAttempt
 from router.estimator import TargetEstimator
 from router.executor import Executor
-from router.plan import Plan, PlanKind
+from router.plan import Plan, PlanKind, Timing
 from router.policy import AdmissionSettings, BreakerSettings, RetrySettings
 from router.targets import Target, TargetSet, make_target
 from router.transport import Reply, TargetError, TargetRejected, TargetUnavailable
@@ -233,31 +233,31 @@ def gated(gate: asyncio.Event, then: Behaviour = answer) -> Behaviour:
 
 def plan_of(primary: str, *fallbacks: str, hedge: str | None = None,
             hedge_delay_ms: float | None = None, escalate_to: str | None = None,
-            confidence_threshold: float | None = None) -> Plan:
+            confidence_threshold: float | None = None, upper_ms: float = 5.0,
+            typical_ms: float | None = None) -> Plan:
+    """A plan that prices every target it names at ``upper_ms`` (p99) and ``typical_ms``
+    (median; default the same)."""
     kind: PlanKind = "hedged" if hedge else "cascade" if escalate_to else "single"
+    times = Timing(upper_ms if typical_ms is None else typical_ms, upper_ms)
+    names = (primary, *fallbacks, hedge, escalate_to)
     return Plan(kind, primary, tuple(fallbacks), hedge, hedge_delay_ms, escalate_to,
-                confidence_threshold)
+                confidence_threshold, timing={n: times for n in names if n})
 
 
 def executor_for(
     *targets: Target,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] | None = None,
-    expected_ms: float = 5.0,
     retry: RetrySettings | None = None,
     breaker: BreakerSettings | None = None,
     admission: AdmissionSettings | None = None,
     breakers: Breakers | None = None,
     on_attempt: OnAttempt | None = None,
-    typical_ms: float | None = None,
 ) -> Executor:
-    """An executor over ``targets`` that never sleeps for real and predicts every target
-    at ``expected_ms`` (upper) and ``typical_ms`` (mean; default the same)."""
-    typical = expected_ms if typical_ms is None else typical_ms
+    """An executor over ``targets`` that never sleeps for real."""
     return Executor(
         TargetSet(targets), retry=retry, breaker=breaker, admission=admission,
         breakers=breakers, clock=clock,
         sleep=sleep or RecordingSleep(), rng=random.Random(7),
-        expected_ms=lambda target, rows: expected_ms, on_attempt=on_attempt,
-        typical_ms=lambda target, rows: typical,
+        on_attempt=on_attempt,
     )

@@ -20,7 +20,6 @@ def test_default_stack_has_two_edges_with_different_links_and_one_cloud() -> Non
     config = StackConfig()
     assert [e.name for e in config.edges] == ["edge-a", "edge-b"]
     assert config.edges[0].link != config.edges[1].link
-    assert config.target_names() == ["cloud", "edge-a", "edge-b"]
     assert config.endpoint == "http://127.0.0.1:8000"
 
 

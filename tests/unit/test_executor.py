@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 
 import numpy as np
 import pytest
 
 from router.calls import Attempt
-from router.executor import Executor, NotServed, Served, call_timeout
-from router.plan import Plan
+from router.executor import Executor, NotServed, Served
+from router.plan import Plan, Timing
 from router.policy import BreakerSettings, RetrySettings
 from router.transport import Reply, TargetTimeout
 from tests.unit.fakes import (
@@ -175,8 +176,8 @@ def test_max_attempts_counts_every_target() -> None:
 def test_a_hanging_primary_times_out_with_time_left_for_the_fallback() -> None:
     primary = fake_target(FakeTransport("edge-a", hang))
     fallback = fake_target(FakeTransport("cloud", label=2))
-    executor = executor_for(primary, fallback, expected_ms=20.0)
-    served, elapsed = run(executor, plan_of("edge-a", "cloud"), deadline_s=0.3)
+    executor = executor_for(primary, fallback)
+    served, elapsed = run(executor, plan_of("edge-a", "cloud", upper_ms=20.0), deadline_s=0.3)
     assert served.target is fallback
     assert served.reply.labels.tolist() == [2, 2, 2]
     first = fake_of(primary).infer_timeouts[0]
@@ -193,8 +194,9 @@ def test_a_primary_with_a_long_tail_is_cut_for_the_fallback_once_past_its_typica
     the fallback's reserve is still cut, as long as its typical time fits."""
     primary = fake_target(FakeTransport("cloud", hang))
     fallback = fake_target(FakeTransport("edge-a", label=4))
-    executor = executor_for(primary, fallback, expected_ms=280.0, typical_ms=30.0)
-    served, elapsed = run(executor, plan_of("cloud", "edge-a"), deadline_s=0.6)
+    executor = executor_for(primary, fallback)
+    plan = plan_of("cloud", "edge-a", upper_ms=280.0, typical_ms=30.0)
+    served, elapsed = run(executor, plan, deadline_s=0.6)
     assert served.target is fallback
     assert fake_of(primary).infer_timeouts[0] <= 0.6 - 0.28, "the fallback kept its time"
     assert elapsed < 0.6 + LATE_S
@@ -203,8 +205,9 @@ def test_a_primary_with_a_long_tail_is_cut_for_the_fallback_once_past_its_typica
 def test_a_primary_is_not_cut_before_its_typical_time() -> None:
     primary = fake_target(FakeTransport("edge-a", hang))
     fallback = fake_target(FakeTransport("cloud", label=2))
-    executor = executor_for(primary, fallback, expected_ms=80.0, typical_ms=60.0)
-    error, _ = run_failing(executor, plan_of("edge-a", "cloud"), deadline_s=0.1)
+    executor = executor_for(primary, fallback)
+    plan = plan_of("edge-a", "cloud", upper_ms=80.0, typical_ms=60.0)
+    error, _ = run_failing(executor, plan, deadline_s=0.1)
     # Cutting at 100 - 80 - 12 ms would leave the primary less than its typical 60 ms:
     # it gets the whole deadline, and no time is left for the fallback.
     assert error.deadline_passed and error.attempts == 1
@@ -262,8 +265,8 @@ def test_a_plan_naming_unknown_targets_is_not_served_and_says_why() -> None:
 def test_a_timeout_under_a_deadline_tighter_than_predicted_blames_nobody() -> None:
     """50 ms says nothing about the health of a target that takes 80 ms."""
     primary = fake_target(FakeTransport("edge-a", hang))
-    executor = executor_for(primary, expected_ms=80.0)
-    error, _ = run_failing(executor, plan_of("edge-a"), deadline_s=0.05)
+    executor = executor_for(primary)
+    error, _ = run_failing(executor, plan_of("edge-a", upper_ms=80.0), deadline_s=0.05)
     assert error.deadline_passed
     assert primary.estimator.failures == 0
     assert executor.breakers["edge-a"].snapshot()["window_calls"] == 0
@@ -271,8 +274,8 @@ def test_a_timeout_under_a_deadline_tighter_than_predicted_blames_nobody() -> No
 
 def test_a_timeout_with_ample_time_counts_as_a_failure() -> None:
     primary = fake_target(FakeTransport("edge-a", hang))
-    executor = executor_for(primary, expected_ms=5.0)
-    run_failing(executor, plan_of("edge-a"), deadline_s=0.05)
+    executor = executor_for(primary)
+    run_failing(executor, plan_of("edge-a", upper_ms=5.0), deadline_s=0.05)
     assert primary.estimator.failures == 1
     assert executor.breakers["edge-a"].snapshot()["window_failures"] == 1
 
@@ -379,9 +382,34 @@ def test_a_call_counts_in_flight_from_its_launch() -> None:
 
 
 def test_a_call_is_cut_for_its_fallback_only_if_it_keeps_its_typical_time() -> None:
-    """One rule for the executor and the simulator: 300 ms left, a fallback expected to need
-    100, a 5 ms least attempt and a 10 ms grace leave the call 185 ms, if its typical time
-    fits in that; else the call gets all 300."""
-    assert call_timeout(300.0, 100.0, 50.0, 5.0, 10.0) == pytest.approx(185.0)
-    assert call_timeout(300.0, 100.0, 200.0, 5.0, 10.0) == 300.0
-    assert call_timeout(300.0, 290.0, 1.0, 5.0, 10.0) == 300.0, "no room left for the cut"
+    """One rule, the plan's, for the executor and the simulator: 300 ms left, a fallback
+    priced at 100 ms (p99), a 5 ms least attempt and a 10 ms grace leave the call 185 ms, if
+    its typical time fits in that; else the call gets all 300."""
+    plan = Plan("single", "a", ("b",), timing={"a": Timing(50.0, 80.0), "b": Timing(20.0, 100.0),
+                                               "slow": Timing(200.0, 400.0),
+                                               "far": Timing(50.0, 290.0)})
+    assert plan.timeout_ms("a", "b", 300.0, 5.0, 10.0) == pytest.approx(185.0)
+    assert plan.timeout_ms("slow", "b", 300.0, 5.0, 10.0) == 300.0
+    assert plan.timeout_ms("a", "far", 300.0, 5.0, 10.0) == 300.0, "no room left for the cut"
+    assert plan.timeout_ms("a", None, 300.0, 5.0, 10.0) == 300.0, "no fallback: no cut"
+
+
+def test_the_decision_writes_the_times_it_priced_into_the_plan() -> None:
+    """The executor applies the p50 and p99 of the very distributions the plan was priced
+    on, for every target the plan may call."""
+    from router.decision import BaselineState, decide
+    from router.policy import RoutingPolicy
+    from tests.unit.views import view
+
+    views = [view("edge-a", median=20.0, p_fail=0.05), view("edge-b", median=30.0),
+             view("cloud", tier="cloud", quality="large", median=60.0)]
+    plan = decide(views, deadline_ms=200.0, quality="any", rows=1, policy=RoutingPolicy(),
+                  policy_name="default", rng=random.Random(1), state=BaselineState()).plan
+    assert plan is not None and plan.fallbacks
+    by_name = {v.name: v for v in views}
+    assert set(plan.timing) == set(plan.targets)
+    for name, timing in plan.timing.items():
+        latency = by_name[name].latency
+        assert timing == Timing(latency.quantile(0.5), latency.quantile(0.99))
+    assert plan.overdue(plan.primary, plan.timing[plan.primary].upper_ms)
+    assert not plan.overdue(plan.primary, 0.99 * plan.timing[plan.primary].upper_ms)

@@ -110,8 +110,9 @@ def cascade(edge_confidence: float, cloud: FakeTransport | None = None,
             deadline_s: float = 1.0, expected_ms: float = 5.0) -> tuple[Served, FakeTransport]:
     edge, big = pair(FakeTransport("edge-a", label=1, confidence=edge_confidence),
                      cloud or FakeTransport("cloud", label=8))
-    plan = plan_of("edge-a", escalate_to="cloud", confidence_threshold=0.9)
-    served, _ = run(executor_for(edge, big, expected_ms=expected_ms), plan, deadline_s)
+    plan = plan_of("edge-a", escalate_to="cloud", confidence_threshold=0.9,
+                   upper_ms=expected_ms)
+    served, _ = run(executor_for(edge, big), plan, deadline_s)
     return served, fake_of(big)
 
 

@@ -10,7 +10,7 @@ import pytest
 from edgeroute.config import Quality, Tier
 from router.decision import RequestQuality
 from router.estimator import TargetEstimator
-from router.metrics import MemoryFactory, RouterMetrics
+from router.metrics import NO_TIER, MemoryFactory, RouterMetrics
 from router.policy import PolicyDocument, RoutingPolicy
 from router.served import NotServed
 from router.service import Rejected, Routed, RoutingService
@@ -20,6 +20,7 @@ from tests.unit.fakes import FakeTransport, fail_with, fake_target, refused, run
 
 X = np.zeros((1, 64), dtype=np.float32)
 DEFAULT = Caller("anonymous", "default", RoutingPolicy())
+ALWAYS_EDGE = Caller("anonymous", "always-edge", RoutingPolicy(strategy="always-edge"))
 
 
 def service(
@@ -48,7 +49,8 @@ def test_a_request_is_served_priced_and_counted() -> None:
                            (FakeTransport("cloud"), "cloud", "large"))
     routed = route(svc)
     params = routed.parameters(DEFAULT, 500.0, explain=True)
-    assert params["target"] in {"edge-a", "cloud"}
+    # Both answer at once; the edge is far cheaper and its answers are confident.
+    assert (params["target"], params["tier"], params["escalated"]) == ("edge-a", "edge", False)
     assert params["cost_usd"] > 0
     assert params["explanation"]["candidates"]
     assert factory.instruments["edgeroute_placements_total"].total() == 1
@@ -129,7 +131,7 @@ def test_a_target_that_leaves_and_joins_again_starts_with_a_closed_breaker() -> 
                                estimator=TargetEstimator(name="edge-a")))
     assert svc.breakers["edge-a"].snapshot()["state"] == "closed"
     assert svc.breakers["edge-a"].snapshot()["ejections"] == 0
-    assert route(svc).served.target.name in {"edge-a", "cloud"}
+    assert route(svc, caller=ALWAYS_EDGE).served.target.name == "edge-a"
 
 
 def test_a_drained_target_gets_no_new_request_until_undrained() -> None:
@@ -165,3 +167,69 @@ def test_reset_forgets_estimates_and_breaker_history() -> None:
         svc.reset("nowhere", fresh)
     with pytest.raises(KeyError):
         svc.drain("nowhere")
+
+
+def tallied(svc: RoutingService, quality: RequestQuality, caller: Caller = DEFAULT) -> None:
+    """One request accounted as the ingress accounts it: the tier once served, the status
+    of a refusal."""
+
+    async def main() -> None:
+        with svc.metrics.tally(time.monotonic()) as tally:
+            tally.policy = caller.policy_name
+            try:
+                routed = await svc.route(X, deadline_ms=500.0, received=time.monotonic(),
+                                         quality=quality, caller=caller)
+                tally.tier = routed.served.target.tier
+            except Rejected:
+                tally.status = 503
+
+    run_async(main)
+
+
+def test_request_metrics_carry_the_tier_that_answered() -> None:
+    svc, factory = service((FakeTransport("edge-a"), "edge", "small"),
+                           (FakeTransport("cloud"), "cloud", "large"))
+    tallied(svc, "any", ALWAYS_EDGE)
+    tallied(svc, "high")
+    tallied(svc, "high", ALWAYS_EDGE)  # no edge target may serve quality=high
+    latency = factory.instruments["edgeroute_request_latency_ms"]
+    assert latency.total(tier="edge", policy="always-edge") == 1
+    assert latency.total(tier="cloud", policy="default") == 1
+    assert latency.total(tier=NO_TIER) == 1
+    requests = factory.instruments["edgeroute_requests_total"]
+    assert requests.total(tier=NO_TIER, status="503") == 1
+    assert requests.total(status="200") == 2
+
+
+def test_a_request_that_raises_is_counted_as_a_server_error() -> None:
+    svc, factory = service((FakeTransport("edge-a"), "edge", "small"))
+    with pytest.raises(RuntimeError), svc.metrics.tally(time.monotonic()):
+        raise RuntimeError("a bug")
+    assert factory.instruments["edgeroute_requests_total"].total(status="500",
+                                                                 tier=NO_TIER) == 1
+
+
+def test_the_predicted_latency_gauge_shows_what_the_decision_read() -> None:
+    svc, factory = service((FakeTransport("edge-a"), "edge", "small"),
+                           (FakeTransport("cloud"), "cloud", "large"))
+    route(svc)
+    svc.publish_gauges()  # the prober does this once per probe interval
+    gauge = factory.instruments["edgeroute_target_predicted_latency_ms"]
+    priors = {name: t.estimator.latency.distribution(1, False).quantile(0.5)
+              for name, t in svc.targets.targets.items()}
+    assert {k[0][1]: v for k, v in gauge.values.items()} == pytest.approx(priors)
+
+
+def test_the_targets_table_shows_what_the_decision_reads() -> None:
+    from rich.console import Console
+
+    from edgeroute.tools.tables import targets_table
+
+    svc, _ = service((FakeTransport("edge-a"), "edge", "small"))
+    route(svc)
+    console = Console(record=True, width=200)
+    console.print(targets_table(svc.snapshot()["targets"]))
+    shown = console.export_text()
+    p50 = svc.targets.targets["edge-a"].estimator.distribution().quantile(0.5)
+    assert f"{p50:.1f}" in shown and "closed" in shown
+    assert "cooling" not in shown

@@ -6,14 +6,18 @@ The executor's rules, over the drawn latencies of one request:
   then fallbacks), at once, while fewer than ``max_attempts`` calls were made
   and at least ``min_attempt_ms`` of the deadline is left; a target whose
   breaker refuses a permit is skipped;
-* a call's timeout is the deadline left, less the next fallback's predicted
-  upper latency, the least attempt and the cancel grace when the call can
-  still have its own typical (mean) time (:func:`router.executor.call_timeout`, shared);
+* every call's timeout (the hedge's included) is the plan's
+  (:meth:`router.plan.Plan.timeout_ms`, shared): the deadline left, less the
+  next fallback's upper time, the least attempt and the cancel grace when the
+  call can still have its own typical time;
 * the hedge starts at its delay if the primary has not answered, the retry
   budget allowing; the first answer wins and the other call is cancelled;
 * an answer from a small model below the cascade threshold is escalated when
-  the deadline leaves the escalation target its predicted upper latency; if
-  the escalation fails, the small answer is returned.
+  the deadline leaves the escalation target its upper time
+  (:meth:`router.plan.Plan.escalation_fits`); if the escalation fails, the
+  small answer is returned;
+* each call carries its plan, whose :meth:`router.plan.Plan.overdue` decides
+  what a timeout teaches (:meth:`RouterReplica.feedback`).
 
 Differences, on purpose: a target already tried is not retried after a
 backoff (the retry budget makes that rare, and it never turns a miss into a
@@ -30,7 +34,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from edgeroute.tools.sim.world import CANCELLED, OK, Call, World
-from router.executor import call_timeout
 from router.plan import Plan
 
 
@@ -41,8 +44,6 @@ class Hooks(Protocol):
         """A breaker permit for a call to ``target``; ``None`` when its breaker refuses."""
 
     def allows(self, target: int) -> bool: ...
-    def expected_ms(self, target: int) -> float: ...
-    def typical_ms(self, target: int) -> float: ...
     def try_hedge(self) -> bool: ...
     def record_retry(self) -> None: ...
 
@@ -76,11 +77,14 @@ class Outcome:
 
 
 class _Run:
-    __slots__ = ("calls", "chain", "hooks", "limits", "req", "tried", "world")
+    __slots__ = ("calls", "chain", "hooks", "limits", "names", "plan", "req", "tried", "world")
 
-    def __init__(self, req: Request, chain: list[int], world: World, hooks: Hooks,
-                 limits: Limits) -> None:
-        self.req, self.chain, self.world, self.hooks, self.limits = req, chain, world, hooks, limits
+    def __init__(self, req: Request, plan: Plan, ids: dict[str, int], world: World,
+                 hooks: Hooks, limits: Limits) -> None:
+        self.req, self.plan, self.world, self.hooks, self.limits = req, plan, world, hooks, limits
+        names = (plan.primary, plan.hedge, *plan.fallbacks)
+        self.names = {ids[n]: n for n in (*names, plan.escalate_to) if n}
+        self.chain = list(dict.fromkeys(ids[n] for n in names if n))
         self.calls: list[Call] = []
         self.tried: set[int] = set()
 
@@ -89,7 +93,7 @@ class _Run:
         i = req.candidates.index(target)
         made = self.world.call(target, req.arrival_ms, start_ms, timeout_ms, req.network_ms[i],
                                req.service_ms[i], req.deadline_ms)
-        made.permit = permit
+        made.permit, made.plan = permit, self.plan
         self.calls.append(made)
         self.tried.add(target)
         return made
@@ -109,25 +113,19 @@ class _Run:
             return left
         following = next((t for t in self.chain if t != target and t not in self.tried
                           and hooks.allows(t)), None)
-        if following is None:
-            return left
-        return call_timeout(left, hooks.expected_ms(following), hooks.typical_ms(target),
-                            limits.min_attempt_ms, limits.grace_ms)
+        then = self.names[following] if following is not None else None
+        return self.plan.timeout_ms(self.names[target], then, left, limits.min_attempt_ms,
+                                    limits.grace_ms)
 
     def room(self, at_ms: float) -> bool:
         return (len(self.calls) < self.limits.max_attempts
                 and self.req.deadline_ms - at_ms >= self.limits.min_attempt_ms)
 
 
-def _ids(plan: Plan, ids: dict[str, int]) -> list[int]:
-    names = (plan.primary, plan.hedge, *plan.fallbacks)
-    return list(dict.fromkeys(ids[n] for n in names if n))
-
-
 def run_plan(plan: Plan, req: Request, world: World, hooks: Hooks, limits: Limits,
              ids: dict[str, int], small: Sequence[bool]) -> Outcome:
     """Every call ``plan`` makes for ``req`` in ``world``, and the answer it returns."""
-    run = _Run(req, _ids(plan, ids), world, hooks, limits)
+    run = _Run(req, plan, ids, world, hooks, limits)
     out = Outcome(run.calls)
     at = 0.0
     while out.answer is None and run.room(at):
@@ -166,7 +164,7 @@ def _hedge(run: _Run, target: int, delay_ms: float, out: Outcome) -> list[Call]:
     if permit is None:
         return []
     out.hedged = True
-    return [run.call(target, delay_ms, permit, run.req.deadline_ms - delay_ms)]
+    return [run.call(target, delay_ms, permit, run.timeout_ms(target, delay_ms))]
 
 
 def _escalate(run: _Run, plan: Plan, target: int, out: Outcome) -> None:
@@ -174,8 +172,7 @@ def _escalate(run: _Run, plan: Plan, target: int, out: Outcome) -> None:
     assert answer is not None and plan.confidence_threshold is not None
     left = run.req.deadline_ms - answer.end_ms
     if (answer.target == target or run.req.confidence >= plan.confidence_threshold
-            or len(run.calls) >= run.limits.max_attempts
-            or left < run.hooks.expected_ms(target)):
+            or len(run.calls) >= run.limits.max_attempts or not plan.escalation_fits(left)):
         return
     permit = run.hooks.claim(target)
     if permit is None:

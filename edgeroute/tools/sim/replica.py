@@ -8,7 +8,7 @@ the router's own; only their clock is virtual. What each call teaches them
 follows ``router.calls.Caller``: an answer is a success for the breaker and an
 observation of network, queue and service time for the estimator (and of the
 small model's confidence); a refusal is a failure; a timeout counts as one
-only when the call had twice the target's predicted upper latency; a
+only when overdue by its plan's times (:meth:`router.plan.Plan.overdue`); a
 cancelled hedge loser is a slow call only when overdue. Probes follow
 ``router.targets.TargetSet``: every idle target once per probe interval, the
 whole round awaited before the next, a half-open breaker's trial call made by
@@ -71,9 +71,7 @@ class RouterReplica:
             self.estimators.append(TargetEstimator(
                 name=name, tier="cloud" if is_cloud else "edge",
                 quality="large" if is_cloud else "small",
-                prior_latency_ms=router.prior_latency_ms,
-                failure_cooldown_ms=router.failure_cooldown_ms, settings=settings[c],
-                clock=clock))
+                prior_latency_ms=router.prior_latency_ms, settings=settings[c], clock=clock))
         self.ejections = 0
         self.breakers = Breakers(doc.breaker, clock=clock, on_transition=self._transition)
         self.breaker_of = [self.breakers[n] for n in self.names]
@@ -111,12 +109,6 @@ class RouterReplica:
     def allows(self, target: int) -> bool:
         return self.breaker_of[target].allows()
 
-    def expected_ms(self, target: int) -> float:
-        return self.estimators[target].predict(1).upper_ms()
-
-    def typical_ms(self, target: int) -> float:
-        return self.estimators[target].predict(1).mean_ms
-
     def try_hedge(self) -> bool:
         return self.budget.try_spend()
 
@@ -145,7 +137,7 @@ class RouterReplica:
         elif outcome == FAILED:
             est.observe_failure("refused", total)
             permit.failure("refused")
-        elif total >= 2 * est.predict(1).upper_ms():
+        elif call.plan is None or call.plan.overdue(self.names[call.target], total):
             if outcome == TIMEOUT:
                 permit.failure("timeout")
                 est.observe_failure("timeout", total)

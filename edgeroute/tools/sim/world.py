@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 
 from edgeroute.tools.sim.synthetic import DOWN, HANG, Topology
+from router.plan import Plan
 
 OK, FAILED, TIMEOUT, CANCELLED = 0, 1, 2, 3
 
@@ -25,8 +26,8 @@ OK, FAILED, TIMEOUT, CANCELLED = 0, 1, 2, 3
 class Call:
     """One upstream call of one request; times are ms from the request's arrival."""
 
-    __slots__ = ("ahead", "end_ms", "outcome", "permit", "served", "service_ms", "start_ms",
-                 "target", "total_ms", "wait_ms")
+    __slots__ = ("ahead", "end_ms", "outcome", "permit", "plan", "served", "service_ms",
+                 "start_ms", "target", "total_ms", "wait_ms")
 
     def __init__(self, target: int, start_ms: float, end_ms: float, outcome: int,
                  wait_ms: float = 0.0, service_ms: float = 0.0, served: bool = False) -> None:
@@ -35,6 +36,8 @@ class Call:
         self.total_ms = end_ms - start_ms
         self.permit: object | None = None
         """The breaker permit the call holds (router arms only)."""
+        self.plan: Plan | None = None
+        """The plan the call belongs to: it says when a timeout is the target's failure."""
         self.ahead = 0
         """Calls the launching replica had in flight to the target (router arms only)."""
 
