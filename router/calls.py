@@ -12,6 +12,17 @@ A call reports its outcome to the target's breaker and estimator exactly once:
 * a cancellation (the loser of a hedge, a client that went away): a slow call
   if it had already run that long, else nothing.
 
+A call's time counts from the moment it is sent (its task runs), never from when
+the request arrived or the call was planned, and its timeout runs from then too
+(cut to the request's deadline). Time the router itself made the call wait is not
+the target's: when the replica's event loop ran late during a call
+(:class:`~router.admission.LoopLag`, by at least ``LATE_MIN_MS`` and
+``LATE_SHARE`` of the call's time), a timeout or a slow answer is not held against
+the target and its latency is not learned; the breaker's slow-call check sees the
+call's time less that lag. Otherwise a herd that stalls the router would eject
+healthy targets and teach the estimators that they are slow, and the router would
+stay overloaded after the herd has gone (a metastable failure).
+
 A call counts as in flight at its target (the estimator's ``in_flight``, which
 the next decision reads as queueing) from the moment it is launched, not from
 when its task first runs: decisions made in between would otherwise all see the
@@ -36,13 +47,17 @@ from typing import Any, Literal
 
 import numpy as np
 
-from router.admission import InFlightLimits
+from router.admission import InFlightLimits, LoopLag
 from router.breaker import Permit
 from router.targets import Target
 from router.transport import Reply, TargetError, TargetTimeout, TargetUnavailable
 
 ExpectedMs = Callable[[Target, int], float]
 """A target's predicted upper latency in ms for a batch of so many rows."""
+LATE_MIN_MS = 5.0
+LATE_SHARE = 0.1
+"""The router ran late during a call when its loop lag then reached both ``LATE_MIN_MS``
+and this share of the call's time."""
 
 
 def predicted_upper_ms(target: Target, rows: int) -> float:
@@ -120,37 +135,57 @@ class Caller:
     ``on_attempt`` (which must not raise)."""
 
     def __init__(self, expected_ms: ExpectedMs, clock: Callable[[], float] = time.monotonic,
-                 on_attempt: OnAttempt | None = None) -> None:
+                 on_attempt: OnAttempt | None = None, lag: LoopLag | None = None) -> None:
         self._expected_ms = expected_ms
         self._clock = clock
         self._on_attempt = on_attempt
+        self._lag = lag
 
     def overdue(self, target: Target, rows: int, seconds: float) -> bool:
         """Whether ``seconds`` is at least twice what the target is predicted to need."""
         return seconds * 1000 >= 2 * self._expected_ms(target, rows)
 
-    def launch(self, claim: Claim, x: np.ndarray, timeout_s: float) -> asyncio.Task[Answer]:
-        """Start a call as its own task; the target counts it in flight from now on."""
+    def own_ms(self, since: float) -> float:
+        """The router's own delay (worst loop lag) since ``since``, in ms."""
+        return self._lag.max_since(since) * 1000 if self._lag is not None else 0.0
+
+    @staticmethod
+    def late(own_ms: float, elapsed_ms: float) -> bool:
+        """Whether the router's own delay makes a call's time meaningless for its target."""
+        return own_ms >= max(LATE_MIN_MS, LATE_SHARE * elapsed_ms)
+
+    def launch(self, claim: Claim, x: np.ndarray, timeout_s: float, *,
+               not_after: float | None = None,
+               on_sent: Callable[[], None] | None = None) -> asyncio.Task[Answer]:
+        """Start a call as its own task; the target counts it in flight from now on. Its
+        timeout runs from when it is sent, but never past ``not_after`` (the clock's time,
+        the request's deadline); ``on_sent`` hears when it is sent."""
         flight = _Flight(claim)
-        task = asyncio.create_task(self._call(flight, x, timeout_s), name=claim.target.name)
+        task = asyncio.create_task(self._call(flight, x, timeout_s, not_after, on_sent),
+                                   name=claim.target.name)
         task.add_done_callback(flight.settle)
         return task
 
-    async def _call(self, flight: _Flight, x: np.ndarray, timeout_s: float) -> Answer:
+    async def _call(self, flight: _Flight, x: np.ndarray, timeout_s: float,
+                    not_after: float | None, on_sent: Callable[[], None] | None) -> Answer:
         flight.started = True
         claim = flight.claim
         target = claim.target
         estimator = target.estimator
         started = self._clock()
+        if not_after is not None:
+            timeout_s = max(min(timeout_s, not_after - started), 1e-3)
+        if on_sent is not None:
+            on_sent()
         try:
             reply = await asyncio.wait_for(target.transport.infer(x, timeout_s), timeout_s)
         except (asyncio.TimeoutError, TargetTimeout):
-            raise self._timed_out(claim, len(x), timeout_s, self._ms_since(started)) from None
+            raise self._timed_out(claim, len(x), timeout_s, started) from None
         except TargetError as error:
             self._failed(claim, error, self._ms_since(started))
             raise
         except asyncio.CancelledError:
-            self._abandoned(claim, len(x), self._ms_since(started))
+            self._abandoned(claim, len(x), started)
             raise
         except Exception as exc:
             unexpected = TargetUnavailable(target.name, f"{type(exc).__name__}: {exc}"[:300])
@@ -159,9 +194,13 @@ class Caller:
         finally:
             flight.settle()
         elapsed_ms = self._ms_since(started)
-        claim.permit.success(elapsed_ms)
-        estimator.observe_success(elapsed_ms, reply.server_ms, reply.queue_ms, reply.batch_rows,
-                                  flight.ahead)
+        own_ms = self.own_ms(started)
+        claim.permit.success(max(elapsed_ms - own_ms, reply.server_ms + reply.queue_ms))
+        if self.late(own_ms, elapsed_ms):
+            estimator.observe_untimed_success()
+        else:
+            estimator.observe_success(elapsed_ms, reply.server_ms, reply.queue_ms,
+                                      reply.batch_rows, flight.ahead)
         if target.quality == "small":
             for top in np.asarray(reply.probabilities).max(axis=1, initial=0.0).tolist():
                 estimator.observe_confidence(top)
@@ -176,9 +215,11 @@ class Caller:
             self._on_attempt(Attempt(target.name, target.tier, outcome, elapsed_ms))
 
     def _timed_out(self, claim: Claim, rows: int, timeout_s: float,
-                   elapsed_ms: float) -> TargetTimeout:
+                   started: float) -> TargetTimeout:
+        elapsed_ms = self._ms_since(started)
         reason = f"no answer within {timeout_s * 1000:.0f} ms"
-        if self.overdue(claim.target, rows, timeout_s):
+        if (self.overdue(claim.target, rows, timeout_s)
+                and not self.late(self.own_ms(started), elapsed_ms)):
             claim.permit.failure(reason)
             claim.target.estimator.observe_failure(reason, elapsed_ms)
         else:
@@ -194,8 +235,10 @@ class Caller:
             claim.permit.release()
         self._report(claim.target, "failure" if error.retryable else "rejected", elapsed_ms)
 
-    def _abandoned(self, claim: Claim, rows: int, elapsed_ms: float) -> None:
-        if self.overdue(claim.target, rows, elapsed_ms / 1000):
+    def _abandoned(self, claim: Claim, rows: int, started: float) -> None:
+        elapsed_ms = self._ms_since(started)
+        if (self.overdue(claim.target, rows, elapsed_ms / 1000)
+                and not self.late(self.own_ms(started), elapsed_ms)):
             claim.permit.slow(f"abandoned after {elapsed_ms:.0f} ms")
         else:
             claim.permit.release()

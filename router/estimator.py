@@ -202,6 +202,16 @@ class TargetEstimator:
         self._healthy()
         self.successes += 1
 
+    def observe_untimed_success(self) -> None:
+        """A call answered, but the router's own event loop ran late during it: its time is
+        the router's as much as the target's, so it counts as a success and teaches nothing
+        about latency."""
+        if self.replicas == 0:
+            self.replicas = 1
+        self.fail_rate.add(False)
+        self._healthy()
+        self.successes += 1
+
     def observe_probe(self, total_ms: float) -> None:
         """A readiness probe answered: all of its time is network.
 

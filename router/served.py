@@ -5,7 +5,9 @@ How the app answers each (DESIGN.md "Contracts"):
 * :class:`NotServed` with ``deadline_passed``: 504;
 * :class:`NotServed` otherwise: 503 with ``Retry-After``;
 * :class:`Shed` (a ``NotServed``): excess load refused before any upstream call, 503
-  with ``Retry-After`` at once.
+  with ``Retry-After`` at once: the replica at its bound (``router``), every target of the
+  plan at its bound (``target``), or a request the router could not start in time
+  (``late``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,6 @@ class Shed(NotServed):
     """Refused for load before any upstream call: answer 503 with ``Retry-After`` at once."""
 
     def __init__(self, message: str, *, retry_after_s: float,
-                 scope: Literal["router", "target"]) -> None:
+                 scope: Literal["router", "target", "late"]) -> None:
         super().__init__(message, attempts=0, deadline_passed=False, retry_after_s=retry_after_s)
         self.scope = scope

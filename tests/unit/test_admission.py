@@ -1,0 +1,219 @@
+"""Admission by the router's own lateness (fake clock), and a call's time counted only while
+the router itself was not late (real loop stalls, no network).
+
+A herd must be refused at once with what the router cannot start in time; once it has
+passed, requests are admitted again; and a call the router itself delayed is never held
+against its target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from router.admission import DeadlineAdmission, InFlightLimits, LoopLag
+from router.executor import NotServed
+from router.policy import AdmissionSettings
+from router.served import Shed
+from tests.unit.fakes import (
+    FakeClock,
+    FakeTransport,
+    executor_for,
+    fake_target,
+    gated,
+    hang,
+    plan_of,
+    run_async,
+)
+
+X = np.zeros((1, 64), dtype=np.float32)
+
+
+def admission(clock: FakeClock, **settings: float) -> DeadlineAdmission:
+    limits = InFlightLimits(AdmissionSettings(**settings))  # type: ignore[arg-type]
+    return DeadlineAdmission(limits, lag=LoopLag(clock=clock), clock=clock)
+
+
+def test_the_loop_lag_is_how_late_the_ticker_wakes_or_is_overdue() -> None:
+    clock = FakeClock()
+    lag = LoopLag(interval_s=0.005, clock=clock)
+    lag.arm()
+    clock.advance(0.005)
+    assert lag.woke() == pytest.approx(0.0)
+    lag.arm()
+    clock.advance(0.105)
+    assert lag.lag_s() == pytest.approx(0.1), "a stalled loop shows as the ticker overdue"
+    assert lag.woke() == pytest.approx(0.1)
+    since = clock()
+    lag.arm()
+    clock.advance(0.006)
+    lag.woke()
+    assert lag.lag_s() == pytest.approx(0.001), "the lag now, not the worst ever"
+    assert lag.max_since(since) == pytest.approx(0.001)
+    assert lag.max_since(since - 0.2) == pytest.approx(0.1)
+
+
+def test_an_idle_router_admits_a_request_and_plans_for_the_deadline_left() -> None:
+    clock = FakeClock()
+    gate = admission(clock)
+    received = clock()
+    clock.advance(0.01)
+    ticket = gate.admit(received, deadline_ms=300)
+    assert ticket.delay_s == pytest.approx(0.0)
+    assert gate.waiting == 1
+    ticket.started()
+    ticket.done()
+    assert gate.waiting == 0
+
+
+def test_a_herd_is_admitted_while_it_can_start_in_time_and_the_rest_is_shed_at_once() -> None:
+    """Each request admitted and not yet started delays the next by the router's own time
+    per request (2 ms until measured): of 400 at once with 300 ms deadlines and 20 ms kept
+    for the first call, 140 can start in time; the other 260 are refused on arrival with
+    Retry-After, before any work."""
+    clock = FakeClock()
+    gate = admission(clock, shed_retry_after_s=2.0)
+    received = clock()
+    admitted, shed = [], []
+    for _ in range(400):
+        try:
+            admitted.append(gate.admit(received, deadline_ms=300))
+        except Shed as refused:
+            shed.append(refused)
+    assert len(admitted) == 141
+    assert len(shed) == 259
+    assert all(s.scope == "late" and s.retry_after_s == 2.0 and s.attempts == 0
+               and not s.deadline_passed for s in shed)
+    assert "waiting to start" in str(shed[0])
+    assert gate.snapshot()["shed_late"] == 259
+
+
+def test_the_router_s_own_time_per_request_is_learned_from_how_fast_requests_start() -> None:
+    """Requests that took 5 ms each to start (10 ahead, 55 ms) teach 5 ms per request; a
+    slower router then admits fewer of a herd."""
+    clock = FakeClock()
+    gate = admission(clock)
+    for _ in range(30):
+        *ahead, last = [gate.admit(clock(), deadline_ms=1000) for _ in range(11)]
+        clock.advance(0.055)
+        last.started()
+        for ticket in ahead:
+            ticket.done()
+    assert gate.start_cost_s == pytest.approx(0.005, rel=0.05)
+    received = clock()
+    admitted = 0
+    for _ in range(100):
+        try:
+            gate.admit(received, deadline_ms=300)
+            admitted += 1
+        except Shed:
+            pass
+    assert admitted == 57
+
+
+def test_a_stalled_loop_sheds_what_cannot_start_and_admits_again_once_it_runs() -> None:
+    clock = FakeClock()
+    gate = admission(clock)
+    gate.lag.arm()
+    clock.advance(0.29)
+    with pytest.raises(Shed, match="loop lag 285 ms"):
+        gate.admit(clock(), deadline_ms=300)
+    gate.lag.woke()
+    gate.lag.arm()
+    clock.advance(0.005)
+    gate.lag.woke()
+    assert gate.admit(clock(), deadline_ms=300).delay_s == pytest.approx(0.0)
+
+
+def test_a_request_that_already_spent_its_deadline_is_shed_not_routed() -> None:
+    clock = FakeClock()
+    gate = admission(clock)
+    received = clock()
+    clock.advance(0.29)
+    with pytest.raises(Shed):
+        gate.admit(received, deadline_ms=300)
+
+
+def test_a_request_that_ends_before_it_starts_stops_counting_as_waiting() -> None:
+    clock = FakeClock()
+    gate = admission(clock)
+    ticket = gate.admit(clock(), deadline_ms=300)
+    ticket.done()
+    ticket.started()
+    ticket.done()
+    assert gate.waiting == 0
+
+
+def test_min_start_left_comes_from_the_policy_in_force() -> None:
+    clock = FakeClock()
+    gate = admission(clock)
+    gate.admit(clock(), deadline_ms=30)
+    gate.limits.configure(AdmissionSettings(min_start_left_ms=50))
+    with pytest.raises(Shed):
+        gate.admit(clock(), deadline_ms=30)
+
+
+async def _stall_loop(seconds: float) -> None:
+    """Hold the event loop (a herd's worth of router work), then let it run again."""
+    await asyncio.sleep(0.005)
+    time.sleep(seconds)
+
+
+def test_a_timeout_the_router_itself_caused_is_not_held_against_the_target() -> None:
+    """The same hang as a timeout that counts as a failure, but the router's loop stalled
+    for 60 ms while the call was out: neither breaker nor estimator hears of a failure."""
+    primary = fake_target(FakeTransport("edge-a", hang))
+    lag = LoopLag(interval_s=0.002)
+    executor = executor_for(primary, expected_ms=5.0)
+    executor._caller._lag = lag
+
+    async def main() -> None:
+        ticker = asyncio.create_task(lag.run())
+        stall = asyncio.create_task(_stall_loop(0.06))
+        try:
+            with pytest.raises(NotServed):
+                await executor.run(plan_of("edge-a"), X, time.monotonic() + 0.05)
+        finally:
+            ticker.cancel()
+            await stall
+            await asyncio.gather(ticker, return_exceptions=True)
+
+    run_async(main)
+    assert primary.estimator.failures == 0
+    assert executor.breakers["edge-a"].snapshot()["window_calls"] == 0, "not even slow"
+
+
+def test_an_answer_the_router_itself_delayed_teaches_no_latency() -> None:
+    """The target answers at once, but the router's loop is stalled for 80 ms first: a
+    success for the breaker (not a slow call), and no latency sample for the estimator."""
+    gate = asyncio.Event()
+    primary = fake_target(FakeTransport("edge-a", gated(gate)))
+    lag = LoopLag(interval_s=0.002)
+    executor = executor_for(primary, expected_ms=5.0)
+    executor._caller._lag = lag
+    started: list[bool] = []
+
+    async def stall_then_answer() -> None:
+        await _stall_loop(0.08)
+        gate.set()
+
+    async def main() -> None:
+        ticker = asyncio.create_task(lag.run())
+        stall = asyncio.create_task(stall_then_answer())
+        try:
+            await executor.run(plan_of("edge-a"), X, time.monotonic() + 1.0,
+                               on_sent=lambda: started.append(True))
+        finally:
+            ticker.cancel()
+            await stall
+            await asyncio.gather(ticker, return_exceptions=True)
+
+    run_async(main)
+    assert started == [True]
+    assert primary.estimator.successes == 1
+    assert primary.estimator.network.count == 0
+    breaker = executor.breakers["edge-a"].snapshot()
+    assert breaker["window_calls"] == 1 and breaker["window_failures"] == 0
