@@ -197,7 +197,8 @@ class Caller:
         own_ms = self.own_ms(started)
         claim.permit.success(max(elapsed_ms - own_ms, reply.server_ms + reply.queue_ms))
         if self.late(own_ms, elapsed_ms):
-            estimator.observe_untimed_success()
+            estimator.observe_untimed_success(reply.server_ms, reply.queue_ms,
+                                              reply.batch_rows, flight.ahead)
         else:
             estimator.observe_success(elapsed_ms, reply.server_ms, reply.queue_ms,
                                       reply.batch_rows, flight.ahead)

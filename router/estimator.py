@@ -202,12 +202,18 @@ class TargetEstimator:
         self._healthy()
         self.successes += 1
 
-    def observe_untimed_success(self) -> None:
-        """A call answered, but the router's own event loop ran late during it: its time is
-        the router's as much as the target's, so it counts as a success and teaches nothing
-        about latency."""
+    def observe_untimed_success(self, server_ms: float, queue_ms: float, batch_rows: int,
+                                ahead: int = 0) -> None:
+        """A call answered, but the router's own event loop ran late during it: the time
+        the router saw is its own as much as the target's, so no network time or cold start
+        is learned from it; what the server reports of its own queue and compute still is."""
         if self.replicas == 0:
             self.replicas = 1
+        self.queue.update(max(queue_ms, 0.0))
+        self.service.update(max(server_ms, 0.0))
+        self.batch_rows.update(float(max(batch_rows, 1)))
+        unexplained = max(queue_ms - self.wait_ahead_ms(ahead, batch_rows), 0.0)
+        self.latency.add_call(None, unexplained, max(server_ms, 0.0), max(batch_rows, 1))
         self.fail_rate.add(False)
         self._healthy()
         self.successes += 1

@@ -127,11 +127,14 @@ def test_a_herd_is_served_or_shed_at_once_and_ejects_no_healthy_target(
     stack = chaos_stack
     answers = asyncio.run(_herd(stack.endpoint, size))
     open_after_herd = _open_breakers(stack)
+    admission = httpx.get(f"{stack.endpoint}/v1/targets", timeout=5).json()[
+        "executor"]["admission"]
     after = load(stack, [Phase("after", AFTER_S, AFTER_RPS)], deadline_ms=DEADLINE_MS,
                  seed=size)
     after_figures = summary(after.outcomes)
     figures = {"herd": size, "deadline_ms": DEADLINE_MS, **_figures(answers),
-               "breakers_open_after": open_after_herd,
+               "breakers_open_after": open_after_herd, "admission_after": admission,
+               "error_samples": sorted({a.error[:160] for a in answers if a.error})[:3],
                "after": {k: after_figures[k] for k in ("requests", "failed", "statuses",
                                                       "p50_ms", "p99_ms")}}
     if size == 400:
