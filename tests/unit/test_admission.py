@@ -1,5 +1,6 @@
-"""Admission by the router's own lateness (fake clock), and a call's time counted only while
-the router itself was not late (real loop stalls, no network).
+"""Admission by the router's own lateness (fake clock); a call's time counted only while
+the router itself was not late (real loop stalls, no network); a call queued behind the
+router's own calls never trips the target's breaker.
 
 A herd must be refused at once with what the router cannot start in time; once it has
 passed, requests are admitted again; and a call the router itself delayed is never held
@@ -15,16 +16,22 @@ import numpy as np
 import pytest
 
 from router.admission import DeadlineAdmission, InFlightLimits, LoopLag
+from router.estimator import TargetEstimator
 from router.executor import NotServed
+from router.latency import EstimatorSettings
 from router.policy import AdmissionSettings
 from router.served import Shed
+from router.targets import Target
 from tests.unit.fakes import (
+    Behaviour,
     FakeClock,
     FakeTransport,
     executor_for,
+    fail_with,
     fake_target,
     gated,
     hang,
+    overloaded,
     plan_of,
     run_async,
 )
@@ -199,3 +206,36 @@ def test_an_answer_the_router_itself_delayed_teaches_no_latency() -> None:
     assert primary.estimator.network.count == 0
     breaker = executor.breakers["edge-a"].snapshot()
     assert breaker["window_calls"] == 1 and breaker["window_failures"] == 0
+
+
+def _one_slot_target_with_a_call_of_ours_there(behaviour: Behaviour) -> Target:
+    """A target that serves one call at a time, with one call of this router in flight."""
+    target = fake_target(FakeTransport("edge-a", behaviour),
+                         estimator=TargetEstimator(settings=EstimatorSettings(concurrency=1)))
+    target.estimator.in_flight = 1
+    return target
+
+
+@pytest.mark.parametrize("behaviour", [hang, fail_with(overloaded(1.0))],
+                         ids=["timeout", "503 with Retry-After"])
+def test_a_call_queued_behind_the_router_s_own_calls_does_not_trip_the_breaker(
+    behaviour: Behaviour,
+) -> None:
+    """A one-slot target already busy with this router's call: a call sent behind it that
+    times out or is refused as full queued behind the router's own load. The estimator
+    hears of it (the next decisions move load elsewhere); the breaker does not, so a herd
+    the router let through cannot eject the target. The same failure with nothing of the
+    router's ahead counts against the breaker."""
+    busy = _one_slot_target_with_a_call_of_ours_there(behaviour)
+    executor = executor_for(busy, expected_ms=5.0)
+    with pytest.raises(NotServed):
+        run_async(lambda: executor.run(plan_of("edge-a"), X, time.monotonic() + 0.05))
+    assert busy.estimator.failures == 1
+    assert executor.breakers["edge-a"].snapshot()["window_calls"] == 0
+
+    idle = fake_target(FakeTransport("edge-a", behaviour),
+                       estimator=TargetEstimator(settings=EstimatorSettings(concurrency=1)))
+    executor = executor_for(idle, expected_ms=5.0)
+    with pytest.raises(NotServed):
+        run_async(lambda: executor.run(plan_of("edge-a"), X, time.monotonic() + 0.05))
+    assert executor.breakers["edge-a"].snapshot()["window_failures"] == 1
