@@ -5,9 +5,9 @@ microseconds and tells the client when to come back, a queued one holds memory
 and misses its deadline anyway (SRE book, "Handling Overload": reject early and
 cheaply). Nothing here waits; every check answers at once.
 
-* :class:`LoopLag` measures how late the replica's event loop runs what is due.
-  Every request handled on the loop waits that long at each step, before its
-  first call is sent and again when the answer comes back.
+* :class:`~router.lag.LoopLag` measures how late the replica's event loop runs
+  what is due. Every request handled on the loop waits that long at each step,
+  before its first call is sent and again when the answer comes back.
 * :class:`DeadlineAdmission` admits a request only if the router can send its
   first call in time: its remaining deadline must cover the loop's lag plus the
   router's own time for each request admitted before it and not yet started
@@ -25,81 +25,20 @@ cheaply). Nothing here waits; every check answers at once.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
+from router.lag import LoopLag
 from router.policy import AdmissionSettings
 from router.served import Shed
 
 Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
 
-TICK_S = 0.005
-"""How often :class:`LoopLag` asks to be woken."""
-LAG_SAMPLES = 512
-"""Lag samples kept (at one per tick, a few seconds' worth: longer than any call)."""
 START_COST_S = 0.001
 """Event-loop time a request admitted and not yet started still costs before its first call
 is sent: its decision, encoding the tensor, building and writing the request (0.3-1 ms on
 a 2-core machine). A request queued behind it waits that long more."""
-
-
-class LoopLag:
-    """How late the event loop runs what is due, measured by a ticker that asks to be woken
-    every ``interval_s`` and notes how late it woke (the lag every callback sees).
-
-    :meth:`lag_s` is the lag now: the last sample, or, while the ticker itself is overdue,
-    how overdue it is (a stalled loop cannot run the ticker, but a handler that does run can
-    see how long the ticker has waited). :meth:`max_since` is the worst lag since a moment:
-    the router's own delay over a call's lifetime.
-    """
-
-    def __init__(self, *, interval_s: float = TICK_S, clock: Clock = time.monotonic,
-                 sleep: Sleep = asyncio.sleep) -> None:
-        self.interval_s = interval_s
-        self._clock = clock
-        self._sleep = sleep
-        self._samples: deque[tuple[float, float]] = deque(maxlen=LAG_SAMPLES)
-        self._due: float | None = None
-        self.last_s = 0.0
-
-    def arm(self) -> float:
-        """Expect the next wake ``interval_s`` from now; returns the time to sleep."""
-        self._due = self._clock() + self.interval_s
-        return self.interval_s
-
-    def woke(self) -> float:
-        """The ticker woke: note how late; returns the lag sampled."""
-        now = self._clock()
-        lag = max(now - self._due, 0.0) if self._due is not None else 0.0
-        self._due = None
-        self._samples.append((now, lag))
-        self.last_s = lag
-        return lag
-
-    def _overdue_s(self) -> float:
-        return max(self._clock() - self._due, 0.0) if self._due is not None else 0.0
-
-    def lag_s(self) -> float:
-        return max(self.last_s, self._overdue_s())
-
-    def max_since(self, since: float) -> float:
-        """The worst lag sampled after ``since``, or overdue now."""
-        worst = self._overdue_s()
-        for at, lag in reversed(self._samples):
-            if at <= since:
-                break
-            worst = max(worst, lag)
-        return worst
-
-    async def run(self) -> None:
-        """Tick forever (a background task of the replica)."""
-        while True:
-            await self._sleep(self.arm())
-            self.woke()
 
 
 class Ticket:

@@ -21,8 +21,8 @@ A call's time counts from the moment it is sent (its task runs), never from when
 the request arrived or the call was planned, and its timeout runs from then too
 (cut to the request's deadline). Time the router itself made the call wait is not
 the target's: when the replica's event loop ran late during a call
-(:class:`~router.admission.LoopLag`, by at least ``LATE_MIN_MS`` and
-``LATE_SHARE`` of the call's time), a timeout or a slow answer is not held against
+(:class:`~router.lag.LoopLag`, :func:`~router.lag.late`: by at least 5 ms and a
+tenth of the call's time), a timeout or a slow answer is not held against
 the target and its latency is not learned; the breaker's slow-call check sees the
 call's time less that lag. Otherwise a herd that stalls the router would eject
 healthy targets and teach the estimators that they are slow, and the router would
@@ -52,17 +52,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from router.admission import InFlightLimits, LoopLag
+from router.admission import InFlightLimits
 from router.breaker import Permit
+from router.lag import LoopLag, late
 from router.targets import Target
 from router.transport import Reply, TargetError, TargetTimeout, TargetUnavailable
 
 ExpectedMs = Callable[[Target, int], float]
 """A target's predicted upper latency in ms for a batch of so many rows."""
-LATE_MIN_MS = 5.0
-LATE_SHARE = 0.1
-"""The router ran late during a call when its loop lag then reached both ``LATE_MIN_MS``
-and this share of the call's time."""
 
 
 def predicted_upper_ms(target: Target, rows: int) -> float:
@@ -154,11 +151,6 @@ class Caller:
         """The router's own delay (worst loop lag) since ``since``, in ms."""
         return self._lag.max_since(since) * 1000 if self._lag is not None else 0.0
 
-    @staticmethod
-    def late(own_ms: float, elapsed_ms: float) -> bool:
-        """Whether the router's own delay makes a call's time meaningless for its target."""
-        return own_ms >= max(LATE_MIN_MS, LATE_SHARE * elapsed_ms)
-
     def launch(self, claim: Claim, x: np.ndarray, timeout_s: float, *,
                not_after: float | None = None,
                on_sent: Callable[[], None] | None = None) -> asyncio.Task[Answer]:
@@ -201,7 +193,7 @@ class Caller:
         elapsed_ms = self._ms_since(started)
         own_ms = self.own_ms(started)
         claim.permit.success(max(elapsed_ms - own_ms, reply.server_ms + reply.queue_ms))
-        if self.late(own_ms, elapsed_ms):
+        if late(own_ms, elapsed_ms):
             estimator.observe_untimed_success(reply.server_ms, reply.queue_ms,
                                               reply.batch_rows, flight.ahead)
         else:
@@ -232,7 +224,7 @@ class Caller:
         elapsed_ms = self._ms_since(started)
         reason = f"no answer within {timeout_s * 1000:.0f} ms"
         blamed = (self.overdue(claim.target, rows, timeout_s)
-                  and not self.late(self.own_ms(started), elapsed_ms))
+                  and not late(self.own_ms(started), elapsed_ms))
         if blamed and not self.behind_own(flight):
             claim.permit.failure(reason)
         else:
@@ -255,7 +247,7 @@ class Caller:
     def _abandoned(self, claim: Claim, rows: int, started: float) -> None:
         elapsed_ms = self._ms_since(started)
         if (self.overdue(claim.target, rows, elapsed_ms / 1000)
-                and not self.late(self.own_ms(started), elapsed_ms)):
+                and not late(self.own_ms(started), elapsed_ms)):
             claim.permit.slow(f"abandoned after {elapsed_ms:.0f} ms")
         else:
             claim.permit.release()

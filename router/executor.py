@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 from tenacity import AsyncRetrying, RetryCallState
 
-from router.admission import InFlightLimits, LoopLag
+from router.admission import InFlightLimits
 from router.breaker import Breakers
 from router.budget import RetryBudget
 from router.calls import (
@@ -58,6 +58,7 @@ from router.calls import (
     predicted_typical_ms,
     predicted_upper_ms,
 )
+from router.lag import LoopLag
 from router.plan import Plan
 from router.policy import AdmissionSettings, BreakerSettings, RetrySettings
 from router.retrying import (

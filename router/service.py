@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 
 from edgeroute.oip import OIPError
-from router.admission import DeadlineAdmission, LoopLag
+from router.admission import DeadlineAdmission
 from router.breaker import Breakers, Transition
 from router.calls import Attempt
 from router.cost import Ledger, marginal_cost_usd
 from router.decision import BaselineState, RequestQuality, decide
 from router.executor import Executor
+from router.lag import LoopLag
 from router.metrics import RouterMetrics
 from router.plan import Decision
 from router.policy import PolicyDocument
@@ -92,6 +93,7 @@ class RoutingService:
         targets.breakers = self.breakers
         self.lag = LoopLag(clock=clock)
         """The replica's own lateness: run :meth:`LoopLag.run` on its event loop."""
+        targets.lag = self.lag
         self.executor = Executor(
             targets, retry=self.policy.retry, admission=self.policy.admission,
             breakers=self.breakers, clock=clock, on_attempt=self._attempt,

@@ -15,19 +15,22 @@ import time
 import numpy as np
 import pytest
 
-from router.admission import DeadlineAdmission, InFlightLimits, LoopLag
+from router.admission import DeadlineAdmission, InFlightLimits
 from router.estimator import TargetEstimator
 from router.executor import NotServed
+from router.lag import LoopLag
 from router.latency import EstimatorSettings
 from router.policy import AdmissionSettings
 from router.served import Shed
-from router.targets import Target
+from router.targets import Target, TargetSet
+from router.transport import TargetTimeout
 from tests.unit.fakes import (
     Behaviour,
     FakeClock,
     FakeTransport,
     executor_for,
     fail_with,
+    fake_of,
     fake_target,
     gated,
     hang,
@@ -239,3 +242,36 @@ def test_a_call_queued_behind_the_router_s_own_calls_does_not_trip_the_breaker(
     with pytest.raises(NotServed):
         run_async(lambda: executor.run(plan_of("edge-a"), X, time.monotonic() + 0.05))
     assert executor.breakers["edge-a"].snapshot()["window_failures"] == 1
+
+
+def test_a_probe_the_router_itself_made_late_is_not_a_failure() -> None:
+    """A probe that timed out while the router's loop stalled says nothing about the target;
+    the same timeout on a running loop is a failure."""
+
+    def probed(stall_s: float) -> int:
+        target = fake_target(FakeTransport("edge-a"))
+
+        async def probe_timing_out(timeout_s: float) -> None:
+            await asyncio.sleep(0.02)
+            raise TargetTimeout("edge-a", "no answer")
+
+        fake_of(target).probe = probe_timing_out  # type: ignore[method-assign]
+        targets = TargetSet([target])
+        lag = targets.lag = LoopLag(interval_s=0.002)
+
+        async def main() -> None:
+            ticker = asyncio.create_task(lag.run())
+            await asyncio.sleep(0.01)
+            stall = asyncio.create_task(_stall_loop(stall_s))
+            try:
+                await targets.probe(target)
+            finally:
+                ticker.cancel()
+                await stall
+                await asyncio.gather(ticker, return_exceptions=True)
+
+        run_async(main)
+        return target.estimator.failures
+
+    assert probed(0.0) == 1
+    assert probed(0.05) == 0
