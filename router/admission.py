@@ -9,9 +9,10 @@ cheaply). Nothing here waits; every check answers at once.
   what is due. Every request handled on the loop waits that long at each step,
   before its first call is sent and again when the answer comes back.
 * :class:`DeadlineAdmission` admits a request only if the router can send its
-  first call in time: its remaining deadline must cover the loop's lag plus the
-  router's own time for each request admitted before it and not yet started
-  (``START_COST_S`` each), and still leave ``min_start_left_ms``. What cannot
+  first call in time: its remaining deadline must cover the loop's lag twice (to
+  send the call and to read its answer) plus the router's own time for each
+  request admitted before it and not yet started (``START_COST_S`` each), and
+  still leave ``min_start_left_ms``. What cannot
   start in time is refused at once with 503 and ``Retry-After``, instead of being
   queued until its deadline has passed (a herd otherwise makes every request
   late: the metastable failure of Bronson et al., "Metastable Failures in
@@ -68,14 +69,15 @@ class Ticket:
 class DeadlineAdmission:
     """Admit a request only if the router can send its first call with time left.
 
-    The router's own delay for a request arriving now is predicted as the loop's lag plus,
-    for each request admitted before it and not yet started, the loop time that request
-    still needs (``start_cost_s``). The lag covers the work the loop has queued for any
-    reason (other requests' steps, arrivals being parsed); the count covers a burst that
-    arrives within one turn of the loop, before the lag can show it. A request is refused
-    (:class:`Shed`, scope ``late``) unless its deadline left after that delay is at least
-    ``min_start_left_ms``. Refusing costs one check, so a herd is answered at the rate the
-    router can refuse, not at the rate it can route.
+    The router's own delay for a request arriving now is predicted as the loop's lag twice
+    (to send its first call, and to read the answer) plus, for each request admitted before
+    it and not yet started, the loop time that request still needs (``start_cost_s``). The
+    lag covers the work the loop has queued for any reason (other requests' steps, arrivals
+    being parsed); the count covers a burst that arrives within one turn of the loop, before
+    the lag can show it. A request is refused (:class:`Shed`, scope ``late``) unless its
+    deadline left after that delay is at least ``min_start_left_ms``. Refusing costs one
+    check, so a herd is answered at the rate the router can refuse, not at the rate it can
+    route.
     """
 
     def __init__(self, limits: InFlightLimits, *, lag: LoopLag | None = None,
@@ -96,8 +98,10 @@ class DeadlineAdmission:
         return self.limits.settings
 
     def delay_s(self) -> float:
-        """The router's own delay before a request arriving now could send its first call."""
-        return self.lag.lag_s() + self.waiting * self.start_cost_s
+        """The router's own delay in a request arriving now: until its first call is sent
+        (the lag, and the requests waiting to start ahead of it), then reading its answer
+        (the lag again)."""
+        return 2 * self.lag.lag_s() + self.waiting * self.start_cost_s
 
     def admit(self, received: float, deadline_ms: float) -> Ticket:
         """A ticket for a request that arrived at ``received`` with ``deadline_ms``, or
