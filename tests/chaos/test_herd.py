@@ -151,8 +151,8 @@ def test_a_herd_is_served_or_shed_at_once_and_ejects_no_healthy_target(
     200 or a 503/429 carrying ``Retry-After``: a request the router never started is refused,
     not timed out (no 504 "after 0 attempt(s)"); a 504 at all is for a request that was sent
     to a target and missed. Of the smallest herd some are served (of the larger ones,
-    behind Serve's Python proxy on 2 cores, the body of most requests reaches the router
-    only after their deadline: they are refused, and the figures say how many). Afterwards
+    behind Serve's Python proxy on 2 cores, most requests reach the router with too little
+    of their deadline left: they are refused, and the figures say how many). Afterwards
     no healthy target's breaker is open, and 10 rps for a few seconds is served without a
     single failure."""
     stack = chaos_stack
