@@ -137,7 +137,8 @@ class Router:
             loop = asyncio.get_running_loop()
             self._background = [loop.create_task(self.service.targets.run_probes()),
                                 loop.create_task(self._watch_replicas()),
-                                loop.create_task(self.fleet_sync.run())]
+                                loop.create_task(self.fleet_sync.run()),
+                                loop.create_task(self.service.lag.run())]
 
     async def _watch_replicas(self) -> None:
         """Running cloud replicas, read from Serve every few seconds (a bounded rate)."""

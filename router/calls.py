@@ -10,8 +10,24 @@ A call reports its outcome to the target's breaker and estimator exactly once:
 * a timeout: a failure only if the call was overdue, by the times its plan
   priced (:meth:`~router.plan.Plan.overdue`: the target's p99); a
   tighter deadline says nothing about its health;
+* a timeout, or a refusal with ``Retry-After`` (the target is full), of a call
+  sent behind at least the target's concurrency of this router's own calls
+  there: the estimator hears of it (load moves elsewhere at once), the breaker
+  does not. The call queued behind this router's own load; a herd the router
+  let through must not eject a healthy target;
 * a cancellation (the loser of a hedge, a client that went away): a slow call
   if it had already run that long, else nothing.
+
+A call's time counts from the moment it is sent (its task runs), never from when
+the request arrived or the call was planned, and its timeout runs from then too
+(cut to the request's deadline). Time the router itself made the call wait is not
+the target's: when the replica's event loop ran late during a call
+(:class:`~router.lag.LoopLag`, :func:`~router.lag.late`: by at least 5 ms and a
+tenth of the call's time), a timeout or a slow answer is not held against
+the target and its latency is not learned; the breaker's slow-call check sees the
+call's time less that lag. Otherwise a herd that stalls the router would eject
+healthy targets and teach the estimators that they are slow, and the router would
+stay overloaded after the herd has gone (a metastable failure).
 
 A call counts as in flight at its target (the estimator's ``in_flight``, which
 the next decision reads as queueing) from the moment it is launched, not from
@@ -39,6 +55,7 @@ import numpy as np
 
 from router.admission import InFlightLimits
 from router.breaker import Permit
+from router.lag import LoopLag, late
 from router.plan import Plan
 from router.targets import Target
 from router.transport import Reply, TargetError, TargetTimeout, TargetUnavailable
@@ -110,45 +127,63 @@ class Caller:
     ``on_attempt`` (which must not raise)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic,
-                 on_attempt: OnAttempt | None = None) -> None:
+                 on_attempt: OnAttempt | None = None, lag: LoopLag | None = None) -> None:
         self._clock = clock
         self._on_attempt = on_attempt
+        self._lag = lag
 
-    def launch(self, claim: Claim, x: np.ndarray, timeout_s: float,
-               plan: Plan) -> asyncio.Task[Answer]:
+    def own_ms(self, since: float) -> float:
+        """The router's own delay (worst loop lag) since ``since``, in ms."""
+        return self._lag.max_since(since) * 1000 if self._lag is not None else 0.0
+
+    def launch(self, claim: Claim, x: np.ndarray, timeout_s: float, plan: Plan, *,
+               not_after: float | None = None,
+               on_sent: Callable[[], None] | None = None) -> asyncio.Task[Answer]:
         """Start a call of ``plan`` as its own task; the target counts it in flight from now
-        on."""
+        on. Its timeout runs from when it is sent, but never past ``not_after`` (the clock's
+        time, the request's deadline); ``on_sent`` hears when it is sent."""
         flight = _Flight(claim, plan)
-        task = asyncio.create_task(self._call(flight, x, timeout_s), name=claim.target.name)
+        task = asyncio.create_task(self._call(flight, x, timeout_s, not_after, on_sent),
+                                   name=claim.target.name)
         task.add_done_callback(flight.settle)
         return task
 
-    async def _call(self, flight: _Flight, x: np.ndarray, timeout_s: float) -> Answer:
+    async def _call(self, flight: _Flight, x: np.ndarray, timeout_s: float,
+                    not_after: float | None, on_sent: Callable[[], None] | None) -> Answer:
         flight.started = True
         claim = flight.claim
         target = claim.target
         estimator = target.estimator
         started = self._clock()
+        if not_after is not None:
+            timeout_s = max(min(timeout_s, not_after - started), 1e-3)
+        if on_sent is not None:
+            on_sent()
         try:
             reply = await asyncio.wait_for(target.transport.infer(x, timeout_s), timeout_s)
         except (asyncio.TimeoutError, TargetTimeout):
-            raise self._timed_out(flight, timeout_s, self._ms_since(started)) from None
+            raise self._timed_out(flight, timeout_s, started) from None
         except TargetError as error:
-            self._failed(claim, error, self._ms_since(started))
+            self._failed(claim, error, self._ms_since(started), self.behind_own(flight))
             raise
         except asyncio.CancelledError:
-            self._abandoned(flight, self._ms_since(started))
+            self._abandoned(flight, started)
             raise
         except Exception as exc:
             unexpected = TargetUnavailable(target.name, f"{type(exc).__name__}: {exc}"[:300])
-            self._failed(claim, unexpected, self._ms_since(started))
+            self._failed(claim, unexpected, self._ms_since(started), False)
             raise unexpected from exc
         finally:
             flight.settle()
         elapsed_ms = self._ms_since(started)
-        claim.permit.success(elapsed_ms)
-        estimator.observe_success(elapsed_ms, reply.server_ms, reply.queue_ms, reply.batch_rows,
-                                  flight.ahead)
+        own_ms = self.own_ms(started)
+        claim.permit.success(max(elapsed_ms - own_ms, reply.server_ms + reply.queue_ms))
+        if late(own_ms, elapsed_ms):
+            estimator.observe_untimed_success(reply.server_ms, reply.queue_ms,
+                                              reply.batch_rows, flight.ahead)
+        else:
+            estimator.observe_success(elapsed_ms, reply.server_ms, reply.queue_ms,
+                                      reply.batch_rows, flight.ahead)
         if target.quality == "small":
             for top in np.asarray(reply.probabilities).max(axis=1, initial=0.0).tolist():
                 estimator.observe_confidence(top)
@@ -162,28 +197,42 @@ class Caller:
         if self._on_attempt is not None:
             self._on_attempt(Attempt(target.name, target.tier, outcome, elapsed_ms))
 
-    def _timed_out(self, flight: _Flight, timeout_s: float, elapsed_ms: float) -> TargetTimeout:
+    @staticmethod
+    def behind_own(flight: _Flight) -> bool:
+        """Whether the call was sent behind at least the target's concurrency of this router's
+        own calls there: it queued behind them, so its wait is this router's load."""
+        return flight.ahead >= flight.claim.target.estimator.settings.concurrency
+
+    def _timed_out(self, flight: _Flight, timeout_s: float, started: float) -> TargetTimeout:
         claim = flight.claim
+        elapsed_ms = self._ms_since(started)
         reason = f"no answer within {timeout_s * 1000:.0f} ms"
-        if flight.plan.overdue(claim.target.name, timeout_s * 1000):
+        blamed = (flight.plan.overdue(claim.target.name, timeout_s * 1000)
+                  and not late(self.own_ms(started), elapsed_ms))
+        if blamed and not self.behind_own(flight):
             claim.permit.failure(reason)
-            claim.target.estimator.observe_failure(reason, elapsed_ms)
         else:
             claim.permit.release()
+        if blamed:
+            claim.target.estimator.observe_failure(reason, elapsed_ms)
         self._report(claim.target, "timeout", elapsed_ms)
         return TargetTimeout(claim.target.name, reason)
 
-    def _failed(self, claim: Claim, error: TargetError, elapsed_ms: float) -> None:
+    def _failed(self, claim: Claim, error: TargetError, elapsed_ms: float,
+                behind_own: bool) -> None:
         claim.target.estimator.observe_failure(error.reason, elapsed_ms)
-        if error.retryable:
+        busy = isinstance(error, TargetUnavailable) and error.retry_after_s is not None
+        if error.retryable and not (busy and behind_own):
             claim.permit.failure(error.reason)
         else:
             claim.permit.release()
         self._report(claim.target, "failure" if error.retryable else "rejected", elapsed_ms)
 
-    def _abandoned(self, flight: _Flight, elapsed_ms: float) -> None:
+    def _abandoned(self, flight: _Flight, started: float) -> None:
         claim = flight.claim
-        if flight.plan.overdue(claim.target.name, elapsed_ms):
+        elapsed_ms = self._ms_since(started)
+        if (flight.plan.overdue(claim.target.name, elapsed_ms)
+                and not late(self.own_ms(started), elapsed_ms)):
             claim.permit.slow(f"abandoned after {elapsed_ms:.0f} ms")
         else:
             claim.permit.release()

@@ -193,6 +193,22 @@ class TargetEstimator:
         self.answering = True
         self.last_error = self.last_error_at = None
 
+    def observe_untimed_success(self, server_ms: float, queue_ms: float, batch_rows: int,
+                                ahead: int = 0) -> None:
+        """A call answered, but the router's own event loop ran late during it: the time
+        the router saw is its own as much as the target's, so no network time or cold start
+        is learned from it; what the server reports of its own queue and compute still is."""
+        if self.replicas == 0:
+            self.replicas = 1
+        self.at_target.add(max(queue_ms, 0.0) + max(server_ms, 0.0))
+        self._update_share()
+        unexplained = max(queue_ms - self.wait_ahead_ms(ahead, batch_rows), 0.0)
+        self.latency.add_call(None, unexplained, max(server_ms, 0.0), max(batch_rows, 1))
+        self.fail_rate.add(False)
+        self._healthy()
+        self.successes += 1
+        self.answered()
+
     def observe_probe(self, total_ms: float) -> None:
         """A readiness probe answered: all of its time is network.
 

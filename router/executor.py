@@ -31,8 +31,7 @@ What :meth:`Executor.run` guarantees:
 * **Cancellation.** If the caller is cancelled (the client went away), every
   call in flight is cancelled and awaited; nothing is left running.
 
-Results and failures (:class:`Served`, :class:`NotServed`, :class:`Shed`) live in
-:mod:`router.served`, with how the app answers each.
+Results and failures (:class:`Served`, :class:`NotServed`, :class:`Shed`): :mod:`router.served`.
 """
 
 from __future__ import annotations
@@ -52,6 +51,7 @@ from router.admission import InFlightLimits
 from router.breaker import Breakers
 from router.budget import RetryBudget
 from router.calls import Answer, Caller, Claim, OnAttempt, Race
+from router.lag import LoopLag
 from router.plan import Plan
 from router.policy import AdmissionSettings, BreakerSettings, RetrySettings
 from router.retrying import (
@@ -91,6 +91,7 @@ class _Request:
     skipped: dict[str, str] = field(default_factory=dict)
     next_claim: Claim | None = None
     next_wait_s: float = 0.0
+    on_sent: Callable[[], None] | None = None
 
 
 def _chain(plan: Plan) -> tuple[str, ...]:
@@ -111,7 +112,8 @@ class Executor:
     whether a timeout is the target's fault and whether an escalation fits are the
     plan's; ``on_attempt`` hears of every
     upstream call (metrics); ``min_attempt_ms`` is the least time worth an attempt;
-    ``cancel_grace_ms`` bounds the wait for a cancelled call to finish.
+    ``cancel_grace_ms`` bounds the wait for a cancelled call to finish; ``lag`` is the
+    replica's own lateness, never charged to a target (:mod:`router.calls`).
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class Executor:
         on_attempt: OnAttempt | None = None,
         min_attempt_ms: float = 2.0,
         cancel_grace_ms: float = 10.0,
+        lag: LoopLag | None = None,
     ) -> None:
         self.targets = targets
         self.retry = retry or RetrySettings()
@@ -139,7 +142,7 @@ class Executor:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
-        self._caller = Caller(clock, on_attempt)
+        self._caller = Caller(clock, on_attempt, lag)
         self._backoff = self._new_backoff()
         self._orphans: set[asyncio.Task[Any]] = set()
 
@@ -167,12 +170,13 @@ class Executor:
     def snapshot(self) -> dict[str, Any]:
         return {"retry_budget": self.budget.snapshot(), "admission": self.limits.snapshot()}
 
-    async def run(self, plan: Plan, x: np.ndarray, deadline_at: float) -> Served:
-        """Serve ``x`` by ``deadline_at`` (on this executor's clock) following ``plan``."""
+    async def run(self, plan: Plan, x: np.ndarray, deadline_at: float,
+                  on_sent: Callable[[], None] | None = None) -> Served:
+        """Serve ``x`` by ``deadline_at`` (this clock) by ``plan``; ``on_sent``: a call went."""
         if not self.limits.try_enter():
             raise Shed(f"router at its bound of {self.limits.settings.max_in_flight} requests",
                        retry_after_s=self.limits.settings.shed_retry_after_s, scope="router")
-        req = _Request(plan, x, deadline_at, self._clock(), _chain(plan))
+        req = _Request(plan, x, deadline_at, self._clock(), _chain(plan), on_sent=on_sent)
         try:
             self.budget.record_request()
             answer, hedge_won = await self._serve(req)
@@ -224,15 +228,15 @@ class Executor:
         timeout_s = self._call_timeout(req, claim.target)
         req.calls += 1
         req.tried[claim.target.name] = None
-        return self._caller.launch(claim, req.x, timeout_s, req.plan)
+        return self._caller.launch(claim, req.x, timeout_s, req.plan, not_after=req.deadline_at,
+                                   on_sent=req.on_sent)
 
     def _launch_hedge(self, req: _Request, name: str) -> asyncio.Task[Answer] | None:
         if (name in req.tried or req.calls >= self.retry.max_attempts
                 or self._time_left(req) < self.min_attempt_s or not self._claimable(name)
                 or not self.budget.try_spend()):
             return None
-        claim = self._claim(req, name)
-        if claim is None:
+        if (claim := self._claim(req, name)) is None:
             return None
         req.hedged = True
         return self._launch(req, claim)
@@ -262,8 +266,7 @@ class Executor:
         return self._route_retry(req, retry_state)
 
     def _route_retry(self, req: _Request, retry_state: RetryCallState) -> bool:
-        """Try a target again after its ``Retry-After`` or a backoff, if the deadline and
-        the retry budget allow; when the budget is spent, fail fast."""
+        """Retry a target after its ``Retry-After`` or a backoff if deadline and budget allow."""
         for name, error in req.tried.items():
             if error is None or not error.retryable or not self._claimable(name):
                 continue

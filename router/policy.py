@@ -162,6 +162,10 @@ class AdmissionSettings(Frozen):
     """Calls in progress from one router replica to one target; a saturated target is skipped."""
     shed_retry_after_s: float = Field(1.0, gt=0, le=3600)
     """The ``Retry-After`` a shed request is told."""
+    min_start_left_ms: float = Field(20.0, ge=0)
+    """A request is shed at once unless, after the router's own predicted delay (event-loop
+    lag and the requests admitted before it not yet started), this much of its deadline is
+    left for its first call."""
 
 
 class Tenant(Frozen):

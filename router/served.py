@@ -1,7 +1,9 @@
 """What running a plan ends in: a :class:`Served` result, or a :class:`NotServed` failure.
 
-:class:`Shed` (a ``NotServed``) is excess load refused before any upstream call.
-None of them carries an HTTP status: the ingress answers each (:mod:`router.errors`).
+:class:`Shed` (a ``NotServed``) is excess load refused before any upstream call: the
+replica at its bound (``router``), every target of the plan at its bound (``target``), or a
+request the router could not start in time (``late``). None of them carries an HTTP status:
+the ingress answers each (:mod:`router.errors`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,6 @@ class Shed(NotServed):
     """Refused for load before any upstream call, at once."""
 
     def __init__(self, message: str, *, retry_after_s: float,
-                 scope: Literal["router", "target"]) -> None:
+                 scope: Literal["router", "target", "late"]) -> None:
         super().__init__(message, attempts=0, deadline_passed=False, retry_after_s=retry_after_s)
         self.scope = scope

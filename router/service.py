@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from router.admission import DeadlineAdmission
 from router.breaker import Breakers, Transition
 from router.calls import Attempt
 from router.cost import Ledger, marginal_cost_usd
@@ -25,6 +26,7 @@ from router.decision import BaselineState, RequestQuality, decide
 from router.estimator import TargetEstimator
 from router.executor import Executor
 from router.explore import Explorer
+from router.lag import LoopLag
 from router.metrics import RouterMetrics
 from router.plan import Decision
 from router.policy import PolicyDocument
@@ -97,11 +99,15 @@ class RoutingService:
         self.policy = PolicyDocument()
         self.breakers = Breakers(self.policy.breaker, on_transition=self._transition, clock=clock)
         targets.breakers = self.breakers
+        self.lag = LoopLag(clock=clock)
+        """The replica's own lateness: run :meth:`LoopLag.run` on its event loop."""
+        targets.lag = self.lag
         self.executor = Executor(
             targets, retry=self.policy.retry, admission=self.policy.admission,
             breakers=self.breakers, clock=clock, on_attempt=self._attempt,
-            min_attempt_ms=min_attempt_ms,
+            min_attempt_ms=min_attempt_ms, lag=self.lag,
         )
+        self.admission = DeadlineAdmission(self.executor.limits, lag=self.lag, clock=clock)
         self.ledger = Ledger({t.name: self.policy.prices.for_target(t.name, t.tier)
                               for t in targets})
         self.baselines = BaselineState()
@@ -206,12 +212,21 @@ class RoutingService:
 
     async def route(self, x: np.ndarray, *, deadline_ms: float, received: float,
                     quality: RequestQuality, caller: Caller) -> Routed:
-        """Serve one request; raises :class:`Rejected` or ``NotServed``/``Shed``."""
-        remaining_ms = deadline_ms - (self.clock() - received) * 1000
-        decision, decision_us = self.decide(len(x), remaining_ms, quality, caller)
-        if decision.plan is None:
-            raise Rejected(decision)
-        served = await self.executor.run(decision.plan, x, received + deadline_ms / 1000)
+        """Serve one request; raises :class:`Rejected` or ``NotServed``/``Shed``.
+
+        A request the router cannot start in time is shed first (:class:`DeadlineAdmission`);
+        the decision then plans for the deadline left after the router's own predicted delay.
+        """
+        ticket = self.admission.admit(received, deadline_ms)
+        try:
+            remaining_ms = deadline_ms - (self.clock() - received + ticket.delay_s) * 1000
+            decision, decision_us = self.decide(len(x), remaining_ms, quality, caller)
+            if decision.plan is None:
+                raise Rejected(decision)
+            served = await self.executor.run(decision.plan, x, received + deadline_ms / 1000,
+                                             on_sent=ticket.started)
+        finally:
+            ticket.done()
         target = served.target
         prices = self.policy.prices.for_target(target.name, target.tier)
         cost = marginal_cost_usd(prices, len(x), served.reply.server_ms, served.reply.batch_rows)
@@ -272,6 +287,8 @@ class RoutingService:
             view["drained"] = t.name in self.drained
             view["in_flight"] = self.executor.limits.per_target.get(t.name, 0)
             targets.append(view)
-        return {"targets": targets, "executor": self.executor.snapshot(),
+        executor = self.executor.snapshot()
+        executor["admission"].update(self.admission.snapshot())
+        return {"targets": targets, "executor": executor,
                 "exploration": self.explorer.snapshot(),
                 "ledger": self.ledger.snapshot()}

@@ -17,9 +17,10 @@ import numpy as np
 from edgeroute.config import LinkProfile, Quality, Tier
 from router.breaker import Breakers
 from router.estimator import TargetEstimator
+from router.lag import LoopLag, late
 from router.link import Link, LinkedTransport
 from router.policy import TierPrices
-from router.transport import TargetError, Transport
+from router.transport import TargetError, TargetTimeout, Transport
 from router.view import TargetView
 
 PROBE_TIMEOUT_S = 1.0
@@ -100,7 +101,9 @@ class TargetSet:
     for targets idle that long, each with its own timeout. Probes also tell the
     breakers when an ejected target answers again (so a restarted worker is
     tried at once instead of after its whole ejection), and never wake a
-    deployment that has scaled to zero.
+    deployment that has scaled to zero. A probe during which the router's own
+    loop ran late (``lag``, :func:`router.lag.late`) teaches no network time, and
+    its timeout is not a failure.
     """
 
     def __init__(
@@ -115,6 +118,8 @@ class TargetSet:
         self.breakers: Breakers | None = None
         self.on_tick: Callable[[], None] | None = None
         """Called once per probe interval from the probe loop (the service's gauges)."""
+        self.lag: LoopLag | None = None
+        """The replica's own lateness: a probe it made late says nothing about the target."""
         self.generation = 0
         """Counts additions and removals, so that caches of the target list can tell."""
         self._clock = clock
@@ -145,16 +150,23 @@ class TargetSet:
         try:
             await asyncio.wait_for(target.transport.probe(PROBE_TIMEOUT_S), PROBE_TIMEOUT_S)
         except (TargetError, asyncio.TimeoutError) as exc:
+            if isinstance(exc, asyncio.TimeoutError | TargetTimeout) and self._late(started):
+                return False
             target.estimator.observe_failure(f"probe: {_reason(exc)}",
                                              (self._clock() - started) * 1000)
             if self.breakers is not None:
                 self.breakers[target.name].probe_failed()
             return False
-        target.estimator.observe_probe((self._clock() - started) * 1000)
+        if not self._late(started):
+            target.estimator.observe_probe((self._clock() - started) * 1000)
         if self.breakers is not None:
             self.breakers[target.name].probe_succeeded()
             await self._trial(target)
         return True
+
+    def _late(self, started: float) -> bool:
+        own_s = self.lag.max_since(started) if self.lag is not None else 0.0
+        return late(own_s * 1000, (self._clock() - started) * 1000)
 
     async def _trial(self, target: Target) -> None:
         """Make a trial call of an idle target with a blank row: the half-open trial, or, with

@@ -12,7 +12,7 @@ from router.decision import RequestQuality
 from router.estimator import TargetEstimator
 from router.metrics import NO_TIER, MemoryFactory, RouterMetrics
 from router.policy import PolicyDocument, RoutingPolicy
-from router.served import NotServed
+from router.served import NotServed, Shed
 from router.service import Rejected, Routed, RoutingService
 from router.targets import TargetSet
 from router.tenancy import Caller
@@ -233,3 +233,25 @@ def test_the_targets_table_shows_what_the_decision_reads() -> None:
     p50 = svc.targets.targets["edge-a"].estimator.distribution().quantile(0.5)
     assert f"{p50:.1f}" in shown and "closed" in shown
     assert "cooling" not in shown
+
+
+def test_a_request_the_router_cannot_start_in_time_is_shed_before_any_call() -> None:
+    """The router's loop is running 300 ms late: a 500 ms request would need that long to
+    send its call and as long again to read the answer. It is refused at once with 503
+    and Retry-After (a ``late`` shed), no target is called, and once the loop runs on time
+    again the next request is served; /v1/targets shows the counts."""
+    edge = FakeTransport("edge-a")
+    svc, _ = service((edge, "edge", "small"))
+    svc.lag.arm()
+    time.sleep(0.3)
+    with pytest.raises(Shed) as shed:
+        route(svc)
+    assert shed.value.scope == "late" and shed.value.retry_after_s > 0
+    assert edge.calls == 0
+    svc.lag.woke()
+    svc.lag.arm()
+    svc.lag.woke()
+    assert route(svc).served.target.name == "edge-a"
+    admission = svc.snapshot()["executor"]["admission"]
+    assert (admission["shed_late"], admission["admitted"], admission["waiting_to_start"]) == (
+        1, 1, 0)
