@@ -2,13 +2,17 @@
 
 HTTP glue only: parsing is the codec's (:mod:`edgeroute.oip`), who the caller
 is and which policy applies is :mod:`router.tenancy`'s, routing is
-:class:`router.service.RoutingService`'s. Endpoints: the OIP health, metadata
-and infer routes (JSON and binary tensors), ``GET /v1/targets`` (the live view
-of every target), ``GET /v1/policy`` and ``GET /v1/policy/history``, and the
-route ``PUT /v1/links/{target}`` that changes a target's emulated link (all four
-need the admin token: :mod:`router.admin`), and the edge fleet:
-``PUT``/``DELETE /v1/fleet/{name}`` (join or heartbeat, leave; fleet token) and
-``GET /v1/fleet`` (:mod:`router.fleet`, :mod:`router.fleet_actor`).
+:class:`router.service.RoutingService`'s. Endpoints: the OIP health and infer
+routes (JSON and binary tensors; gzip or deflate bodies), the model routes of
+:mod:`router.oip_routes` (metadata, readiness, versions, statistics, config),
+``GET /v1/targets`` (the live view of every target), ``GET /v1/policy`` and
+``GET /v1/policy/history``, and the route ``PUT /v1/links/{target}`` that
+changes a target's emulated link (all four need the admin token:
+:mod:`router.admin`), and the edge fleet: ``PUT``/``DELETE /v1/fleet/{name}``
+(join or heartbeat, leave; fleet token) and ``GET /v1/fleet``
+(:mod:`router.fleet`, :mod:`router.fleet_actor`). Every error, the framework's
+own included, is an OIP ``{"error": ...}`` body; answers are gzipped when the
+caller's ``Accept-Encoding`` asks.
 """
 
 import asyncio
@@ -23,6 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.middleware.gzip import GZipMiddleware
 
 from cloud.deployment import CloudModel
 from edgeroute import contract
@@ -31,6 +36,7 @@ from edgeroute.http import (
     check_content_type,
     error_response,
     infer_response,
+    oip_exception_handlers,
     read_body,
     retry_after_header,
 )
@@ -42,6 +48,7 @@ from edgeroute.oip import (
     decode_request,
     select_outputs,
 )
+from edgeroute.oipstats import InferenceStats
 from router import admin
 from router.admin import bearer_ok, refuse_non_admin
 from router.context import (
@@ -55,6 +62,7 @@ from router.estimator import EstimatorSettings, TargetEstimator
 from router.fleet import Member
 from router.fleet_actor import FleetClient, FleetSync, RegistryUnavailable
 from router.metrics import RouterMetrics, ServeFactory
+from router.oip_routes import OIPRoutes, routes
 from router.openapi import INFER_OPENAPI
 from router.policy_keeper import PolicyKeeper
 from router.served import NotServed, Shed
@@ -71,8 +79,11 @@ app = FastAPI(
     title="edgeroute",
     summary="Edge-versus-cloud placement router speaking the Open Inference Protocol (v2).",
     version="0.1.0",
+    exception_handlers=oip_exception_handlers(),
 )
+app.include_router(routes)
 app.add_middleware(ServerTiming)
+app.add_middleware(GZipMiddleware, minimum_size=512)
 
 
 def request_options(
@@ -138,7 +149,7 @@ def build_targets(config: StackConfig, cloud: DeploymentHandle) -> TargetSet:
 
 @serve.deployment(name="router", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 @serve.ingress(app)
-class Router:
+class Router(OIPRoutes):
     def __init__(self, config: dict[str, Any], cloud: DeploymentHandle) -> None:
         self.config = StackConfig.model_validate(config)
         self.settings = self.config.router
@@ -146,6 +157,7 @@ class Router:
                                       metrics=RouterMetrics(ServeFactory()),
                                       min_attempt_ms=self.settings.min_attempt_ms)
         self.policies = PolicyKeeper()
+        self.inference_stats = InferenceStats(contract.MODEL_NAME, contract.MODEL_VERSION)
         self.static_targets = frozenset(t.name for t in self.service.targets)
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.admin_token = self.settings.admin_token or os.environ.get("EDGEROUTE_ADMIN_TOKEN")
@@ -211,27 +223,6 @@ class Router:
         is_ready = any(t.estimator.network.count > 0 for t in self.service.targets)
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
-    @app.get("/v2")
-    async def server_metadata(self) -> dict[str, Any]:
-        return {"name": "edgeroute", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
-
-    @app.get("/v2/models/{model}")
-    async def model_metadata(self, model: str) -> Response:
-        try:
-            contract.check_model_name(model)
-        except OIPError as error:
-            return error_response(error)
-        versions = sorted({t.name for t in self.service.targets})
-        return JSONResponse(contract.model_metadata(versions, platform="edgeroute"))
-
-    @app.get("/v2/models/{model}/ready")
-    async def model_ready(self, model: str) -> Response:
-        try:
-            contract.check_model_name(model)
-        except OIPError as error:
-            return error_response(error)
-        return JSONResponse({"name": model, "ready": True})
-
     @app.post("/v2/models/{model}/infer", openapi_extra=INFER_OPENAPI)
     async def infer(self, model: str, request: Request) -> Response:
         received = time.monotonic()
@@ -258,6 +249,7 @@ class Router:
             )
             routed = await self.service.route(x, deadline_ms=deadline_ms, received=received,
                                               quality=quality, caller=caller)
+            tier = routed.served.target.tier
         except Shed as shed:
             self.service.metrics.shed.record(1, {"reason": shed.scope})
             status = 503
@@ -275,10 +267,13 @@ class Router:
             status = error.status
             return error_response(error)
         finally:
-            self.service.metrics.request(policy_name, status, tier,
-                                         (time.monotonic() - received) * 1000)
-        tier = routed.served.target.tier
+            elapsed_s = time.monotonic() - received
+            self.service.metrics.request(policy_name, status, tier, elapsed_s * 1000)
+            if status != 200:
+                self.inference_stats.failure(elapsed_s)
         reply = routed.served.reply
+        self.inference_stats.success(elapsed_s, len(x), target=routed.served.target.name,
+                                     model_version=reply.model_version)
         outputs = select_outputs(
             oip_request, contract.output_tensors(reply.probabilities, reply.labels)
         )
