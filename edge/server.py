@@ -216,6 +216,7 @@ def create_app(worker: EdgeWorker, agent: FleetAgent | None = None) -> Starlette
         Route("/v2/health/ready", ready),
         Route("/v2", server_metadata),
         Route("/v1/stats", stats),
+        Route("/v2/models/stats", lambda _: JSONResponse(worker.inference_stats.model_stats())),
     ]
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         routes += [Route(prefix, model_metadata), Route(f"{prefix}/ready", model_ready),

@@ -65,6 +65,11 @@ class OIPRoutes:
     async def server_metadata(self) -> dict[str, Any]:
         return {"name": "edgeroute", "version": "0.1.0", "extensions": EXTENSIONS}
 
+    @routes.get("/v2/models/stats")
+    async def all_statistics(self) -> Response:
+        """Triton's statistics of every model (one here): ``GET /v2/models/stats``."""
+        return JSONResponse(self.inference_stats.model_stats())
+
     @routes.get("/v2/models/{model}")
     @routes.get(VERSIONED)
     async def model_metadata(self, model: str, version: str | None = None) -> Response:
