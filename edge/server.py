@@ -237,7 +237,8 @@ def create_app(worker: EdgeWorker, agent: FleetAgent | None = None) -> Starlette
 
     return Starlette(routes=routes, lifespan=lifespan,
                      exception_handlers=oip_exception_handlers(),
-                     middleware=[Middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES)])
+                     middleware=[Middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES,
+                                            compresslevel=6)])
 
 
 def serve(

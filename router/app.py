@@ -83,7 +83,7 @@ app = FastAPI(
 )
 app.include_router(routes)
 app.add_middleware(ServerTiming)
-app.add_middleware(GZipMiddleware, minimum_size=512)
+app.add_middleware(GZipMiddleware, minimum_size=512, compresslevel=6)
 
 
 def request_options(
