@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -32,6 +31,7 @@ from edgeroute import contract
 from edgeroute.http import (
     DEADLINE_HEADER,
     REQUEST_ID_HEADER,
+    InferGZip,
     check_content_type,
     error_response,
     infer_response,
@@ -47,7 +47,8 @@ SERVER_NAME = "edgeroute-edge"
 EXTENSIONS = ["binary_tensor_data", "parameters", "statistics", "model_configuration"]
 """The OIP/Triton extensions the worker serves (listed in its server metadata)."""
 GZIP_MIN_BYTES = 512
-"""Responses at least this long are gzipped when the caller's ``Accept-Encoding`` asks."""
+"""Inference answers at least this long are gzipped when the caller's ``Accept-Encoding``
+asks (other answers never are, as with Triton)."""
 
 
 def caller_deadline_s(headers: Any) -> float | None:
@@ -237,8 +238,7 @@ def create_app(worker: EdgeWorker, agent: FleetAgent | None = None) -> Starlette
 
     return Starlette(routes=routes, lifespan=lifespan,
                      exception_handlers=oip_exception_handlers(),
-                     middleware=[Middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES,
-                                            compresslevel=6)])
+                     middleware=[Middleware(InferGZip, minimum_size=GZIP_MIN_BYTES)])
 
 
 def serve(

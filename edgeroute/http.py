@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -124,6 +125,22 @@ def oip_exception_handlers() -> dict[Any, Any]:
         return handlers
     handlers[RequestValidationError] = validation_error
     return handlers
+
+
+class InferGZip:
+    """gzip for inference answers of ``minimum_size`` bytes or more whose caller's
+    ``Accept-Encoding`` asks for it; other answers go uncompressed, as Triton does
+    (``tritonclient.http.aio`` reads them raw although aiohttp asks for gzip)."""
+
+    def __init__(self, app: Any, minimum_size: int = 512, compresslevel: int = 6) -> None:
+        self.app = app
+        self.gzip = GZipMiddleware(app, minimum_size=minimum_size, compresslevel=compresslevel)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].endswith("/infer"):
+            await self.gzip(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 def infer_response(

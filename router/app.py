@@ -27,12 +27,12 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
-from starlette.middleware.gzip import GZipMiddleware
 
 from cloud.deployment import CloudModel
 from edgeroute import contract
 from edgeroute.config import RouterSettings, StackConfig
 from edgeroute.http import (
+    InferGZip,
     check_content_type,
     error_response,
     infer_response,
@@ -83,7 +83,7 @@ app = FastAPI(
 )
 app.include_router(routes)
 app.add_middleware(ServerTiming)
-app.add_middleware(GZipMiddleware, minimum_size=512, compresslevel=6)
+app.add_middleware(InferGZip)
 
 
 def request_options(

@@ -198,6 +198,9 @@ def test_gzipped_binary_answer_keeps_its_headers(server: str) -> None:
     assert response.headers["content-encoding"] == "gzip"
     assert response.headers["server-timing"]
     header_length = int(response.headers["inference-header-content-length"])
+    stats = httpx.get(f"{server}/v2/models/digits/stats", headers={"accept-encoding": "gzip"},
+                      timeout=10)
+    assert "content-encoding" not in stats.headers, "only inference answers are compressed"
     result = triton.InferenceServerClient.parse_response_body(
         response.content, header_length=header_length)  # httpx inflated it
     assert result.as_numpy("label").shape == (64,)

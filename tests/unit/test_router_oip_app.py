@@ -109,12 +109,15 @@ def test_versioned_routes_and_oip_errors(router: Any) -> None:
 
 @pytest.mark.parametrize("coding, pack", [("gzip", gzip.compress), ("deflate", zlib.compress)])
 def test_compressed_request_and_gzipped_answer(router: Any, coding: str, pack: Any) -> None:
-    async def main(client: httpx.AsyncClient) -> httpx.Response:
-        return await client.post("/v2/models/digits/infer", content=pack(body(8)), headers={
+    async def main(client: httpx.AsyncClient) -> tuple[httpx.Response, httpx.Response]:
+        answer = await client.post("/v2/models/digits/infer", content=pack(body(8)), headers={
             "content-type": "application/json", "content-encoding": coding,
             "accept-encoding": "gzip"})
+        return answer, await client.get("/v2/models/digits/stats",
+                                         headers={"accept-encoding": "gzip"})
 
-    response = call(main)
+    response, stats = call(main)
+    assert len(stats.content) > 512 and "content-encoding" not in stats.headers
     assert response.status_code == 200, response.text
     assert response.headers["content-encoding"] == "gzip"
     assert response.headers["server-timing"].startswith("router;dur=")
