@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -30,16 +31,24 @@ from edgeroute import contract
 from edgeroute.http import (
     DEADLINE_HEADER,
     REQUEST_ID_HEADER,
+    InferGZip,
     check_content_type,
     error_response,
     infer_response,
+    oip_exception_handlers,
     read_body,
     server_timing,
 )
 from edgeroute.models.runtime import OnnxModel
 from edgeroute.oip import InferResponse, OIPError, binary_set, decode_request, select_outputs
+from edgeroute.oipstats import InferenceStats
 
 SERVER_NAME = "edgeroute-edge"
+EXTENSIONS = ["binary_tensor_data", "parameters", "statistics", "model_configuration"]
+"""The OIP/Triton extensions the worker serves (listed in its server metadata)."""
+GZIP_MIN_BYTES = 512
+"""Inference answers at least this long are gzipped when the caller's ``Accept-Encoding``
+asks (other answers never are, as with Triton)."""
 
 
 def caller_deadline_s(headers: Any) -> float | None:
@@ -82,6 +91,12 @@ class EdgeWorker:
         every inference is answered 503 with ``Retry-After`` while health checks still pass,
         as a worker whose model backend failed would."""
         self.refused = 0
+        self.inference_stats = InferenceStats(contract.MODEL_NAME, contract.MODEL_VERSION)
+
+    @property
+    def versions(self) -> set[str]:
+        """The versions a request may name: the contract's and this artifact's own."""
+        return {contract.version_of(self.model.version), self.model.version}
 
     def _predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Run the model on an inference thread, plus the emulated device slowness."""
@@ -94,6 +109,15 @@ class EdgeWorker:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def infer(self, request: Request) -> Response:
+        """One inference, counted in the statistics (a success, or a failure after its time)."""
+        started = time.perf_counter()
+        response = await self._infer(request)
+        if response.status_code != 200:
+            self.inference_stats.failure(time.perf_counter() - started)
+        return response
+
+    async def _infer(self, request: Request) -> Response:
+        received = time.perf_counter()
         echo = {k: v for k, v in request.headers.items() if k == REQUEST_ID_HEADER}
         if self.unavailable:
             self.refused += 1
@@ -101,6 +125,8 @@ class EdgeWorker:
                                   {"retry-after": "1", **echo})
         try:
             contract.check_model_name(request.path_params["model"])
+            if "version" in request.path_params:
+                contract.check_version(request.path_params["version"], self.versions)
             check_content_type(request.headers)
             body = await read_body(request, self.max_body_bytes)
             oip_request = decode_request(body, request.headers)
@@ -120,6 +146,8 @@ class EdgeWorker:
         except QueueFull as full:
             return error_response(OIPError(str(full), status=503), {"retry-after": "1", **echo})
         self.served += 1
+        self.inference_stats.success(time.perf_counter() - received, len(x), queue_s=queued_s,
+                                     infer_s=infer_s)
         response = InferResponse(
             model_name=contract.MODEL_NAME,
             model_version=self.model.version,
@@ -158,21 +186,28 @@ def create_app(worker: EdgeWorker, agent: FleetAgent | None = None) -> Starlette
 
     async def server_metadata(_: Request) -> Response:
         return JSONResponse({"name": SERVER_NAME, "version": worker.model.version,
-                             "extensions": ["binary_tensor_data"]})
+                             "extensions": EXTENSIONS})
 
-    async def model_metadata(request: Request) -> Response:
-        try:
-            contract.check_model_name(request.path_params["model"])
-        except OIPError as error:
-            return error_response(error)
-        return JSONResponse(contract.model_metadata([worker.model.version]))
+    def model_route(answer: Callable[[], dict[str, Any]]) -> Callable[..., Any]:
+        """A model route: 404 in OIP form for another model or a version not served."""
 
-    async def model_ready(request: Request) -> Response:
-        try:
-            contract.check_model_name(request.path_params["model"])
-        except OIPError as error:
-            return error_response(error)
-        return JSONResponse({"name": contract.MODEL_NAME, "ready": True})
+        async def route(request: Request) -> Response:
+            try:
+                contract.check_model_name(request.path_params["model"])
+                if "version" in request.path_params:
+                    contract.check_version(request.path_params["version"], worker.versions)
+            except OIPError as error:
+                return error_response(error)
+            return JSONResponse(answer())
+        return route
+
+    version = contract.version_of(worker.model.version)
+    model_metadata = model_route(lambda: contract.model_metadata(
+        [version], parameters={"version_targets": {version: [worker.name]},
+                               "model_version": worker.model.version}))
+    model_ready = model_route(lambda: {"name": contract.MODEL_NAME, "ready": True})
+    model_stats = model_route(worker.inference_stats.model_stats)
+    model_config = model_route(lambda: contract.model_config(worker.max_batch))
 
     async def stats(_: Request) -> Response:
         return JSONResponse(worker.stats())
@@ -181,11 +216,13 @@ def create_app(worker: EdgeWorker, agent: FleetAgent | None = None) -> Starlette
         Route("/v2/health/live", live),
         Route("/v2/health/ready", ready),
         Route("/v2", server_metadata),
-        Route("/v2/models/{model}", model_metadata),
-        Route("/v2/models/{model}/ready", model_ready),
-        Route("/v2/models/{model}/infer", worker.infer, methods=["POST"]),
         Route("/v1/stats", stats),
+        Route("/v2/models/stats", lambda _: JSONResponse(worker.inference_stats.model_stats())),
     ]
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        routes += [Route(prefix, model_metadata), Route(f"{prefix}/ready", model_ready),
+                   Route(f"{prefix}/infer", worker.infer, methods=["POST"]),
+                   Route(f"{prefix}/stats", model_stats), Route(f"{prefix}/config", model_config)]
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -199,7 +236,9 @@ def create_app(worker: EdgeWorker, agent: FleetAgent | None = None) -> Starlette
                 await agent.leave()
             worker.close()
 
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan,
+                     exception_handlers=oip_exception_handlers(),
+                     middleware=[Middleware(InferGZip, minimum_size=GZIP_MIN_BYTES)])
 
 
 def serve(

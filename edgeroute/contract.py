@@ -54,15 +54,52 @@ def output_tensors(probabilities: np.ndarray, labels: np.ndarray) -> tuple[Tenso
     )
 
 
-def model_metadata(versions: list[str], platform: str = "onnxruntime_onnx") -> dict[str, Any]:
+def model_metadata(versions: list[str], platform: str = "onnxruntime_onnx",
+                   parameters: dict[str, Any] | None = None) -> dict[str, Any]:
     """The body of ``GET /v2/models/digits``."""
     return {
         "name": MODEL_NAME,
         "versions": versions,
         "platform": platform,
+        **({"parameters": parameters} if parameters else {}),
         "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, FEATURES]}],
         "outputs": [
             {"name": OUTPUT_PROBABILITIES, "datatype": "FP32", "shape": [-1, CLASSES]},
             {"name": OUTPUT_LABEL, "datatype": "INT64", "shape": [-1]},
+        ],
+    }
+
+
+MODEL_VERSION = "1"
+"""The version of the model contract above. Every artifact that serves it reports a
+``model_version`` of ``1-<digest>``: version ``1``, the digest naming the artifact."""
+
+
+def version_of(model_version: str) -> str:
+    """The model version an artifact's ``model_version`` (``1-<digest>``) belongs to."""
+    return model_version.split("-", 1)[0]
+
+
+def check_version(version: str, served: set[str]) -> None:
+    """A 404 in OIP form unless ``version`` is one of the ``served`` versions."""
+    if version not in served:
+        raise OIPError(f"unknown version '{version}' of model '{MODEL_NAME}' "
+                       f"(served: {', '.join(sorted(served))})", status=404)
+
+
+def model_config(max_batch_size: int, platform: str = "onnxruntime_onnx") -> dict[str, Any]:
+    """The body of ``GET /v2/models/digits/config``: the fields Triton's clients read, in
+    Triton's model configuration form (dims without the batch dimension)."""
+    return {
+        "name": MODEL_NAME,
+        "platform": platform,
+        "backend": "onnxruntime" if platform == "onnxruntime_onnx" else platform,
+        "version_policy": {"latest": {"num_versions": 1}},
+        "max_batch_size": max_batch_size,
+        "input": [{"name": INPUT_NAME, "data_type": "TYPE_FP32", "dims": [FEATURES]}],
+        "output": [
+            {"name": OUTPUT_PROBABILITIES, "data_type": "TYPE_FP32", "dims": [CLASSES]},
+            {"name": OUTPUT_LABEL, "data_type": "TYPE_INT64", "dims": [1],
+             "reshape": {"shape": []}},
         ],
     }

@@ -3,13 +3,17 @@
 HTTP glue only: parsing is the codec's (:mod:`edgeroute.oip`), who the caller
 is and which policy applies is :mod:`router.tenancy`'s, routing is
 :class:`router.service.RoutingService`'s, and the HTTP answer to each error of
-theirs is :mod:`router.errors`'. Endpoints: the OIP health, metadata
-and infer routes (JSON and binary tensors), ``GET /v1/targets`` (the live view
-of every target), ``GET /v1/policy`` and ``GET /v1/policy/history``, and the
-route ``PUT /v1/links/{target}`` that changes a target's emulated link (all four
-need the admin token: :mod:`router.admin`), and the edge fleet:
-``PUT``/``DELETE /v1/fleet/{name}`` (join or heartbeat, leave; fleet token) and
-``GET /v1/fleet`` (:mod:`router.fleet`, :mod:`router.fleet_actor`).
+theirs is :mod:`router.errors`'. Endpoints: the OIP health and infer
+routes (JSON and binary tensors; gzip or deflate bodies), the model routes of
+:mod:`router.oip_routes` (metadata, readiness, versions, statistics, config),
+``GET /v1/targets`` (the live view of every target), ``GET /v1/policy`` and
+``GET /v1/policy/history``, and the route ``PUT /v1/links/{target}`` that
+changes a target's emulated link (all four need the admin token:
+:mod:`router.admin`), and the edge fleet: ``PUT``/``DELETE /v1/fleet/{name}``
+(join or heartbeat, leave; fleet token) and ``GET /v1/fleet``
+(:mod:`router.fleet`, :mod:`router.fleet_actor`). Every error, the framework's
+own included, is an OIP ``{"error": ...}`` body; answers are gzipped when the
+caller's ``Accept-Encoding`` asks.
 """
 
 import asyncio
@@ -29,9 +33,11 @@ from cloud.deployment import CloudModel
 from edgeroute import contract
 from edgeroute.config import StackConfig
 from edgeroute.http import (
+    InferGZip,
     check_content_type,
     error_response,
     infer_response,
+    oip_exception_handlers,
     read_body,
 )
 from edgeroute.oip import (
@@ -42,6 +48,7 @@ from edgeroute.oip import (
     decode_request,
     select_outputs,
 )
+from edgeroute.oipstats import InferenceStats
 from router import admin
 from router.admin import bearer_ok, refuse_non_admin
 from router.build import build_targets, fleet_target, target_estimator
@@ -57,6 +64,7 @@ from router.estimator import TargetEstimator
 from router.fleet import Member
 from router.fleet_actor import FleetClient, FleetSync, RegistryUnavailable
 from router.metrics import RequestTally, RouterMetrics, ServeFactory
+from router.oip_routes import OIPRoutes, routes
 from router.openapi import INFER_OPENAPI
 from router.policy_keeper import PolicyKeeper
 from router.served import Shed
@@ -72,8 +80,11 @@ app = FastAPI(
     title="edgeroute",
     summary="Edge-versus-cloud placement router speaking the Open Inference Protocol (v2).",
     version="0.1.0",
+    exception_handlers=oip_exception_handlers(),
 )
+app.include_router(routes)
 app.add_middleware(ServerTiming)
+app.add_middleware(InferGZip)
 
 
 def request_options(
@@ -97,7 +108,7 @@ def request_options(
 
 @serve.deployment(name="router", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 @serve.ingress(app)
-class Router:
+class Router(OIPRoutes):
     def __init__(self, config: dict[str, Any], cloud: DeploymentHandle) -> None:
         self.config = StackConfig.model_validate(config)
         self.settings = self.config.router
@@ -105,6 +116,7 @@ class Router:
                                       metrics=RouterMetrics(ServeFactory()),
                                       min_attempt_ms=self.settings.min_attempt_ms)
         self.policies = PolicyKeeper()
+        self.inference_stats = InferenceStats(contract.MODEL_NAME, contract.MODEL_VERSION)
         self.static_targets = frozenset(t.name for t in self.service.targets)
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.admin_token = self.settings.admin_token or os.environ.get("EDGEROUTE_ADMIN_TOKEN")
@@ -171,27 +183,6 @@ class Router:
         is_ready = any(t.estimator.observed for t in self.service.targets)
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
-    @app.get("/v2")
-    async def server_metadata(self) -> dict[str, Any]:
-        return {"name": "edgeroute", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
-
-    @app.get("/v2/models/{model}")
-    async def model_metadata(self, model: str) -> Response:
-        try:
-            contract.check_model_name(model)
-        except OIPError as error:
-            return error_response(error)
-        versions = sorted({t.name for t in self.service.targets})
-        return JSONResponse(contract.model_metadata(versions, platform="edgeroute"))
-
-    @app.get("/v2/models/{model}/ready")
-    async def model_ready(self, model: str) -> Response:
-        try:
-            contract.check_model_name(model)
-        except OIPError as error:
-            return error_response(error)
-        return JSONResponse({"name": model, "ready": True})
-
     @app.post("/v2/models/{model}/infer", openapi_extra=INFER_OPENAPI)
     async def infer(self, model: str, request: Request) -> Response:
         received = time.monotonic()
@@ -232,7 +223,11 @@ class Router:
                 self.service.metrics.shed.record(1, {"reason": error.scope})
             refusal = error_reply(error)
             tally.status = refusal.status_code
+            self.inference_stats.failure(time.monotonic() - received)
             return refusal
+        self.inference_stats.success(time.monotonic() - received, len(x),
+                                     target=routed.served.target.name,
+                                     model_version=reply.model_version)
         parameters = routed.parameters(caller, deadline_ms, explain)
         parameters["router_replica"] = self.replica
         response = InferResponse(contract.MODEL_NAME, outputs, reply.model_version,

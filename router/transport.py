@@ -94,6 +94,7 @@ class HttpTransport:
         self._client = client or httpx.AsyncClient(
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
             timeout=httpx.Timeout(30.0),
+            headers={"accept-encoding": "identity"},  # binary tensors: not worth gzip's CPU
         )
         self._infer_url = f"{self.url}/v2/models/{contract.MODEL_NAME}/infer"
 

@@ -308,6 +308,7 @@ async def run_load(
     http = client or httpx.AsyncClient(
         limits=httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=256),
         trust_env=False,
+        headers={"accept-encoding": "identity"},  # load measures routing, not gzip
     )
     try:
         runner = _Run(url, http, schedule, data, on_event=on_event, progress=progress,

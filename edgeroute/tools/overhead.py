@@ -30,6 +30,8 @@ EDGE_DEADLINE_MS = 60.0
 """Tight enough that no cloud plan or cascade fits: the routed call goes to the nearest edge."""
 SATURATION_DEADLINE_MS = 2000.0
 ZERO_LINK = {"base_ms": 0.0, "jitter_ms": 0.0, "spike_probability": 0.0, "loss_probability": 0.0}
+IDENTITY = {"accept-encoding": "identity"}
+"""Uncompressed answers: the figures measure routing, not gzip."""
 
 
 def _body(row: np.ndarray, **parameters: Any) -> tuple[bytes, dict[str, str]]:
@@ -79,7 +81,7 @@ def measure(endpoint: str, token: str, rows: np.ndarray, *, edge_name: str, edge
             cloud_name: str, cloud_handle: Any, n: int = 150) -> dict[str, Any]:
     """Direct and routed p50/p99 for one edge worker and the cloud deployment."""
     infer_url = f"{endpoint}/v2/models/{contract.MODEL_NAME}/infer"
-    with httpx.Client(timeout=10) as client:
+    with httpx.Client(timeout=10, headers=IDENTITY) as client:
 
         def routed(row: np.ndarray, **parameters: Any) -> str:
             body, headers = _body(row, **parameters)
@@ -109,7 +111,7 @@ async def _saturate(url: str, bodies: Sequence[tuple[bytes, dict[str, str]]], co
     returns (answered 200, other outcomes)."""
     ok = failed = 0
     stop_at = time.monotonic() + duration_s
-    async with httpx.AsyncClient(timeout=5, trust_env=False,
+    async with httpx.AsyncClient(timeout=5, trust_env=False, headers=IDENTITY,
                                  limits=httpx.Limits(max_connections=concurrency)) as client:
 
         async def caller(k: int) -> None:
@@ -149,7 +151,7 @@ def throughput(endpoint: str, token: str, rows: np.ndarray, edges: dict[str, str
                                         for url in edges.values()))
         return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
-    with httpx.Client(timeout=10) as client, ExitStack() as links:
+    with httpx.Client(timeout=10, headers=IDENTITY) as client, ExitStack() as links:
         for name in edges:
             links.enter_context(zero_link(client, endpoint, token, name))
         direct_ok, direct_failed = asyncio.run(direct())

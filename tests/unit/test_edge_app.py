@@ -7,8 +7,10 @@ A real onnxruntime session serves held-out digits; overload is made with a model
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import threading
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -122,7 +124,8 @@ def test_health_and_metadata(worker: EdgeWorker, model: OnnxModel) -> None:
     assert "binary_tensor_data" in server["extensions"]
     metadata = got["/v2/models/digits"].json()
     assert metadata["name"] == "digits"
-    assert metadata["versions"] == [model.version]
+    assert metadata["versions"] == ["1"]
+    assert metadata["parameters"]["model_version"] == model.version
     assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
     assert [o["name"] for o in metadata["outputs"]] == ["probabilities", "label"]
     assert got["/v2/models/digits/ready"].json() == {"name": "digits", "ready": True}
@@ -235,10 +238,22 @@ MALFORMED: dict[str, tuple[Callable[[], tuple[bytes, dict[str, str]]], int, str]
     ),
     "wrong-content-type": (lambda: (b"<digits/>", {"content-type": "application/xml"}), 415,
                            "content type"),
-    "compressed": (
-        lambda: (b"\x1f\x8b", {"content-type": "application/json", "content-encoding": "gzip"}),
+    "truncated-gzip": (
+        lambda: (gzip.compress(b'{"inputs": []}')[:-6],
+                 {"content-type": "application/json", "content-encoding": "gzip"}),
+        400,
+        "gzip",
+    ),
+    "brotli": (
+        lambda: (b"\x0b\x02\x80", {"content-type": "application/json", "content-encoding": "br"}),
         415,
-        "compressed",
+        "encoding",
+    ),
+    "gzip-bomb": (
+        lambda: (gzip.compress(b" " * (64 * 1024 * 1024)),
+                 {"content-type": "application/json", "content-encoding": "gzip"}),
+        413,
+        "decompressed",
     ),
     "oversize": (oversize, 413, "limit"),
 }
@@ -273,7 +288,62 @@ def test_infer_only_accepts_post(worker: EdgeWorker) -> None:
     async def main(client: httpx.AsyncClient) -> httpx.Response:
         return await client.get(INFER)
 
-    assert serve(worker, main).status_code == 405
+    assert "not allowed" in assert_error(serve(worker, main), 405).lower()
+
+
+def test_unknown_routes_and_versions_are_oip_404s(worker: EdgeWorker) -> None:
+    async def main(client: httpx.AsyncClient) -> list[httpx.Response]:
+        return [await client.get("/v2/no/such/route"),
+                await client.post("/v2/models/digits/versions/7/infer", json=json_body(ONE)),
+                await client.get("/v2/models/digits/versions/7/ready")]
+
+    route, infer, ready = serve(worker, main)
+    assert "not found" in assert_error(route, 404).lower()
+    assert "version '7'" in assert_error(infer, 404)
+    assert "version '7'" in assert_error(ready, 404)
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+def test_compressed_requests_and_gzipped_binary_answers(
+    worker: EdgeWorker, data: Split, coding: str
+) -> None:
+    body, headers = triton_body(data.x_test[:32])
+    packed = gzip.compress(body) if coding == "gzip" else zlib.compress(body)
+
+    async def main(client: httpx.AsyncClient) -> httpx.Response:
+        return await client.post("/v2/models/digits/versions/1/infer", content=packed,
+                                 headers={**headers, "content-encoding": coding,
+                                          "accept-encoding": "gzip"})
+
+    response = serve(worker, main)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-encoding"] == "gzip"
+    assert "infer" in parse_server_timing(response.headers["server-timing"])
+    result = triton.InferenceServerClient.parse_response_body(
+        gzip.compress(response.content),  # httpx inflated it; tritonclient inflates its own
+        header_length=int(response.headers["inference-header-content-length"]),
+        content_encoding="gzip")
+    assert (result.as_numpy("label") == data.y_test[:32]).mean() >= 0.9
+
+
+def test_statistics_count_successes_and_failures(worker: EdgeWorker, data: Split) -> None:
+    async def main(client: httpx.AsyncClient) -> tuple[httpx.Response, httpx.Response]:
+        for _ in range(3):
+            await client.post(INFER, json=json_body(data.x_test[:2]))
+        await client.post(INFER, content=b"{", headers={"content-type": "application/json"})
+        return await client.get("/v2/models/digits/stats"), await client.get(
+            "/v2/models/digits/config")
+
+    stats, config = serve(worker, main)
+    model = stats.json()["model_stats"][0]
+    assert model["name"] == "digits" and model["version"] == "1"
+    assert model["inference_count"] == 6 and model["execution_count"] == 3
+    assert model["inference_stats"]["success"]["count"] == 3
+    assert model["inference_stats"]["fail"]["count"] == 1
+    assert model["inference_stats"]["compute_infer"]["ns"] > 0
+    assert model["last_inference"] > 0
+    assert config.json()["max_batch_size"] == worker.max_batch
+    assert [i["name"] for i in config.json()["input"]] == ["input"]
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
