@@ -8,7 +8,8 @@ of every target), ``GET /v1/policy`` and ``GET /v1/policy/history``, and the
 route ``PUT /v1/links/{target}`` that changes a target's emulated link (all four
 need the admin token: :mod:`router.admin`), and the edge fleet:
 ``PUT``/``DELETE /v1/fleet/{name}`` (join or heartbeat, leave; fleet token) and
-``GET /v1/fleet`` (:mod:`router.fleet`, :mod:`router.fleet_actor`).
+``GET /v1/fleet`` (:mod:`router.fleet`, :mod:`router.fleet_actor`). The status
+page, ``GET /ui`` and ``GET /v1/metrics/summary``, is :mod:`router.ui`'s.
 """
 
 import asyncio
@@ -63,6 +64,7 @@ from router.targets import Target, TargetSet, make_target
 from router.tenancy import resolve
 from router.timing import ServerTiming
 from router.transport import HandleTransport, HttpTransport
+from router.ui import StatusPage, routes
 
 log = logging.getLogger("ray.serve")
 REPLICA_POLL_S = 2.0
@@ -73,6 +75,7 @@ app = FastAPI(
     version="0.1.0",
 )
 app.add_middleware(ServerTiming)
+app.include_router(routes)
 
 
 def request_options(
@@ -138,7 +141,7 @@ def build_targets(config: StackConfig, cloud: DeploymentHandle) -> TargetSet:
 
 @serve.deployment(name="router", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 @serve.ingress(app)
-class Router:
+class Router(StatusPage):
     def __init__(self, config: dict[str, Any], cloud: DeploymentHandle) -> None:
         self.config = StackConfig.model_validate(config)
         self.settings = self.config.router

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgeroute.oip import OIPError
+from router.activity import Activity
 from router.breaker import Breakers, Transition
 from router.calls import Attempt
 from router.cost import Ledger, marginal_cost_usd
@@ -26,7 +27,7 @@ from router.executor import Executor
 from router.metrics import RouterMetrics
 from router.plan import Decision
 from router.policy import PolicyDocument
-from router.served import Served
+from router.served import NotServed, Served, Shed
 from router.targets import Target, TargetSet
 from router.tenancy import Caller
 
@@ -99,6 +100,8 @@ class RoutingService:
         self.baselines = BaselineState()
         self.rng = rng or random.Random()
         self.clock = clock
+        self.activity = Activity(clock=clock)
+        """The last minutes of outcomes, for the status page (``GET /v1/metrics/summary``)."""
 
     def apply_policy(self, policy: PolicyDocument) -> None:
         """Swap the policy; learned state (estimates, breakers, budgets) carries over."""
@@ -139,7 +142,28 @@ class RoutingService:
 
     async def route(self, x: np.ndarray, *, deadline_ms: float, received: float,
                     quality: RequestQuality, caller: Caller) -> Routed:
-        """Serve one request; raises :class:`Rejected` or ``NotServed``/``Shed``."""
+        """Serve one request; raises :class:`Rejected` or ``NotServed``/``Shed``. The
+        outcome, either way, goes to :attr:`activity`."""
+        try:
+            routed = await self._route(x, deadline_ms=deadline_ms, received=received,
+                                       quality=quality, caller=caller)
+        except (Rejected, NotServed) as failure:
+            status = 504 if isinstance(failure, NotServed) and failure.deadline_passed else 503
+            self.activity.failed(
+                status=status, latency_ms=(self.clock() - received) * 1000,
+                deadline_ms=deadline_ms, error=str(failure),
+                decision=failure.decision if isinstance(failure, Rejected) else None,
+                shed=isinstance(failure, Shed))
+            raise
+        target = routed.served.target
+        self.activity.served(latency_ms=(self.clock() - received) * 1000,
+                             deadline_ms=deadline_ms, target=target.name, tier=target.tier,
+                             decision=routed.decision, cost_usd=routed.cost_usd,
+                             upstream_ms=routed.served.upstream_ms)
+        return routed
+
+    async def _route(self, x: np.ndarray, *, deadline_ms: float, received: float,
+                     quality: RequestQuality, caller: Caller) -> Routed:
         remaining_ms = deadline_ms - (self.clock() - received) * 1000
         decision, decision_us = self.decide(len(x), remaining_ms, quality, caller)
         if decision.plan is None:
