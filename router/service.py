@@ -102,6 +102,13 @@ class RoutingService:
         self.clock = clock
         self.activity = Activity(clock=clock)
         """The last minutes of outcomes, for the status page (``GET /v1/metrics/summary``)."""
+        for target in targets:
+            self._breaker_closed(target.name)
+
+    def _breaker_closed(self, name: str) -> None:
+        """A target's breaker starts closed: say so, so that the gauge exists before the
+        first transition (a dashboard panel or alert over it would have no data)."""
+        self.metrics.breaker_open.record(0.0, {"target": name})
 
     def apply_policy(self, policy: PolicyDocument) -> None:
         """Swap the policy; learned state (estimates, breakers, budgets) carries over."""
@@ -116,6 +123,7 @@ class RoutingService:
         decision on, starting from its estimator's prior until probes and answers come in."""
         self.targets.add(target)
         self._price_ledger()
+        self._breaker_closed(target.name)
 
     def _price_ledger(self) -> None:
         self.ledger.set_prices({t.name: self.policy.prices.for_target(t.name, t.tier)
