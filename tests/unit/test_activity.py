@@ -5,8 +5,11 @@ from __future__ import annotations
 import re
 import time
 
+import httpx
 import numpy as np
 import pytest
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from router.activity import EXPLAINED, Activity
 from router.estimator import TargetEstimator
@@ -17,7 +20,7 @@ from router.served import NotServed
 from router.service import RoutingService
 from router.targets import TargetSet
 from router.tenancy import Caller
-from router.ui import PAGE
+from router.ui import PAGE, StatusPage, routes
 from tests.unit.fakes import FakeClock, FakeTransport, fail_with, fake_target, refused, run_async
 
 DECISION = Decision(
@@ -109,11 +112,15 @@ def caller() -> Caller:
     return Caller("anonymous", "default", RoutingPolicy())
 
 
+def edge_service(edge: FakeTransport) -> RoutingService:
+    targets = TargetSet([fake_target(edge, tier="edge", quality="small", estimator=TargetEstimator(
+        name=edge.name, tier="edge", quality="small"))])
+    return RoutingService(targets, metrics=RouterMetrics(MemoryFactory()))
+
+
 def test_the_routing_service_records_what_it_served_and_what_it_could_not() -> None:
     edge = FakeTransport("edge-a")
-    targets = TargetSet([fake_target(edge, tier="edge", quality="small", estimator=TargetEstimator(
-        name="edge-a", tier="edge", quality="small"))])
-    svc = RoutingService(targets, metrics=RouterMetrics(MemoryFactory()))
+    svc = edge_service(edge)
     x = np.zeros((1, 64), dtype=np.float32)
 
     async def one() -> None:
@@ -138,3 +145,39 @@ def test_the_status_page_is_self_contained() -> None:
     assert not re.search(r"url\(|@import|https?://(?!www\.w3\.org/2000/svg)", html)
     for element in ('id="placement-chart"', 'id="slo-chart"', 'id="targets"', 'id="recent"'):
         assert element in html
+
+
+class _Replica(StatusPage):
+    def __init__(self, service: RoutingService) -> None:
+        self.service = service
+        self.admin_token = "s3cret"
+        self.replica = "r1"
+
+
+def test_the_status_routes_answer_the_page_and_guard_the_summary() -> None:
+    """The routes in-process, bound to one replica as Serve binds them."""
+    svc = edge_service(FakeTransport("edge-a"))
+    replica = _Replica(svc)
+    app = FastAPI()
+    for route in routes.routes:
+        assert isinstance(route, APIRoute)
+        app.add_api_route(route.path, getattr(replica, route.endpoint.__name__))
+
+    async def main() -> list[httpx.Response]:
+        await svc.route(np.zeros((1, 64), dtype=np.float32), deadline_ms=500.0,
+                        received=time.monotonic(), quality="any", caller=caller())
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://router") as client:
+            return [await client.get("/"), await client.get("/ui"),
+                    await client.get("/v1/metrics/summary"),
+                    await client.get("/v1/metrics/summary",
+                                     headers={"authorization": "Bearer s3cret"})]
+
+    root, page, refused, summary = run_async(main)
+    assert root.status_code == 307 and root.headers["location"] == "ui"
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert refused.status_code == 401
+    body = summary.json()
+    assert body["replica"] == "r1"
+    assert body["totals"]["placements"] == {"edge-a": 1}
