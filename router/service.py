@@ -182,6 +182,8 @@ class RoutingService:
         cost = marginal_cost_usd(prices, len(x), served.reply.server_ms, served.reply.batch_rows)
         self.ledger.add(target.name, cost)
         self.metrics.served(target.name, target.tier, cost)
+        self.metrics.upstream.record(served.upstream_ms, {"target": target.name,
+                                                          "tier": target.tier})
         if served.fallback:
             self.metrics.fallbacks.record(1, {})
         if served.hedged:

@@ -9,7 +9,6 @@ import httpx
 import numpy as np
 import pytest
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
 
 from router.activity import EXPLAINED, Activity
 from router.estimator import TargetEstimator
@@ -20,7 +19,7 @@ from router.served import NotServed
 from router.service import RoutingService
 from router.targets import TargetSet
 from router.tenancy import Caller
-from router.ui import PAGE, StatusPage, routes
+from router.ui import PAGE, StatusPage
 from tests.unit.fakes import FakeClock, FakeTransport, fail_with, fake_target, refused, run_async
 
 DECISION = Decision(
@@ -158,10 +157,10 @@ def test_the_status_routes_answer_the_page_and_guard_the_summary() -> None:
     """The routes in-process, bound to one replica as Serve binds them."""
     svc = edge_service(FakeTransport("edge-a"))
     replica = _Replica(svc)
-    app = FastAPI()
-    for route in routes.routes:
-        assert isinstance(route, APIRoute)
-        app.add_api_route(route.path, getattr(replica, route.endpoint.__name__))
+    app = FastAPI()  # (Serve moves the routes off ``router.ui.routes`` when it binds them)
+    for path, endpoint in [("/", replica.root), ("/ui", replica.status_page),
+                           ("/v1/metrics/summary", replica.metrics_summary)]:
+        app.add_api_route(path, endpoint)
 
     async def main() -> list[httpx.Response]:
         await svc.route(np.zeros((1, 64), dtype=np.float32), deadline_ms=500.0,
