@@ -13,7 +13,8 @@ changes a target's emulated link (all four need the admin token:
 (join or heartbeat, leave; fleet token) and ``GET /v1/fleet``
 (:mod:`router.fleet`, :mod:`router.fleet_actor`). Every error, the framework's
 own included, is an OIP ``{"error": ...}`` body; answers are gzipped when the
-caller's ``Accept-Encoding`` asks.
+caller's ``Accept-Encoding`` asks. The status
+page, ``GET /ui`` and ``GET /v1/metrics/summary``, is :mod:`router.ui`'s.
 """
 
 import asyncio
@@ -72,6 +73,8 @@ from router.service import RoutingService
 from router.targets import Target
 from router.tenancy import resolve
 from router.timing import ServerTiming
+from router.ui import StatusPage
+from router.ui import routes as ui_routes
 
 log = logging.getLogger("ray.serve")
 REPLICA_POLL_S = 2.0
@@ -85,6 +88,7 @@ app = FastAPI(
 app.include_router(routes)
 app.add_middleware(ServerTiming)
 app.add_middleware(InferGZip)
+app.include_router(ui_routes)
 
 
 def request_options(
@@ -108,7 +112,7 @@ def request_options(
 
 @serve.deployment(name="router", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 @serve.ingress(app)
-class Router(OIPRoutes):
+class Router(OIPRoutes, StatusPage):
     def __init__(self, config: dict[str, Any], cloud: DeploymentHandle) -> None:
         self.config = StackConfig.model_validate(config)
         self.settings = self.config.router

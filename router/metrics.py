@@ -127,6 +127,9 @@ class RouterMetrics:
                                    LATENCY_BOUNDARIES_MS, ("policy", "tier"))
         self.placements = f.counter("edgeroute_placements_total", "Requests served per target",
                                     ("target", "tier"))
+        self.upstream = f.histogram("edgeroute_upstream_latency_ms",
+                                    "Time of the call that produced each answer, per target",
+                                    LATENCY_BOUNDARIES_MS, ("target", "tier"))
         self.attempts = f.counter("edgeroute_attempts_total", "Upstream attempts by outcome",
                                   ("target", "outcome"))
         self.retries = f.counter("edgeroute_retries_total", "Retried attempts", ("target",))

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from router.activity import Activity
 from router.admission import DeadlineAdmission
 from router.breaker import Breakers, Transition
 from router.calls import Attempt
@@ -30,7 +31,7 @@ from router.lag import LoopLag
 from router.metrics import RouterMetrics
 from router.plan import Decision
 from router.policy import PolicyDocument
-from router.served import Served
+from router.served import NotServed, Served, Shed
 from router.targets import Target, TargetSet
 from router.tenancy import Caller
 from router.view import TargetView
@@ -119,6 +120,15 @@ class RoutingService:
         """Targets no new decision may use (an operator's drain); probes keep them measured
         and calls already made there finish."""
         targets.on_tick = self.publish_gauges
+        self.activity = Activity(clock=clock)
+        """The last minutes of outcomes, for the status page (``GET /v1/metrics/summary``)."""
+        for target in targets:
+            self._breaker_closed(target.name)
+
+    def _breaker_closed(self, name: str) -> None:
+        """A target's breaker starts closed: say so, so that the gauge exists before the
+        first transition (a dashboard panel or alert over it would have no data)."""
+        self.metrics.breaker_open.record(0.0, {"target": name})
 
     def apply_policy(self, policy: PolicyDocument) -> None:
         """Swap the policy; learned state (estimates, breakers, budgets) carries over."""
@@ -133,6 +143,7 @@ class RoutingService:
         decision on, starting from its estimator's prior until probes and answers come in."""
         self.targets.add(target)
         self._price_ledger()
+        self._breaker_closed(target.name)
 
     def _price_ledger(self) -> None:
         self.ledger.set_prices({t.name: self.policy.prices.for_target(t.name, t.tier)
@@ -163,6 +174,7 @@ class RoutingService:
         target = self._known(name)
         target.estimator = estimator
         self.breakers.forget(name)
+        self._breaker_closed(name)
         return target
 
     def decide(self, rows: int, deadline_ms: float, quality: RequestQuality,
@@ -212,7 +224,29 @@ class RoutingService:
 
     async def route(self, x: np.ndarray, *, deadline_ms: float, received: float,
                     quality: RequestQuality, caller: Caller) -> Routed:
-        """Serve one request; raises :class:`Rejected` or ``NotServed``/``Shed``.
+        """Serve one request; raises :class:`Rejected` or ``NotServed``/``Shed``. The
+        outcome, either way, goes to :attr:`activity`."""
+        try:
+            routed = await self._route(x, deadline_ms=deadline_ms, received=received,
+                                       quality=quality, caller=caller)
+        except (Rejected, NotServed) as failure:
+            status = 504 if isinstance(failure, NotServed) and failure.deadline_passed else 503
+            self.activity.failed(
+                status=status, latency_ms=(self.clock() - received) * 1000,
+                deadline_ms=deadline_ms, error=str(failure),
+                decision=failure.decision if isinstance(failure, Rejected) else None,
+                shed=isinstance(failure, Shed))
+            raise
+        target = routed.served.target
+        self.activity.served(latency_ms=(self.clock() - received) * 1000,
+                             deadline_ms=deadline_ms, target=target.name, tier=target.tier,
+                             decision=routed.decision, cost_usd=routed.cost_usd,
+                             upstream_ms=routed.served.upstream_ms)
+        return routed
+
+    async def _route(self, x: np.ndarray, *, deadline_ms: float, received: float,
+                     quality: RequestQuality, caller: Caller) -> Routed:
+        """The request itself: admission, decision, execution, accounting.
 
         A request the router cannot start in time is shed first (:class:`DeadlineAdmission`);
         the decision then plans for the deadline left after the router's own predicted delay.
@@ -232,6 +266,8 @@ class RoutingService:
         cost = marginal_cost_usd(prices, len(x), served.reply.server_ms, served.reply.batch_rows)
         self.ledger.add(target.name, cost)
         self.metrics.served(target.name, target.tier, cost)
+        self.metrics.upstream.record(served.upstream_ms, {"target": target.name,
+                                                          "tier": target.tier})
         if served.fallback:
             self.metrics.fallbacks.record(1, {})
         if served.hedged:

@@ -253,6 +253,8 @@ class Stack:
                                           daemon=True)
         self._watchdog.start()
         self.say(f"edgeroute is serving at {self.endpoint}")
+        self.say(f"status page: {self.dashboard_url} (asks for the admin token)")
+        self.say(f"Prometheus metrics: {self.metrics_url()}")
 
     def _start_serve(self) -> None:
         # Token authentication: an open Ray API lets anyone run code on the cluster.
@@ -305,11 +307,32 @@ class Stack:
                                          self.edge_argv(edge)))
         return infos
 
+    @property
+    def dashboard_url(self) -> str:
+        """The router's status page (it asks for the admin token; :mod:`router.ui`)."""
+        return f"{self.endpoint}/ui"
+
+    def metrics_url(self) -> str | None:
+        """Where Prometheus scrapes the router's metrics: the Ray metrics export of this
+        process's node (the only node of a local stack), which carries the metrics of
+        every worker on it. ``None`` before Ray runs."""
+        if not self._ray_started:
+            return None
+        import ray
+
+        node_id = ray.get_runtime_context().get_node_id()
+        for node in ray.nodes():
+            if node.get("NodeID") == node_id and node.get("MetricsExportPort"):
+                return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+        return None
+
     def state(self) -> dict[str, Any]:
         import ray
 
         return {
             "endpoint": self.endpoint,
+            "dashboard_url": self.dashboard_url,
+            "metrics_url": self.metrics_url(),
             "admin_token": self.config.router.admin_token,
             "fleet_token": self.config.router.fleet_token,
             "ray_address": ray.get_runtime_context().gcs_address if self._ray_started else None,

@@ -29,7 +29,8 @@ COUNTERS = (
     "edgeroute_retries_total", "edgeroute_hedges_total", "edgeroute_fallbacks_total",
     "edgeroute_shed_total", "edgeroute_breaker_transitions_total", "edgeroute_cost_usd_total",
 )
-HISTOGRAMS = ("edgeroute_request_latency_ms", "edgeroute_decision_us")
+HISTOGRAMS = ("edgeroute_request_latency_ms", "edgeroute_upstream_latency_ms",
+              "edgeroute_decision_us")
 GAUGES = (
     "edgeroute_target_predicted_latency_ms", "edgeroute_target_breaker_open",
     "edgeroute_cloud_replicas",
