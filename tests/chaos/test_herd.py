@@ -158,8 +158,7 @@ def test_a_herd_is_served_or_shed_at_once_and_ejects_no_healthy_target(
     stack = chaos_stack
     answers = asyncio.run(_herd(stack.endpoint, size))
     open_after_herd = _open_breakers(stack)
-    admission = httpx.get(f"{stack.endpoint}/v1/targets", timeout=5).json()[
-        "executor"]["admission"]
+    admission = stack.admin_get("/v1/targets")["executor"]["admission"]
     after = load(stack, [Phase("after", AFTER_S, AFTER_RPS)], deadline_ms=DEADLINE_MS,
                  seed=size)
     after_figures = summary(after.outcomes)
