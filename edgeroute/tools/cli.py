@@ -354,8 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     link.set_defaults(func=_link)
 
     from edgeroute.tools.targets_cli import targets_parser
+    from edgeroute.tools.top_cli import top_parser
 
     targets_parser(sub)
+    top_parser(sub)
 
     fleet = sub.add_parser("fleet", help="the edge workers that joined the running router")
     fleet_actions = fleet.add_subparsers(dest="action", required=True)

@@ -158,6 +158,16 @@ def test_drain_undrain_reset_and_watch_on_the_running_stack(stack: RunningStack)
     assert "Traceback" not in unknown.stderr
 
 
+def test_top_draws_the_live_view(stack: RunningStack) -> None:
+    _edge_tiers(stack, 5)
+    top = subprocess.run([sys.executable, "-m", "edgeroute", "top", "--count", "2",
+                          "--interval", "0.2", "--state-file", str(stack.state_file)],
+                         capture_output=True, text=True, timeout=60)
+    assert top.returncode == 0, top.stderr
+    for shown in ("edge-a", "edge-b", "cloud", "SLO attainment", "recent decisions"):
+        assert shown in top.stdout, top.stdout[-2000:]
+
+
 def _apply(stack: RunningStack, path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "edgeroute", "policy", "apply", str(path),
                            "--state-file", str(stack.state_file)],
