@@ -24,7 +24,7 @@ ACTIONS = ("drain", "undrain", "reset")
 DEFAULT_STATE_FILE = Path(".edgeroute/state.json")
 
 
-def _state(path: str) -> dict[str, Any]:
+def read_state(path: str) -> dict[str, Any]:
     try:
         return dict(json.loads(Path(path).read_text()))
     except FileNotFoundError:
@@ -51,7 +51,7 @@ def _show(state: dict[str, Any], as_json: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     from edgeroute.tools import router_api
 
-    state = _state(args.state_file)
+    state = read_state(args.state_file)
     if args.action is not None:
         if args.name is None:
             raise SystemExit(f"edgeroute targets {args.action}: name the target")

@@ -11,9 +11,8 @@ the frame, and the view goes on trying.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console, Group
@@ -21,12 +20,13 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-DEFAULT_STATE_FILE = Path(".edgeroute/state.json")
+from edgeroute.tools.targets_cli import DEFAULT_STATE_FILE, read_state
+
 SPARK = " ▁▂▃▄▅▆▇█"
 RECENT = 8
 
 
-def sparkline(values: list[float | None], top: float | None = None) -> str:
+def sparkline(values: Sequence[float | None], top: float | None = None) -> str:
     """One character per value, scaled to ``top`` (default: the largest); ``None`` is a
     blank (a bucket with no request)."""
     known = [v for v in values if v is not None]
@@ -113,10 +113,7 @@ def frame(state: dict[str, Any]) -> Group:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        state = dict(json.loads(Path(args.state_file).read_text()))
-    except FileNotFoundError:
-        raise SystemExit(f"no state file at {args.state_file}: is `edgeroute up` running?")
+    state = read_state(args.state_file)
     console = Console() if Console().is_terminal else Console(width=180)
     frames = 0
     with Live(frame(state), console=console, auto_refresh=False,
