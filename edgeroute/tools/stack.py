@@ -98,8 +98,19 @@ HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
 LOCAL_DRAINING_S = 2.0
 
 
-def ingress_env(config: StackConfig) -> dict[str, str]:
+def free_port() -> int:
+    """A TCP port no process listens on now (the kernel's pick)."""
+    with socket.socket() as sock:
+        sock.bind(("0.0.0.0", 0))
+        return int(sock.getsockname()[1])
+
+
+def ingress_env(config: StackConfig, ports: tuple[int, int] | None = None) -> dict[str, str]:
     """What a Ray this stack starts needs in its environment for ``config.ingress``.
+
+    ``ports``: HAProxy's statistics and metrics ports. Serve's defaults (8404, 9101) are
+    one pair per machine, and an HAProxy of a stack that just stopped may hold them for
+    a while yet (it finishes open connections first): each stack takes its own pair.
 
     Serve reads it when its controller and proxy processes start, which inherit it from
     the process that starts Ray. HAProxy gets one thread per core here, at most two:
@@ -111,8 +122,12 @@ def ingress_env(config: StackConfig) -> dict[str, str]:
     if config.ingress == "proxy":
         return {HAPROXY_ENV: "0"}
     threads = min(2, os.cpu_count() or 1)
-    return {HAPROXY_ENV: "1", "RAY_SERVE_HAPROXY_NBTHREAD": str(threads),
-            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(LOCAL_DRAINING_S)}
+    env = {HAPROXY_ENV: "1", "RAY_SERVE_HAPROXY_NBTHREAD": str(threads),
+           "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(LOCAL_DRAINING_S)}
+    if ports is not None:
+        env["RAY_SERVE_HAPROXY_STATS_PORT"], env["RAY_SERVE_HAPROXY_METRICS_PORT"] = map(
+            str, ports)
+    return env
 
 
 class Stack:
@@ -147,6 +162,8 @@ class Stack:
         self.restarts: list[tuple[float, str, int]] = []
         """(monotonic time, edge name, new pid) of every restart the watchdog made."""
         self._ray_started = False
+        self.haproxy_ports: tuple[int, int] | None = None
+        """HAProxy's statistics and metrics ports, on a Ray this stack started."""
         self._wrote_state = False
         self._stopping = threading.Event()
         self._watchdog: threading.Thread | None = None
@@ -269,7 +286,8 @@ class Stack:
             for var in TOKEN_ENV.values():
                 os.environ.pop(var, None)
             os.environ.update(self.token_env)
-            os.environ.update(ingress_env(self.config))
+            self.haproxy_ports = (free_port(), free_port())
+            os.environ.update(ingress_env(self.config, self.haproxy_ports))
         import ray
 
         self.say("starting Ray and the Serve app (router + cloud) ...")
@@ -337,6 +355,8 @@ class Stack:
             "fleet_token": self.config.router.fleet_token,
             "ray_address": ray.get_runtime_context().gcs_address if self._ray_started else None,
             "ingress": self.config.ingress,
+            "haproxy_stats_port": self.haproxy_ports[0] if self.haproxy_ports and
+            self.config.ingress == "haproxy" else None,
             "serve_config": self.serve_document,
             "control_dir": str(self.control_dir),
             "log_dir": str(self.log_dir),

@@ -69,7 +69,9 @@ def chaos_config() -> dict[str, Any]:
 def chaos_policy() -> dict[str, Any]:
     """The default policy places on the cloud, edge-a and edge-b (the edge priced above the
     cloud, as in the integration stack); ``overload`` places on edge-c alone and rejects what
-    it predicts would miss its deadline instead of queueing it."""
+    it predicts would miss its deadline instead of queueing it; ``edges`` is the default
+    without the cascade, so that of two edges equally priced the nearer is preferred (no
+    unsure-answer rate, which each small model learns at its own pace, tips the choice)."""
     document = PolicyDocument().model_dump(mode="json")
     document["prices"]["edge"] = {"usd_per_inference": 1e-5}
     document["prices"]["cloud"] = {"usd_per_compute_hour": 2.5, "usd_per_request": 1e-7}
@@ -80,6 +82,9 @@ def chaos_policy() -> dict[str, Any]:
         **document["policies"]["default"], "allowed_targets": ["edge-c"],
         "on_infeasible": "reject", "hedge": {"enabled": False},
         "cascade": {"enabled": False},
+    }
+    document["policies"]["edges"] = {
+        **document["policies"]["default"], "cascade": {"enabled": False},
     }
     document["anonymous"]["allowed_policies"] = sorted(document["policies"])
     return document

@@ -35,7 +35,8 @@ from tests.stackkit import RunningStack, alive
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 DEADLINE_MS = 300.0
-"""Only the edges can meet it (the cloud is 400 ms away): edge-a, the nearer, is preferred."""
+"""Only the edges can meet it (the cloud is 400 ms away): edge-a, the nearer, is preferred
+under the ``edges`` policy the load asks for (no cascade)."""
 OUTAGE_S = 12.0
 REGAIN_BOUND_S = 15.0
 REGAINED = 0.8
@@ -170,7 +171,8 @@ def test_a_recovered_edge_wins_its_traffic_back_within_seconds(
                   events=((6.0, "fault"), (6.0 + OUTAGE_S, "undo")))
     try:
         run = load(stack, [phase], deadline_ms=DEADLINE_MS,
-                   at={"fault": must(stack, fault, "edge-a"), "undo": undo_and_note})
+                   at={"fault": must(stack, fault, "edge-a"), "undo": undo_and_note},
+                   policy="edges")
     finally:
         chaos(stack, undo, "edge-a")
     at = dict((name, t) for t, name in run.events)
