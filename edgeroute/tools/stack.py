@@ -28,6 +28,7 @@ import httpx
 
 from edgeroute.config import EdgeWorker, StackConfig
 from edgeroute.models.store import ModelSet, model_path
+from edgeroute.tools.ingress import INGRESS_VARS, free_port, ingress_env, reap_haproxy
 from edgeroute.tools.router_api import admin_headers
 from edgeroute.tools.serve_config import APP_NAME, TOKEN_ENV, deploy, serve_config, without_tokens
 from router.policy import PolicyDocument
@@ -94,42 +95,6 @@ def http_ok(url: str, timeout_s: float = 1.0) -> bool:
         return False
 
 
-HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
-LOCAL_DRAINING_S = 2.0
-
-
-def free_port() -> int:
-    """A TCP port no process listens on now (the kernel's pick)."""
-    with socket.socket() as sock:
-        sock.bind(("0.0.0.0", 0))
-        return int(sock.getsockname()[1])
-
-
-def ingress_env(config: StackConfig, ports: tuple[int, int] | None = None) -> dict[str, str]:
-    """What a Ray this stack starts needs in its environment for ``config.ingress``.
-
-    ``ports``: HAProxy's statistics and metrics ports. Serve's defaults (8404, 9101) are
-    one pair per machine, and an HAProxy of a stack that just stopped may hold them for
-    a while yet (it finishes open connections first): each stack takes its own pair.
-
-    Serve reads it when its controller and proxy processes start, which inherit it from
-    the process that starts Ray. HAProxy gets one thread per core here, at most two:
-    the router replicas need the rest. A stopping router replica keeps serving for a
-    draining period so that HAProxies on other nodes stop sending to it first; Serve's
-    30 s default is for clusters, and here it would hold every stop for 30 s while the
-    HAProxy on this same machine takes its new configuration in well under a second.
-    """
-    if config.ingress == "proxy":
-        return {HAPROXY_ENV: "0"}
-    threads = min(2, os.cpu_count() or 1)
-    env = {HAPROXY_ENV: "1", "RAY_SERVE_HAPROXY_NBTHREAD": str(threads),
-           "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(LOCAL_DRAINING_S)}
-    if ports is not None:
-        env["RAY_SERVE_HAPROXY_STATS_PORT"], env["RAY_SERVE_HAPROXY_METRICS_PORT"] = map(
-            str, ports)
-    return env
-
-
 class Stack:
     def __init__(
         self,
@@ -163,6 +128,7 @@ class Stack:
         """(monotonic time, edge name, new pid) of every restart the watchdog made."""
         self._ray_started = False
         self.haproxy_ports: tuple[int, int] | None = None
+        self._env_before: dict[str, str | None] = {}
         """HAProxy's statistics and metrics ports, on a Ray this stack started."""
         self._wrote_state = False
         self._stopping = threading.Event()
@@ -287,6 +253,7 @@ class Stack:
                 os.environ.pop(var, None)
             os.environ.update(self.token_env)
             self.haproxy_ports = (free_port(), free_port())
+            self._env_before = {k: os.environ.get(k) for k in INGRESS_VARS}
             os.environ.update(ingress_env(self.config, self.haproxy_ports))
         import ray
 
@@ -397,8 +364,20 @@ class Stack:
             finally:
                 ray.shutdown()
                 self._ray_started = False
+                self._after_ray()
         if self.state_file is not None and self._wrote_state:
             self.state_file.unlink(missing_ok=True)
+
+    def _after_ray(self) -> None:
+        """Put back the process environment the Ray it started needed, and end an HAProxy
+        that outlived it (it would hold the stack's port)."""
+        for key, value in self._env_before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if self.config.ingress == "haproxy" and self.haproxy_ports is not None:
+            reap_haproxy({self.config.port, *self.haproxy_ports})
 
     def __enter__(self) -> Stack:
         try:

@@ -37,6 +37,7 @@ from ray.serve.schema import ServeDeploySchema
 from edgeroute.config import StackConfig
 from edgeroute.dataset import digits_split
 from edgeroute.models.store import ModelSet
+from edgeroute.tools.ingress import reap_haproxy
 from edgeroute.tools.stack import Stack, port_free
 from router.policy import PolicyDocument, policy_digest
 from tests.stackkit import alive
@@ -119,6 +120,7 @@ def ray_head(env: dict[str, str]) -> Iterator[Path]:
         yield temp_dir
     finally:
         survivors = stop_cluster(temp_dir)
+        reap_haproxy({ROUTER})  # a child of a Serve actor, not of the raylet
         subprocess.run(["rm", "-rf", str(temp_dir)], check=False)
         assert not survivors, f"Ray processes left behind: {survivors}"
         busy = [p for p in (GCS, DASHBOARD, RAY_PORTS["--ray-client-server-port"], ROUTER)
@@ -201,7 +203,8 @@ def test_serve_deploy_of_the_generated_config_brings_up_the_edgeroute_app(
 
     ray_token, fleet_token, admin_token = (secrets.token_hex(32) for _ in range(3))
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-    node_env = {**base_env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": ray_token,
+    node_env = {**base_env, "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN": ray_token,
                 "EDGEROUTE_FLEET_TOKEN": fleet_token, "EDGEROUTE_ADMIN_TOKEN": admin_token}
     cli_env = {**base_env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": ray_token}
     address = f"http://127.0.0.1:{DASHBOARD}"
