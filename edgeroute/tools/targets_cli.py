@@ -17,18 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 from typing import Any
 
+from edgeroute.tools.cli import DEFAULT_STATE_FILE, read_state
+
 ACTIONS = ("drain", "undrain", "reset")
-DEFAULT_STATE_FILE = Path(".edgeroute/state.json")
-
-
-def read_state(path: str) -> dict[str, Any]:
-    try:
-        return dict(json.loads(Path(path).read_text()))
-    except FileNotFoundError:
-        raise SystemExit(f"no state file at {path}: is `edgeroute up` running?") from None
 
 
 def _show(state: dict[str, Any], as_json: bool) -> None:

@@ -20,7 +20,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from edgeroute.tools.targets_cli import DEFAULT_STATE_FILE, read_state
+from edgeroute.tools.cli import DEFAULT_STATE_FILE, read_state
 
 SPARK = " ▁▂▃▄▅▆▇█"
 RECENT = 8
