@@ -53,6 +53,7 @@ from edgeroute.oipstats import InferenceStats
 from router import admin
 from router.admin import bearer_ok, refuse_non_admin
 from router.build import build_targets, fleet_target, target_estimator
+from router.cache import directives
 from router.context import (
     REQUEST_ID_HEADER,
     bind_request_id,
@@ -215,10 +216,11 @@ class Router(OIPRoutes, StatusPage):
             deadline_ms, quality, explain = request_options(
                 oip_request, caller.policy.default_deadline_ms, self.settings.max_deadline_ms
             )
-            routed = await self.service.route(x, deadline_ms=deadline_ms, received=received,
-                                              quality=quality, caller=caller)
-            tally.tier = routed.served.target.tier
-            reply = routed.served.reply
+            routed = await self.service.route(
+                x, deadline_ms=deadline_ms, received=received, quality=quality, caller=caller,
+                model=model, cache=directives(request.headers.get("cache-control")))
+            tally.tier = routed.metric_tier
+            reply = routed.reply
             outputs = select_outputs(
                 oip_request, contract.output_tensors(reply.probabilities, reply.labels)
             )
@@ -230,7 +232,7 @@ class Router(OIPRoutes, StatusPage):
             self.inference_stats.failure(time.monotonic() - received)
             return refusal
         self.inference_stats.success(time.monotonic() - received, len(x),
-                                     target=routed.served.target.name,
+                                     target=routed.target_name,
                                      model_version=reply.model_version)
         parameters = routed.parameters(caller, deadline_ms, explain)
         parameters["router_replica"] = self.replica

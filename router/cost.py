@@ -60,6 +60,11 @@ class LedgerEntry:
     requests: int = 0
     provisioned_s: float = 0.0
     provisioned_usd: float = 0.0
+    reused: int = 0
+    """Requests answered with one of this target's answers again (the router's cache or a
+    coalesced flight), at no charge..."""
+    saved_usd: float = 0.0
+    """...and what the calls they did not make would have cost (the original call's)."""
 
     @property
     def total_usd(self) -> float:
@@ -69,7 +74,7 @@ class LedgerEntry:
         return {
             "marginal_usd": self.marginal_usd, "requests": self.requests,
             "provisioned_s": self.provisioned_s, "provisioned_usd": self.provisioned_usd,
-            "total_usd": self.total_usd,
+            "total_usd": self.total_usd, "reused": self.reused, "saved_usd": self.saved_usd,
         }
 
 
@@ -102,6 +107,15 @@ class Ledger:
         entry.marginal_usd += cost_usd
         entry.requests += requests
 
+    def add_saved(self, target: str, saved_usd: float) -> None:
+        """Record one request answered with an answer of ``target``'s again, saving
+        ``saved_usd`` (what the call that produced it cost)."""
+        if saved_usd < 0:
+            raise ValueError("saved dollars must not be negative")
+        entry = self._entry(target)
+        entry.reused += 1
+        entry.saved_usd += saved_usd
+
     def add_provisioned(self, target: str, seconds: float) -> None:
         """Record ``seconds`` of provisioned capacity (replica-seconds, site-seconds)."""
         if seconds < 0:
@@ -123,6 +137,8 @@ class Ledger:
             total.requests += entry.requests
             total.provisioned_s += entry.provisioned_s
             total.provisioned_usd += entry.provisioned_usd
+            total.reused += entry.reused
+            total.saved_usd += entry.saved_usd
         return {
             "targets": {name: e.as_dict() for name, e in sorted(self._entries.items())},
             "total": total.as_dict(),

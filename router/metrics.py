@@ -148,6 +148,12 @@ class RouterMetrics:
                                  "Predicted median latency per target", ("target",))
         self.breaker_open = f.gauge("edgeroute_target_breaker_open",
                                     "1 while a target's breaker is open", ("target",))
+        self.cache_lookups = f.counter("edgeroute_cache_lookups_total",
+                                       "Requests by what the response cache did for them",
+                                       ("outcome",))
+        self.cache_saved = f.counter("edgeroute_cache_saved_usd_total",
+                                     "Dollars not spent: answers reused instead of called", ())
+        self.cache_bytes = f.gauge("edgeroute_cache_bytes", "Bytes the response cache holds", ())
         self.cloud_replicas = f.gauge("edgeroute_cloud_replicas",
                                       "Running cloud replicas seen by the router", ())
 

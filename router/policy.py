@@ -168,6 +168,29 @@ class AdmissionSettings(Frozen):
     left for its first call."""
 
 
+class CacheSettings(Frozen):
+    """The response cache of each router replica (`router/cache.py`). A request identical to
+    an earlier one (same model, quality class, and input tensors' dtype, shape and bytes) is
+    answered with the earlier answer while it is fresh and the model version that produced
+    it is still the one its target serves: `parameters.cache_hit: true`, `cost_usd: 0`, the
+    original target and model version, and what the call it replaced cost as `saved_usd`.
+    A `quality=high` request is never answered from a small model's answer. Identical
+    requests in flight at once share one upstream call (`parameters.coalesced: true`).
+    Errors are never kept. A request with `Cache-Control: no-cache` is routed afresh;
+    `no-store` also keeps its answer out. Each replica has its own cache: with N replicas an
+    input may be called up to N times per TTL."""
+
+    enabled: bool = False
+    """Off by default: a reused answer is the same answer again, which callers of a model
+    that is not deterministic, or that must see every call, would not want."""
+    ttl_s: float = Field(300.0, gt=0, le=86_400)
+    """How long an answer may be reused after the call that produced it."""
+    max_bytes: int = Field(64 * 1024 * 1024, ge=4096, le=8 * 1024**3)
+    """Memory the answers of one router replica may hold (their tensors plus a fixed
+    overhead per entry); beyond it the least recently used go first. A change of any field
+    empties the cache."""
+
+
 class Tenant(Frozen):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -202,6 +225,7 @@ class PolicyDocument(Frozen):
     retry: RetrySettings = RetrySettings()
     breaker: BreakerSettings = BreakerSettings()
     admission: AdmissionSettings = AdmissionSettings()
+    cache: CacheSettings = CacheSettings()
     tenants: tuple[Tenant, ...] = ()
     anonymous: AnonymousAccess = AnonymousAccess()
 

@@ -18,9 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from router.activity import Activity
+from edgeroute.contract import MODEL_NAME
+from router.activity import Activity, Outcome
 from router.admission import DeadlineAdmission
 from router.breaker import Breakers, Transition
+from router.cache import CACHE_TIER, USE_CACHE, Directives, Entry, ResponseCache, Reused
 from router.calls import Attempt
 from router.cost import Ledger, marginal_cost_usd
 from router.decision import BaselineState, RequestQuality, decide
@@ -34,6 +36,7 @@ from router.policy import PolicyDocument
 from router.served import NotServed, Served, Shed
 from router.targets import Target, TargetSet
 from router.tenancy import Caller
+from router.transport import Reply
 from router.view import TargetView
 from router.window import RollingTally
 
@@ -48,6 +51,18 @@ class Routed:
     decision: Decision
     decision_us: float
     cost_usd: float
+
+    @property
+    def reply(self) -> Reply:
+        return self.served.reply
+
+    @property
+    def target_name(self) -> str:
+        return self.served.target.name
+
+    @property
+    def metric_tier(self) -> str:
+        return self.served.target.tier
 
     def parameters(self, caller: Caller, deadline_ms: float, explain: bool) -> dict[str, Any]:
         """The response ``parameters``: where it ran, how, for how much, and why."""
@@ -122,6 +137,9 @@ class RoutingService:
         targets.on_tick = self.publish_gauges
         self.activity = Activity(clock=clock)
         """The last minutes of outcomes, for the status page (``GET /v1/metrics/summary``)."""
+        self.cache = ResponseCache(
+            self.policy.cache, clock=clock,
+            on_outcome=lambda outcome: metrics.cache_lookups.record(1, {"outcome": outcome}))
         for target in targets:
             self._breaker_closed(target.name)
 
@@ -134,6 +152,7 @@ class RoutingService:
         """Swap the policy; learned state (estimates, breakers, budgets) carries over."""
         self.policy = policy
         self._price_ledger()
+        self.cache.configure(policy.cache)
         self.breakers.configure(policy.breaker)
         self.executor.configure(retry=policy.retry, breaker=policy.breaker,
                                 admission=policy.admission)
@@ -223,12 +242,23 @@ class RoutingService:
                    f"the plan it displaced is its fallback): {explored.reason}")
 
     async def route(self, x: np.ndarray, *, deadline_ms: float, received: float,
-                    quality: RequestQuality, caller: Caller) -> Routed:
-        """Serve one request; raises :class:`Rejected` or ``NotServed``/``Shed``. The
-        outcome, either way, goes to :attr:`activity`."""
-        try:
+                    quality: RequestQuality, caller: Caller, model: str = MODEL_NAME,
+                    cache: Directives = USE_CACHE) -> Routed | Reused:
+        """Serve one request, from the response cache (:mod:`router.cache`) when it may;
+        raises :class:`Rejected` or ``NotServed``/``Shed``. The outcome, either way, goes
+        to :attr:`activity`."""
+
+        async def fresh() -> tuple[Routed, Entry]:
             routed = await self._route(x, deadline_ms=deadline_ms, received=received,
                                        quality=quality, caller=caller)
+            target = routed.served.target
+            return routed, Entry(routed.served.reply, target.name, target.tier, target.quality,
+                                 routed.cost_usd)
+
+        try:
+            answer = await self.cache.answer(model, quality, x,
+                                             deadline_at=received + deadline_ms / 1000,
+                                             directives=cache, compute=fresh)
         except (Rejected, NotServed) as failure:
             status = 504 if isinstance(failure, NotServed) and failure.deadline_passed else 503
             self.activity.failed(
@@ -237,6 +267,10 @@ class RoutingService:
                 decision=failure.decision if isinstance(failure, Rejected) else None,
                 shed=isinstance(failure, Shed))
             raise
+        if isinstance(answer, Reused):
+            self._reused(answer, received, deadline_ms)
+            return answer
+        routed = answer
         target = routed.served.target
         self.activity.served(latency_ms=(self.clock() - received) * 1000,
                              deadline_ms=deadline_ms, target=target.name, tier=target.tier,
@@ -276,6 +310,14 @@ class RoutingService:
             self.metrics.retries.record(served.retries, {"target": target.name})
         return Routed(served, decision, decision_us, cost)
 
+    def _reused(self, reused: Reused, received: float, deadline_ms: float) -> None:
+        """Account an answer given again: nothing spent, the original call's cost saved."""
+        saved = reused.entry.cost_usd
+        self.ledger.add_saved(reused.entry.target, saved)
+        self.metrics.cache_saved.record(saved, {})
+        self.activity.record(Outcome(self.clock(), 200, (self.clock() - received) * 1000,
+                                     deadline_ms, tier=CACHE_TIER))
+
     def _transition(self, event: Transition) -> None:
         self.metrics.breaker.record(1, {"target": event.target, "to_state": event.to_state})
         self.metrics.breaker_open.record(float(event.to_state == "open"),
@@ -289,6 +331,7 @@ class RoutingService:
             self.metrics.breaker_open.record(float(self.breakers[t.name].state == "open"),
                                              tags)
             self.metrics.predicted.record(t.estimator.distribution(1).quantile(0.5), tags)
+        self.metrics.cache_bytes.record(self.cache.nbytes, {})
 
     def available(self, target: Target) -> bool:
         """Whether the target takes calls and answers them: its breaker lets calls through
@@ -327,4 +370,4 @@ class RoutingService:
         executor["admission"].update(self.admission.snapshot())
         return {"targets": targets, "executor": executor,
                 "exploration": self.explorer.snapshot(),
-                "ledger": self.ledger.snapshot()}
+                "ledger": self.ledger.snapshot(), "cache": self.cache.snapshot()}

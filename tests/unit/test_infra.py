@@ -28,12 +28,13 @@ COUNTERS = (
     "edgeroute_requests_total", "edgeroute_placements_total", "edgeroute_attempts_total",
     "edgeroute_retries_total", "edgeroute_hedges_total", "edgeroute_fallbacks_total",
     "edgeroute_shed_total", "edgeroute_breaker_transitions_total", "edgeroute_cost_usd_total",
+    "edgeroute_cache_lookups_total", "edgeroute_cache_saved_usd_total",
 )
 HISTOGRAMS = ("edgeroute_request_latency_ms", "edgeroute_upstream_latency_ms",
               "edgeroute_decision_us")
 GAUGES = (
     "edgeroute_target_predicted_latency_ms", "edgeroute_target_breaker_open",
-    "edgeroute_cloud_replicas",
+    "edgeroute_cloud_replicas", "edgeroute_cache_bytes",
 )
 PROMETHEUS_NAMES = frozenset(
     [f"ray_{name}" for name in (*COUNTERS, *GAUGES)]
