@@ -112,8 +112,9 @@ class Reused:
         return self.entry.reply
 
     @property
-    def target_name(self) -> str:
-        return self.entry.target
+    def target_name(self) -> None:
+        """No target answered this request (the answer's target is in :attr:`entry`)."""
+        return None
 
     @property
     def metric_tier(self) -> str:

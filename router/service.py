@@ -57,7 +57,8 @@ class Routed:
         return self.served.reply
 
     @property
-    def target_name(self) -> str:
+    def target_name(self) -> str | None:
+        """The target that answered this request."""
         return self.served.target.name
 
     @property
