@@ -342,3 +342,17 @@ def test_errors_are_never_cached() -> None:
             route(svc)
     assert svc.cache.snapshot()["entries"] == 0
     assert broken.calls >= 2
+
+
+@pytest.mark.parametrize("block", [{"ttl_s": 0}, {"max_bytes": 100}, {"enabled": "maybe"},
+                                   {"size": 10}])
+def test_a_bad_cache_block_is_refused_with_the_policy(block: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="cache"):
+        PolicyDocument.model_validate({"cache": block})
+
+
+def test_the_cache_is_off_unless_the_policy_enables_it() -> None:
+    assert PolicyDocument().cache.enabled is False
+    svc, _ = cached_service((FakeTransport("edge-a"), "edge", "small"))
+    svc.apply_policy(PolicyDocument())
+    assert isinstance(route(svc), Routed) and isinstance(route(svc), Routed)
