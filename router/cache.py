@@ -15,9 +15,12 @@ the answers it routed, so with N replicas an input may be called up to N times p
   Failures are never kept.
 * **Single flight.** Identical requests that arrive while one of them (the leader) is
   being routed wait for its answer instead of calling upstream themselves (Go's
-  ``singleflight``, Varnish's request coalescing). A follower joins only a leader whose
-  deadline is not later than its own and waits at most until its own deadline; if the
-  leader fails, or its client goes away, the followers start over and one of them leads.
+  ``singleflight``, Varnish's request coalescing). A follower waits at most until its own
+  deadline, and joins only a leader whose deadline is not much later than its own (by at
+  most :data:`JOIN_SLACK_RATIO` of the time it has left): a request with a tight deadline
+  is not held behind a slow plan made for a loose one, while identical requests sent
+  together, whose deadlines differ by their arrival times, share one call. If the leader
+  fails, or its client goes away, the followers start over and one of them leads.
 
 A request's ``Cache-Control: no-cache`` routes it afresh (its answer still refreshes the
 entry); ``no-store`` also keeps its answer out. Neither joins a flight.
@@ -48,6 +51,9 @@ CacheKey = tuple[str, str, bytes]
 Outcome = Literal["hit", "coalesced", "miss", "bypass"]
 ENTRY_OVERHEAD_BYTES = 512
 """What an entry is counted to hold beside its tensors (key, objects, the store's links)."""
+JOIN_SLACK_RATIO = 0.2
+"""A follower joins a leader whose deadline is later than its own by at most this share of
+the time the follower has left."""
 CACHE_TIER = "cache"
 """The ``tier`` label of a request answered with a reused answer (Prometheus, status page)."""
 
@@ -247,7 +253,8 @@ class ResponseCache:
             flight = self._flights.get(key)
             if flight is None:
                 return await self._lead(key, deadline_at, compute)
-            if flight.deadline_at > deadline_at:
+            left_s = deadline_at - self._clock()
+            if flight.deadline_at > deadline_at + JOIN_SLACK_RATIO * max(left_s, 0.0):
                 self._count("miss")
                 return await self._alone(key, compute)
             entry = await self._follow(flight, deadline_at)

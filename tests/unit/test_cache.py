@@ -236,6 +236,22 @@ def test_a_follower_with_an_earlier_deadline_does_not_wait_for_a_later_leader() 
     run_async(main)
 
 
+def test_identical_requests_sent_together_share_a_call_whatever_their_arrival_order() -> None:
+    async def main() -> None:
+        cache = ResponseCache(ON)
+        gate = asyncio.Event()
+        upstream = Upstream(gate)
+        leader = asyncio.create_task(ask(cache, upstream, deadline_s=2.0))
+        await asyncio.sleep(0)
+        follower = asyncio.create_task(ask(cache, upstream, deadline_s=1.9))
+        await asyncio.sleep(0)
+        gate.set()
+        assert await leader == "fresh-1"
+        assert isinstance(await follower, Reused) and upstream.calls == 1
+
+    run_async(main)
+
+
 def test_no_cache_routes_afresh_and_no_store_keeps_nothing() -> None:
     async def main() -> None:
         cache = ResponseCache(ON)
