@@ -109,11 +109,12 @@ def child(replicas: int, requests: int, rate_rps: float, catalogue: int, zipf_s:
     from edgeroute.models.store import ensure_models
     from edgeroute.tools.stack import Stack
 
-    config = StackConfig.model_validate({
-        "port": PORT, "router": {"num_replicas": replicas, "admin_token": TOKEN},
-        "edges": [{"name": name, "port": port}
-                  for name, port in zip(("edge-a", "edge-b"), EDGE_PORTS, strict=True)],
-    })
+    document = StackConfig().model_dump(mode="json")
+    document["port"] = PORT
+    document["router"].update(num_replicas=replicas, admin_token=TOKEN)
+    for edge, port in zip(document["edges"], EDGE_PORTS, strict=True):
+        edge["port"] = port
+    config = StackConfig.model_validate(document)
     rows = digits_split().x_test
     catalogue = min(catalogue, len(rows))
     times, picks = trace(requests, rate_rps, catalogue, zipf_s, seed)
