@@ -87,7 +87,7 @@ def test_the_second_identical_request_is_a_free_faster_hit(stack: RunningStack) 
 
 
 def test_no_cache_is_routed_afresh(stack: RunningStack) -> None:
-    infer(stack, 200)
+    infer(stack, 200, policy="always-edge")
     before = edge_executions(stack)
     again, _ = infer(stack, 200, headers={"cache-control": "no-cache"}, policy="always-edge")
     assert "cache_hit" not in again["parameters"] and again["parameters"]["cost_usd"] > 0
