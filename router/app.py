@@ -273,7 +273,22 @@ class Router(OIPRoutes, StatusPage):
     async def set_link(self, name: str, request: Request) -> Response:
         """Replace fields of a target's emulated link (admin token required)."""
         refused = refuse_non_admin(request, self.admin_token)
-        return refused or await admin.set_link(self.service, name, request)
+        return refused or await admin.set_link(self.service, name, request, self.replica)
+
+    @app.delete("/v1/targets/{name}")
+    async def remove_target(self, name: str, request: Request) -> Response:
+        """Take a configured edge or external target out of this replica (admin token); its
+        name may then join the fleet (``edgeroute reload`` replacing a worker)."""
+        refused = refuse_non_admin(request, self.admin_token)
+        if refused:
+            return refused
+        answer, target = admin.remove_target(self.service, name, cloud=self.config.cloud.name,
+                                             fleet=set(self.fleet_sync.members),
+                                             replica=self.replica)
+        if target is not None:
+            self.fleet_sync.retired.append(target)
+            self.static_targets = self.static_targets - {name}
+        return answer
 
     @app.put("/v1/fleet/{name}")
     async def fleet_heartbeat(self, name: str, request: Request) -> Response:
