@@ -85,7 +85,7 @@ def test_a_refused_plan_applies_nothing() -> None:
     applier = Applier.__new__(Applier)
     applier.stack = Untouchable()  # type: ignore[assignment]
     change = Plan(add=list(config().edges), refused=["port", "ingress"])
-    with pytest.raises(ReloadError, match="need a restart.*port, ingress"):
+    with pytest.raises(ReloadError, match=r"need a restart.*port, ingress"):
         applier.apply(change, config())
 
 
