@@ -2,7 +2,8 @@
 
 Every admin route needs ``Authorization: Bearer <admin token>`` (the stack
 config's ``router.admin_token`` or the replica's ``EDGEROUTE_ADMIN_TOKEN``);
-without a configured token the admin routes are closed. The views are
+without a configured token the admin routes are closed. The views also take the
+read-only ops token (``router.ops_token`` or ``EDGEROUTE_OPS_TOKEN``). The views are
 ``GET /v1/policy`` (the policy in force, its history and the last rejected
 one), ``GET /v1/policy/history`` and ``GET /v1/targets``; the changes are
 ``PUT /v1/links/{target}``, ``POST /v1/targets/{target}/{drain|undrain|reset}`` and
@@ -39,10 +40,15 @@ def bearer_ok(request: Request, token: str | None) -> bool:
     return token is not None and secrets.compare_digest(supplied.encode(), token.encode())
 
 
-def refuse_non_admin(request: Request, token: str | None) -> Response | None:
-    """A 401 unless the request carries the admin token; ``None`` lets it through."""
-    if bearer_ok(request, token):
+def refuse_non_admin(request: Request, token: str | None, ops_token: str | None = None, *,
+                     view: bool = False) -> Response | None:
+    """A 401 unless the request carries the admin token, or for a ``view`` the read-only
+    ops token (a 403 for a change asked with it); ``None`` lets it through."""
+    if bearer_ok(request, token) or (view and bearer_ok(request, ops_token)):
         return None
+    if bearer_ok(request, ops_token):
+        return error_response(OIPError("the ops token is read-only: this change needs the "
+                                       "admin token", status=403))
     why = "admin token required" if token else "admin routes are closed: no admin token is set"
     return error_response(OIPError(why, status=401))
 

@@ -109,7 +109,7 @@ def _load_config(args: argparse.Namespace) -> StackConfig:
     document = StackConfig.load(_config_path(args)).model_dump()
     if args.port is not None:
         document["port"] = args.port
-    for token in ("admin_token", "fleet_token"):
+    for token in ("admin_token", "ops_token", "fleet_token"):
         document["router"][token] = document["router"][token] or secrets.token_urlsafe(24)
     return StackConfig.model_validate(document)
 

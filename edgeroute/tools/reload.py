@@ -137,7 +137,7 @@ def effective(new: StackConfig, current: StackConfig, port_override: int | None)
     document = new.model_dump()
     if port_override is not None:
         document["port"] = port_override
-    for token in ("admin_token", "fleet_token"):
+    for token in ("admin_token", "ops_token", "fleet_token"):
         document["router"][token] = document["router"][token] or getattr(current.router, token)
     return StackConfig.model_validate(document)
 

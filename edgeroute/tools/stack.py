@@ -302,6 +302,7 @@ class Stack:
             "dashboard_url": self.dashboard_url,
             "metrics_url": self.metrics_url(),
             "admin_token": self.config.router.admin_token,
+            "ops_token": self.config.router.ops_token,
             "fleet_token": self.config.router.fleet_token,
             "ray_address": ray.get_runtime_context().gcs_address if self._ray_started else None,
             "ingress": self.config.ingress,
