@@ -262,6 +262,16 @@ def test_what_the_router_sees(operator: Operator) -> None:
     lost = operator.run("targets", "--state-file", str(broken), ok=False)
     assert lost.returncode == 1 and len(lost.stderr.strip().splitlines()) == 1, lost.stderr
 
+    read_only = operator.workdir / "read-only.json"
+    read_only.write_text(json.dumps({k: stack.state[k] for k in ("endpoint", "ops_token")}))
+    looked = operator.run("targets", "--state-file", str(read_only)).stdout
+    assert "edge-a" in looked and "in force" in looked
+    assert "edge-b" in operator.run("top", "--count", "1", "--state-file", str(read_only)).stdout
+    assert "risk_budget" in operator.run("policy", "show", "--state-file", str(read_only)).stdout
+    refused = operator.run("targets", "drain", "edge-a", "--state-file", str(read_only), ok=False)
+    assert refused.returncode == 1 and "403" in refused.stderr and "read-only" in refused.stderr
+    assert not operator.targets()["edge-a"]["drained"]
+
     drained = operator.run("targets", "drain", "edge-a").stdout
     assert "drained: yes" in drained and "replica" in drained
     try:
