@@ -7,6 +7,11 @@ command of the guide is run there as a subprocess exactly as documented (no
 guide says happens. :data:`WALKED` says which test runs which documented command,
 and a check reads the guide so that a command added to it without a walk fails.
 The reload section runs last, since it changes the stack's edges.
+
+Sections other tests walk on stacks of their own: ``serve deploy``
+(``test_serve_deploy.py``), metrics, dashboard and alerts (``test_ops_visibility.py``,
+``tests/unit/test_alerts.py``), the failure modes and chaos scenarios (``tests/chaos``),
+``bench`` and ``demo`` (``test_bench.py``, ``test_demo.py``).
 """
 
 from __future__ import annotations
