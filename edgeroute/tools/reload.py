@@ -153,6 +153,11 @@ def join_argv(edge: EdgeWorker, endpoint: str) -> list[str]:
             "--link-loss-probability", str(link.loss_probability)]
 
 
+def refusal(change: Plan) -> str:
+    return ("refused, nothing changed: these fields need a restart (edgeroute up again): "
+            + ", ".join(change.refused))
+
+
 class Applier:
     """Applies a :class:`Plan` to a running :class:`Stack` (its watchdog thread calls it)."""
 
@@ -221,8 +226,7 @@ class Applier:
 
     def apply(self, change: Plan, new: StackConfig) -> None:
         if change.refused:
-            raise ReloadError("refused, nothing changed: these fields need a restart "
-                              f"(edgeroute up again): {', '.join(change.refused)}")
+            raise ReloadError(refusal(change))
         freed = {(e.host, e.port) for e in change.remove} | \
                 {(old.host, old.port) for old, _ in change.replace}
         busy = [f"{e.name} {e.host}:{e.port}" for e in
@@ -263,7 +267,10 @@ def reload(stack: Stack, config_file: Path | None) -> dict[str, Any]:
         return {"ok": False, "changes": [], "error": f"{path}: {exc}"}
     change = plan(stack.config, new)
     try:
-        Applier(stack).apply(change, new)
+        if change.refused:
+            raise ReloadError(refusal(change))
+        if not change.empty:
+            Applier(stack).apply(change, new)
     except (ReloadError, StackError, RouterError) as exc:
         return {"ok": False, "changes": [], "error": str(exc)}
     if config_file is not None:
@@ -271,7 +278,8 @@ def reload(stack: Stack, config_file: Path | None) -> dict[str, Any]:
     stack.write_state()
     for line in change.lines():
         stack.say(f"reload: {line}")
-    return {"ok": True, "changes": change.lines(), "error": None, "config_file": str(path)}
+    return {"ok": True, "changes": change.lines(), "error": None,
+            "config_file": str(path) if path else "the embedded default config"}
 
 
 def serve_request(stack: Stack) -> None:
@@ -279,12 +287,13 @@ def serve_request(stack: Stack) -> None:
     pending = stack.control_dir / REQUEST
     if not pending.exists():
         return
+    asked: dict[str, Any] = {"id": "unknown"}
     try:
         asked = json.loads(pending.read_text())
         pending.unlink()
         result = reload(stack, Path(asked["config_file"]) if asked.get("config_file") else None)
-    except (OSError, ValueError, KeyError) as exc:
-        asked, result = {"id": "unknown"}, {"ok": False, "changes": [], "error": str(exc)}
+    except Exception as exc:  # the watchdog thread must outlive any reload
+        result = {"ok": False, "changes": [], "error": f"{type(exc).__name__}: {exc}"}
     answer = stack.control_dir / f"reload.{asked['id']}.json"
     answer.with_suffix(".tmp").write_text(json.dumps(result))
     answer.with_suffix(".tmp").replace(answer)

@@ -102,3 +102,38 @@ def test_a_request_without_a_supervisor_gives_up_within_its_bound(tmp_path: Path
     with pytest.raises(ReloadError, match="no answer from the stack's supervisor"):
         request({"control_dir": str(tmp_path)}, None, timeout_s=0.3)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_supervisor_answers_a_request_and_refuses_a_port_change(tmp_path: Path) -> None:
+    import threading
+    from types import SimpleNamespace
+
+    import yaml
+
+    from edgeroute.tools.reload import serve_request
+
+    running = config(router__admin_token="a" * 24, router__fleet_token="f" * 24)
+    stack = SimpleNamespace(config=running, control_dir=tmp_path, port_override=None,
+                            config_file=None, say=print, write_state=lambda: None)
+    moved = tmp_path / "moved.yaml"
+    moved.write_text(yaml.safe_dump(config(port=9100).model_dump(mode="json")))
+    done = threading.Event()
+
+    def supervise() -> None:
+        while not done.wait(0.05):
+            serve_request(stack)  # type: ignore[arg-type]
+
+    watchdog = threading.Thread(target=supervise)
+    watchdog.start()
+    try:
+        refused = request({"control_dir": str(tmp_path)}, moved, timeout_s=10)
+        unchanged = request({"control_dir": str(tmp_path)}, None, timeout_s=10)
+    finally:
+        done.set()
+        watchdog.join()
+    assert refused["ok"] is False and "need a restart" in refused["error"]
+    assert refused["error"].endswith(": port")
+    assert stack.config is running, "nothing applied"
+    assert unchanged == {"ok": True, "changes": [], "error": None,
+                         "config_file": "the embedded default config"}
+    assert list(tmp_path.iterdir()) == [moved]
