@@ -252,9 +252,7 @@ class Applier:
         for old, replacement in change.replace:
             self.remove(old)
             self.add(replacement)
-        order = [e.name for e in new.edges]
-        self.stack.config = new.model_copy(update={"edges": sorted(
-            self.stack.config.edges, key=lambda e: order.index(e.name))})
+        self.stack.config = new
 
 
 def reload(stack: Stack, config_file: Path | None) -> dict[str, Any]:
