@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 from pydantic import ValidationError
 
 from edgeroute.config import EdgeWorker, LinkProfile, StackConfig
@@ -161,32 +162,36 @@ def refusal(change: Plan) -> str:
 class Applier:
     """Applies a :class:`Plan` to a running :class:`Stack` (its watchdog thread calls it)."""
 
-    def __init__(self, stack: Stack, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, stack: Stack, sleep: Callable[[float], None] = time.sleep,
+                 transport: httpx.BaseTransport | None = None) -> None:
         self.stack = stack
+        self.transport = transport
         self.state = {"endpoint": stack.endpoint, "admin_token": stack.config.router.admin_token}
         self.replicas = stack.config.router.num_replicas
         self._sleep = sleep
 
-    def each_replica(self, method: str, path: str, body: object = None) -> list[dict[str, Any]]:
-        """``method path`` until every router replica has answered it (a 404: a replica
-        that has no such target, counted as one that answered)."""
+    def each_replica(self, method: str, path: str, body: object = None, *,
+                     missing_ok: bool = False) -> list[dict[str, Any]]:
+        """``method path`` until ``router.num_replicas`` distinct replicas have answered it
+        (bounded tries). With ``missing_ok`` a 404 (a replica without the target, or one
+        that already took it out) is passed over; otherwise it is an error."""
         seen: dict[str, dict[str, Any]] = {}
-        misses = 0
         for _ in range(8 * self.replicas):
             try:
-                answer = call(self.state, method, path, json=body)
+                answer = call(self.state, method, path, json=body, transport=self.transport)
             except RouterError as exc:
-                if " 404 " not in str(exc):
+                if not (missing_ok and " 404 " in str(exc)):
                     raise
-                misses += 1
-            else:
-                seen[str(answer.get("replica"))] = answer
-            if len(seen) + misses >= self.replicas:
+                if self.replicas == 1:
+                    break
+                continue
+            seen[str(answer.get("replica"))] = answer
+            if len(seen) >= self.replicas:
                 break
         return list(seen.values())
 
     def _listed(self, name: str) -> bool:
-        targets = call(self.state, "GET", "/v1/targets")["targets"]
+        targets = call(self.state, "GET", "/v1/targets", transport=self.transport)["targets"]
         return any(t["name"] == name for t in targets)
 
     def add(self, edge: EdgeWorker) -> None:
@@ -201,8 +206,9 @@ class Applier:
     def remove(self, edge: EdgeWorker) -> None:
         stack, name = self.stack, edge.name
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while any(a.get("in_flight") for a in self.each_replica("POST",
-                                                                  f"/v1/targets/{name}/drain")):
+        drain = f"/v1/targets/{name}/drain"
+        while any(a.get("in_flight") for a in self.each_replica("POST", drain,
+                                                                  missing_ok=True)):
             if time.monotonic() > deadline:
                 break  # calls still in flight fail over when the worker stops
             self._sleep(0.2)
@@ -222,7 +228,7 @@ class Applier:
             wait_until(lambda: not self._listed(name), ROUTER_TIMEOUT_S,
                        f"{name} to leave the router's fleet", 0.3)
         else:
-            self.each_replica("DELETE", f"/v1/targets/{name}")
+            self.each_replica("DELETE", f"/v1/targets/{name}", missing_ok=True)
 
     def apply(self, change: Plan, new: StackConfig) -> None:
         if change.refused:

@@ -137,3 +137,27 @@ def test_the_supervisor_answers_a_request_and_refuses_a_port_change(tmp_path: Pa
     assert unchanged == {"ok": True, "changes": [], "error": None,
                          "config_file": "the embedded default config"}
     assert list(tmp_path.iterdir()) == [moved]
+
+
+def test_each_change_reaches_every_router_replica_once_answered() -> None:
+    from itertools import cycle
+    from types import SimpleNamespace
+
+    import httpx
+
+    replicas = cycle(["r1", "r1", "r2"])
+    removed: set[str] = set()
+
+    def router(request: httpx.Request) -> httpx.Response:
+        replica = next(replicas)
+        if request.method == "DELETE" and replica in removed:
+            return httpx.Response(404, json={"error": "unknown target 'edge-b'"})
+        removed.add(replica)
+        return httpx.Response(200, json={"replica": replica})
+
+    stack = SimpleNamespace(endpoint="http://router", config=config(router__num_replicas=2))
+    applier = Applier(stack, transport=httpx.MockTransport(router))  # type: ignore[arg-type]
+    answers = applier.each_replica("DELETE", "/v1/targets/edge-b", missing_ok=True)
+    assert sorted(a["replica"] for a in answers) == ["r1", "r2"] and removed == {"r1", "r2"}
+    with pytest.raises(Exception, match="404"):
+        applier.each_replica("DELETE", "/v1/targets/edge-b")
