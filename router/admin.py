@@ -2,10 +2,12 @@
 
 Every admin route needs ``Authorization: Bearer <admin token>`` (the stack
 config's ``router.admin_token`` or the replica's ``EDGEROUTE_ADMIN_TOKEN``);
-without a configured token the admin routes are closed. The views are
+without a configured token the admin routes are closed. The views also take the
+read-only ops token (``router.ops_token`` or ``EDGEROUTE_OPS_TOKEN``). The views are
 ``GET /v1/policy`` (the policy in force, its history and the last rejected
 one), ``GET /v1/policy/history`` and ``GET /v1/targets``; the changes are
-``PUT /v1/links/{target}`` and ``POST /v1/targets/{target}/{drain|undrain|reset}``.
+``PUT /v1/links/{target}``, ``POST /v1/targets/{target}/{drain|undrain|reset}`` and
+``DELETE /v1/targets/{target}`` (a configured edge or external target taken out).
 No view carries a tenant's key hash. Like every learned state, a change reaches the
 router replica that answered it (``replica`` in the answer).
 """
@@ -38,10 +40,15 @@ def bearer_ok(request: Request, token: str | None) -> bool:
     return token is not None and secrets.compare_digest(supplied.encode(), token.encode())
 
 
-def refuse_non_admin(request: Request, token: str | None) -> Response | None:
-    """A 401 unless the request carries the admin token; ``None`` lets it through."""
-    if bearer_ok(request, token):
+def refuse_non_admin(request: Request, token: str | None, ops_token: str | None = None, *,
+                     view: bool = False) -> Response | None:
+    """A 401 unless the request carries the admin token, or for a ``view`` the read-only
+    ops token (a 403 for a change asked with it); ``None`` lets it through."""
+    if bearer_ok(request, token) or (view and bearer_ok(request, ops_token)):
         return None
+    if bearer_ok(request, ops_token):
+        return error_response(OIPError("the ops token is read-only: this change needs the "
+                                       "admin token", status=403))
     why = "admin token required" if token else "admin routes are closed: no admin token is set"
     return error_response(OIPError(why, status=401))
 
@@ -68,7 +75,8 @@ def without_policy(keeper: PolicyKeeper) -> Response | None:
         f"({'; '.join(rejected.reasons)[:300]})", status=503), {"retry-after": "5"})
 
 
-async def set_link(service: RoutingService, name: str, request: Request) -> Response:
+async def set_link(service: RoutingService, name: str, request: Request,
+                   replica: str) -> Response:
     """Replace fields of a target's emulated link with the JSON object in the body."""
     target = service.targets.get(name)
     if target is None:
@@ -82,7 +90,8 @@ async def set_link(service: RoutingService, name: str, request: Request) -> Resp
         return error_response(OIPError(f"invalid link settings: {exc}"))
     target.link.profile = profile
     log.info("link of %s set to %s", name, profile.model_dump())
-    return JSONResponse({"target": name, "link_emulation": profile.model_dump()})
+    return JSONResponse({"target": name, "link_emulation": profile.model_dump(),
+                         "replica": replica})
 
 
 def target_action(service: RoutingService, name: str, action: str,
@@ -107,3 +116,22 @@ def target_action(service: RoutingService, name: str, action: str,
     return JSONResponse({"target": name, "action": action, "replica": replica,
                          "drained": name in service.drained,
                          "in_flight": service.executor.limits.per_target.get(name, 0)})
+
+
+def remove_target(service: RoutingService, name: str, *, cloud: str, fleet: set[str],
+                  replica: str) -> tuple[Response, Target | None]:
+    """Take a configured edge or external target out of this replica: no new decision uses
+    it, calls in flight finish (the caller closes its connections once idle). The cloud
+    deployment belongs to the Serve application, and a fleet member leaves by itself."""
+    if name == cloud:
+        return error_response(OIPError(
+            f"'{name}' is the cloud deployment of the Serve application", status=409)), None
+    if name in fleet:
+        return error_response(OIPError(
+            f"'{name}' is a fleet member: it leaves when it stops (DELETE /v1/fleet/{name})",
+            status=409)), None
+    target = service.remove_target(name)
+    if target is None:
+        return error_response(OIPError(f"unknown target '{name}'", status=404)), None
+    log.info("target %s removed", name)
+    return JSONResponse({"target": name, "removed": True, "replica": replica}), target

@@ -126,6 +126,7 @@ class Router(OIPRoutes, StatusPage):
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.admin_token = self.settings.admin_token or os.environ.get("EDGEROUTE_ADMIN_TOKEN")
         self.fleet_token = self.settings.fleet_token or os.environ.get("EDGEROUTE_FLEET_TOKEN")
+        self.ops_token = self.settings.ops_token or os.environ.get("EDGEROUTE_OPS_TOKEN")
         self.fleet = FleetClient(max_members=self.settings.fleet_max_members)
         self.fleet_sync = FleetSync(
             lambda: self.fleet.members(self.settings.fleet_ttl_ms / 1000), self.service,
@@ -243,27 +244,27 @@ class Router(OIPRoutes, StatusPage):
     @app.get("/v1/policy")
     async def current_policy(self, request: Request) -> Response:
         """The policy in force on this replica, the ones before it and the last rejected."""
-        refused = refuse_non_admin(request, self.admin_token)
+        refused = refuse_non_admin(request, self.admin_token, self.ops_token, view=True)
         return refused or JSONResponse(admin.policy_view(self.policies, self.replica))
 
     @app.get("/v1/policy/history")
     async def policy_history(self, request: Request) -> Response:
         """The last applied policies with their documents, newest first."""
-        refused = refuse_non_admin(request, self.admin_token)
+        refused = refuse_non_admin(request, self.admin_token, self.ops_token, view=True)
         return refused or JSONResponse({"replica": self.replica,
                                         "history": self.policies.history_view()})
 
     @app.get("/v1/targets")
     async def list_targets(self, request: Request) -> Response:
         self._ensure_background()
-        refused = refuse_non_admin(request, self.admin_token)
+        refused = refuse_non_admin(request, self.admin_token, self.ops_token, view=True)
         return refused or JSONResponse({**self.service.snapshot(), "replica": self.replica,
                                         "policy": admin.policy_summary(self.policies)})
 
     @app.post("/v1/targets/{name}/{action}")
     async def target_action(self, name: str, action: str, request: Request) -> Response:
         """Drain, undrain or reset one target (admin token required)."""
-        refused = refuse_non_admin(request, self.admin_token)
+        refused = refuse_non_admin(request, self.admin_token, self.ops_token)
         return refused or admin.target_action(self.service, name, action, self._fresh,
                                               self.replica)
 
@@ -274,8 +275,23 @@ class Router(OIPRoutes, StatusPage):
     @app.put("/v1/links/{name}")
     async def set_link(self, name: str, request: Request) -> Response:
         """Replace fields of a target's emulated link (admin token required)."""
-        refused = refuse_non_admin(request, self.admin_token)
-        return refused or await admin.set_link(self.service, name, request)
+        refused = refuse_non_admin(request, self.admin_token, self.ops_token)
+        return refused or await admin.set_link(self.service, name, request, self.replica)
+
+    @app.delete("/v1/targets/{name}")
+    async def remove_target(self, name: str, request: Request) -> Response:
+        """Take a configured edge or external target out of this replica (admin token); its
+        name may then join the fleet (``edgeroute reload`` replacing a worker)."""
+        refused = refuse_non_admin(request, self.admin_token, self.ops_token)
+        if refused:
+            return refused
+        answer, target = admin.remove_target(self.service, name, cloud=self.config.cloud.name,
+                                             fleet=set(self.fleet_sync.members),
+                                             replica=self.replica)
+        if target is not None:
+            self.fleet_sync.retired.append(target)
+            self.static_targets = self.static_targets - {name}
+        return answer
 
     @app.put("/v1/fleet/{name}")
     async def fleet_heartbeat(self, name: str, request: Request) -> Response:

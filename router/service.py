@@ -174,6 +174,7 @@ class RoutingService:
         Its breaker is forgotten with it: a worker that joins again under the same name is a
         new worker (fresh estimates, a closed breaker)."""
         self.breakers.forget(name)
+        self.drained.discard(name)
         return self.targets.remove(name)
 
     def _known(self, name: str) -> Target:

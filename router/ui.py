@@ -52,6 +52,7 @@ class StatusPage:
 
     service: RoutingService
     admin_token: str | None
+    ops_token: str | None = None
     replica: str
 
     @routes.get("/", include_in_schema=False)
@@ -65,6 +66,6 @@ class StatusPage:
     @routes.get("/v1/metrics/summary")
     async def metrics_summary(self, request: Request) -> Response:
         """The last minutes of this replica: placements, SLO attainment, recent decisions."""
-        refused = refuse_non_admin(request, self.admin_token)
+        refused = refuse_non_admin(request, self.admin_token, self.ops_token, view=True)
         return refused or JSONResponse({"replica": self.replica,
                                         **self.service.activity.summary()})

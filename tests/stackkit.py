@@ -113,10 +113,12 @@ def stack_config(port: int, edge_ports: tuple[int, int]) -> dict[str, Any]:
 
 @contextmanager
 def running_stack(workdir: Path, config: dict[str, Any], policy: dict[str, Any] | None = None,
-                  stop_signal: signal.Signals = signal.SIGINT) -> Iterator[RunningStack]:
+                  stop_signal: signal.Signals = signal.SIGINT,
+                  state_name: str = "state.json") -> Iterator[RunningStack]:
     """``edgeroute up`` in a subprocess, as a user runs it; on exit it is stopped with
     ``stop_signal`` and must leave no edge worker, Ray process or state file behind (Ray
-    processes are the stack's own only when it started Ray: not with ``ray_address``)."""
+    processes are the stack's own only when it started Ray: not with ``ray_address``).
+    The state file is ``workdir/state_name``."""
     config_file = workdir / "stack.yaml"
     config_file.write_text(yaml.safe_dump(config))
     argv = [sys.executable, "-m", "edgeroute", "up", "--config", str(config_file)]
@@ -124,7 +126,7 @@ def running_stack(workdir: Path, config: dict[str, Any], policy: dict[str, Any] 
         policy_file = workdir / "policy.yaml"
         policy_file.write_text(yaml.safe_dump(policy))
         argv += ["--policy", str(policy_file)]
-    state_file, log = workdir / "state.json", workdir / "up.log"
+    state_file, log = workdir / state_name, workdir / "up.log"
     with open(log, "wb") as out:
         process = subprocess.Popen([*argv, "--state-file", str(state_file)], stdout=out,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -115,10 +115,11 @@ def heal(state: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def configured_link(state: dict[str, Any], name: str) -> dict[str, Any] | None:
-    """The link of target ``name`` in the stack config the stack was deployed with."""
+    """The link of target ``name`` in the stack config the stack runs with (the last
+    ``edgeroute reload``'s, else the one deployed)."""
     try:
         config = StackConfig.model_validate(
-            state["serve_config"]["applications"][0]["args"]["config"])
+            state.get("stack_config") or state["serve_config"]["applications"][0]["args"]["config"])
     except (KeyError, IndexError, TypeError, ValidationError):
         return None
     links = {config.cloud.name: config.cloud.link,

@@ -70,7 +70,10 @@ def _fleet_agent(args: argparse.Namespace) -> Any:
         "tier": "edge",
         "quality": "large" if Path(args.model).name.startswith("teacher") else "small",
         "concurrency": args.concurrency,
-        "link": {"base_ms": args.link_base_ms, "jitter_ms": args.link_jitter_ms},
+        "link": {"base_ms": args.link_base_ms, "jitter_ms": args.link_jitter_ms,
+                 "spike_probability": args.link_spike_probability,
+                 "spike_multiplier": args.link_spike_multiplier,
+                 "loss_probability": args.link_loss_probability},
     }
     return lambda ready: FleetAgent(args.join, token, args.name, member,
                                     interval_s=args.heartbeat_interval_s, ready=ready)
@@ -90,19 +93,23 @@ def _fleet(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_path(args: argparse.Namespace) -> Path | None:
+    from edgeroute.config import DEFAULT_CONFIG_PATH
+
+    path = Path(args.config) if args.config else None
+    return DEFAULT_CONFIG_PATH if path is None and DEFAULT_CONFIG_PATH.exists() else path
+
+
 def _load_config(args: argparse.Namespace) -> StackConfig:
     """The stack config with command-line overrides, and admin and fleet tokens for this run."""
     import secrets
 
-    from edgeroute.config import DEFAULT_CONFIG_PATH, StackConfig
+    from edgeroute.config import StackConfig
 
-    path = Path(args.config) if args.config else None
-    if path is None and DEFAULT_CONFIG_PATH.exists():
-        path = DEFAULT_CONFIG_PATH
-    document = StackConfig.load(path).model_dump()
+    document = StackConfig.load(_config_path(args)).model_dump()
     if args.port is not None:
         document["port"] = args.port
-    for token in ("admin_token", "fleet_token"):
+    for token in ("admin_token", "ops_token", "fleet_token"):
         document["router"][token] = document["router"][token] or secrets.token_urlsafe(24)
     return StackConfig.model_validate(document)
 
@@ -140,6 +147,8 @@ def _up(args: argparse.Namespace) -> int:
 
     take_signals(interrupt)
     stack = Stack(config, models, policy=policy, state_file=Path(args.state_file))
+    path = _config_path(args)
+    stack.config_file, stack.port_override = path and path.resolve(), args.port
     try:
         stack.start()
         take_signals(lambda *_: stop.set())  # ray.init installed its own SIGTERM handler
@@ -315,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--link-base-ms", type=float, default=0.0,
                       help="emulated link the router applies to this worker (local tests)")
     edge.add_argument("--link-jitter-ms", type=float, default=0.0)
+    edge.add_argument("--link-spike-probability", type=float, default=0.0)
+    edge.add_argument("--link-spike-multiplier", type=float, default=1.0)
+    edge.add_argument("--link-loss-probability", type=float, default=0.0)
     edge.set_defaults(func=_edge)
 
     up = sub.add_parser("up", help="start the local stack and serve until Ctrl-C")
@@ -353,9 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     cut.add_argument("--heal", action="store_true", help="end a partition")
     link.set_defaults(func=_link)
 
+    from edgeroute.tools.reload_cli import reload_parser
     from edgeroute.tools.targets_cli import targets_parser
     from edgeroute.tools.top_cli import top_parser
 
+    reload_parser(sub)
     targets_parser(sub)
     top_parser(sub)
 

@@ -21,8 +21,10 @@ class RouterError(Exception):
 
 
 def admin_headers(state: dict[str, Any]) -> dict[str, str]:
-    """The ``Authorization`` header for the router's admin routes (none without a token)."""
-    token = state.get("admin_token")
+    """The ``Authorization`` header for the router's admin routes: the admin token, else
+    the read-only ops token (a state file handed to someone who may only look); none
+    without either."""
+    token = state.get("admin_token") or state.get("ops_token")
     return {"authorization": f"Bearer {token}"} if token else {}
 
 

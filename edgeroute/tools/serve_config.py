@@ -56,7 +56,8 @@ def serve_config(config: StackConfig, policy: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-TOKEN_ENV = {"admin_token": "EDGEROUTE_ADMIN_TOKEN", "fleet_token": "EDGEROUTE_FLEET_TOKEN"}
+TOKEN_ENV = {"admin_token": "EDGEROUTE_ADMIN_TOKEN", "ops_token": "EDGEROUTE_OPS_TOKEN",
+             "fleet_token": "EDGEROUTE_FLEET_TOKEN"}
 """Where a router replica looks for a token its config leaves null (its process environment,
 inherited from the Ray node)."""
 

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,15 +28,12 @@ import httpx
 from edgeroute.config import EdgeWorker, StackConfig
 from edgeroute.models.store import ModelSet, model_path
 from edgeroute.tools.ingress import INGRESS_VARS, free_port, ingress_env, reap_haproxy
+from edgeroute.tools.procs import StackError, http_ok, port_free, wait_until
 from edgeroute.tools.router_api import admin_headers
 from edgeroute.tools.serve_config import APP_NAME, TOKEN_ENV, deploy, serve_config, without_tokens
 from router.policy import PolicyDocument
 
 Say = Callable[[str], None]
-
-
-class StackError(RuntimeError):
-    """The stack could not start (a port in use, a worker that died, a timeout)."""
 
 
 @dataclass(frozen=True)
@@ -69,32 +65,6 @@ def die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def port_free(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str, step_s: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(step_s)
-    raise StackError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
-def http_ok(url: str, timeout_s: float = 1.0) -> bool:
-    try:
-        return httpx.get(url, timeout=timeout_s).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 class Stack:
     def __init__(
         self,
@@ -123,6 +93,11 @@ class Stack:
         """Markers the watchdog obeys: ``<edge>.down`` keeps a worker down,
         ``<edge>.restart`` restarts it now (written by ``edgeroute chaos``)."""
         self.say = say
+        self.config_file: Path | None = None
+        """The stack config file, which ``edgeroute reload`` reads again by default."""
+        self.port_override: int | None = None
+        self.joined: set[str] = set()
+        """Edge workers added by a reload: they join the router's fleet (``--join``)."""
         self.edges: dict[str, subprocess.Popen[bytes]] = {}
         self.restarts: list[tuple[float, str, int]] = []
         """(monotonic time, edge name, new pid) of every restart the watchdog made."""
@@ -139,12 +114,15 @@ class Stack:
         return self.config.endpoint
 
     def edge_argv(self, edge: EdgeWorker) -> list[str]:
+        from edgeroute.tools.reload import join_argv
+
+        joins = join_argv(edge, self.endpoint) if edge.name in self.joined else []
         return [
             sys.executable, "-m", "edgeroute", "edge",
             "--model", str(model_path(edge.model, self.models.directory)),
             "--name", edge.name, "--host", edge.host, "--port", str(edge.port),
             "--concurrency", str(edge.concurrency), "--max-queue", str(edge.max_queue),
-            "--service-delay-ms", str(edge.service_delay_ms),
+            "--service-delay-ms", str(edge.service_delay_ms), *joins,
         ]
 
     def _edge(self, name: str) -> EdgeWorker:
@@ -156,11 +134,13 @@ class Stack:
     def start_edge(self, name: str) -> int:
         edge = self._edge(name)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        token = self.config.router.fleet_token if name in self.joined else None
+        env = {**os.environ, PARENT_ENV: str(os.getpid()),
+               **({"EDGEROUTE_FLEET_TOKEN": token} if token else {})}
         with open(self.log_dir / f"{name}.log", "ab") as log:
-            process = subprocess.Popen(
-                self.edge_argv(edge), stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, env={**os.environ, PARENT_ENV: str(os.getpid())},
-            )
+            process = subprocess.Popen(self.edge_argv(edge), stdout=log,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       env=env)
         self.edges[name] = process
         return process.pid
 
@@ -187,9 +167,12 @@ class Stack:
         Runs on one long-lived thread: the kernel ties each worker's
         parent-death signal to the thread that started it.
         """
-        delay = self.config.edge_restart_delay_s
+        from edgeroute.tools.reload import serve_request
+
         died_at: dict[str, float] = {}
         while not self._stopping.wait(0.2):
+            serve_request(self)
+            delay = self.config.edge_restart_delay_s
             for name, process in list(self.edges.items()):
                 marker = self.control_dir / f"{name}.restart"
                 if marker.exists():
@@ -319,6 +302,7 @@ class Stack:
             "dashboard_url": self.dashboard_url,
             "metrics_url": self.metrics_url(),
             "admin_token": self.config.router.admin_token,
+            "ops_token": self.config.router.ops_token,
             "fleet_token": self.config.router.fleet_token,
             "ray_address": ray.get_runtime_context().gcs_address if self._ray_started else None,
             "ingress": self.config.ingress,
@@ -326,6 +310,8 @@ class Stack:
             self.config.ingress == "haproxy" else None,
             "serve_config": self.serve_document,
             "control_dir": str(self.control_dir),
+            "config_file": str(self.config_file) if self.config_file else None,
+            "stack_config": without_tokens(self.config)[0].model_dump(mode="json"),
             "log_dir": str(self.log_dir),
             "processes": [asdict(p) for p in self.processes()],
         }

@@ -255,3 +255,25 @@ def test_a_request_the_router_cannot_start_in_time_is_shed_before_any_call() -> 
     admission = svc.snapshot()["executor"]["admission"]
     assert (admission["shed_late"], admission["admitted"], admission["waiting_to_start"]) == (
         1, 1, 0)
+
+
+def test_a_removed_target_is_forgotten_drain_included() -> None:
+    import json
+
+    from router.admin import remove_target
+
+    svc, _ = service((FakeTransport("edge-a"), "edge", "small"),
+                     (FakeTransport("edge-b"), "edge", "small"),
+                     (FakeTransport("cloud"), "cloud", "large"))
+    svc.drain("edge-a")
+    answer, gone = remove_target(svc, "edge-a", cloud="cloud", fleet=set(), replica="r1")
+    assert answer.status_code == 200 and gone is not None and gone.name == "edge-a"
+    assert json.loads(bytes(answer.body)) == {"target": "edge-a", "removed": True,
+                                              "replica": "r1"}
+    assert "edge-a" not in svc.drained and svc.targets.get("edge-a") is None
+    assert {route(svc).served.target.name for _ in range(10)} <= {"edge-b", "cloud"}
+    for name, fleet, status in (("edge-a", set(), 404), ("cloud", set(), 409),
+                                ("edge-b", {"edge-b"}, 409)):
+        refused, kept = remove_target(svc, name, cloud="cloud", fleet=fleet, replica="r1")
+        assert (refused.status_code, kept) == (status, None), name
+    assert svc.targets.get("edge-b") is not None and svc.targets.get("cloud") is not None
