@@ -206,7 +206,7 @@ def run_bench(scenario_path: Path, out_dir: Path | None = None, port: int | None
         try:
             if simulate:
                 from edgeroute.tools.bench.simulated import simulate_arms
-                arms, overhead = simulate_arms(this), {}
+                arms, overhead = simulate_arms(this), dict[str, Any]()
             else:
                 arms, overhead = Bench(this, console, port).run()
         except StackError as exc:
