@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import functools
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -294,10 +293,3 @@ def simulate_arms(scenario: Scenario, data: Split | None = None) -> dict[str, Ar
                                         duration_s=scenario.duration_s), 0.0, ())
             for arm in scenario.arms}
 
-
-def run_simulated(scenario: Scenario) -> tuple[dict[str, ArmRun], dict[str, Any], float]:
-    """``(arms, overhead, wall_s)`` as :meth:`edgeroute.tools.bench.run.Bench.run` gives them
-    (no overhead: the simulator has no router hop to measure)."""
-    started = time.monotonic()
-    arms = simulate_arms(scenario)
-    return arms, {}, time.monotonic() - started
