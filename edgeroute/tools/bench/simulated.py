@@ -159,7 +159,8 @@ def _topology(scenario: Scenario, config: StackConfig, targets: dict[str, _Targe
     sim, edges = scenario.simulation, config.edges
     n = len(edges)
     names = [*(e.name for e in edges), config.cloud.name]
-    medians = [t.link.base_ms + HALF_NORMAL_MEDIAN * t.link.jitter_ms for t in targets.values()]
+    medians = [targets[x].link.base_ms + HALF_NORMAL_MEDIAN * targets[x].link.jitter_ms
+               for x in names]
     service = np.array([targets[name].service_median_ms for name in names])
     concurrency = np.array([*(e.concurrency for e in edges), math.inf], dtype=np.float64)
     max_wait = np.array([*(e.max_queue * targets[e.name].service_median_ms / e.concurrency
@@ -169,7 +170,7 @@ def _topology(scenario: Scenario, config: StackConfig, targets: dict[str, _Targe
         sites=n,
         popularity_cdf=np.cumsum(np.full(n, 1.0 / n)),
         neighbours=np.array([[j for j in range(n) if j != i] for i in range(n)]),
-        rtt_median_ms=np.maximum(np.array([medians[names.index(x)] for x in names]), 0.01),
+        rtt_median_ms=np.maximum(np.array(medians), 0.01),
         rtt_sigma=np.full(n + 1, sim.rtt_sigma),
         service_median_ms=service,
         service_sigma=np.array([*(sim.edge_service_sigma for _ in edges),
