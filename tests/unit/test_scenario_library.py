@@ -20,10 +20,11 @@ SCENARIOS = Path(__file__).resolve().parents[2] / "infra" / "scenarios"
 LIBRARY = ("wifi-edge", "constrained-devices", "cellular", "serverless-cloud", "flaky-site")
 
 
-@pytest.mark.parametrize("name", LIBRARY)
-def test_every_scenario_of_the_library_runs_quick_in_the_simulator(name: str) -> None:
-    scenario = Scenario.load(SCENARIOS / f"{name}.yaml")
-    assert len(scenario.sources) >= 3 and all(v.strip() for v in scenario.sources.values())
+@pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_scenario_file_runs_quick_in_the_simulator(path: Path) -> None:
+    scenario = Scenario.load(path)
+    if path.stem in LIBRARY:
+        assert len(scenario.sources) >= 3 and all(v.strip() for v in scenario.sources.values())
     quick = scenario.quick()
     assert quick.duration_s <= 3.0 * len(scenario.phases)
     arms = simulate_arms(quick)
