@@ -20,6 +20,10 @@ SCENARIOS = Path(__file__).resolve().parents[2] / "infra" / "scenarios"
 LIBRARY = ("wifi-edge", "constrained-devices", "cellular", "serverless-cloud", "flaky-site")
 
 
+def test_the_library_is_checked_in_beside_the_default() -> None:
+    assert {"default", *LIBRARY} <= {p.stem for p in SCENARIOS.glob("*.yaml")}
+
+
 @pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_scenario_file_runs_quick_in_the_simulator(path: Path) -> None:
     scenario = Scenario.load(path)
