@@ -10,7 +10,8 @@ A request *attains its SLO* when it is answered 200 within its deadline and,
 if it asked for ``quality: high``, by a ``cloud``-tier target: a fast answer
 from the wrong model is a miss. Latency percentiles include failures at the
 latency they took (a timeout counts as slow, not as absent), as in the SRE
-book's treatment of errors in latency SLIs.
+book's treatment of errors in latency SLIs. A *useful answer* attains the SLO
+and carries the right label: the rate the user gets, accuracy counted.
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ def attained_slo(outcome: Outcome) -> bool:
     )
 
 
+def useful(outcome: Outcome) -> bool:
+    """On time, by the model asked for, and right."""
+    return attained_slo(outcome) and outcome.predicted == outcome.label
+
+
 def _percentiles(values: Sequence[float]) -> dict[str, float | None]:
     if not values:
         return {f"p{q}": None for q in PERCENTILES}
@@ -87,6 +93,7 @@ def figures(outcomes: Sequence[Outcome], duration_s: float) -> dict[str, Any]:
             for target, count in sorted(placement.items(), key=lambda kv: str(kv[0]))
         },
         "accuracy": _ratio(sum(o.predicted == o.label for o in ok), len(ok)),
+        "useful_rate": _ratio(sum(useful(o) for o in outcomes), n),
         "cost_usd_total": cost_total,
         "cost_per_1k_usd": None if cost_per_1k is None else cost_per_1k * 1000,
         "fallbacks": sum(o.fallback for o in ok),

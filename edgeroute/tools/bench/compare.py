@@ -3,12 +3,13 @@
 Every arm replays the same schedule, so request ``seq`` is the same request
 (same send time, digit, deadline and quality) in each. The **hindsight oracle**
 knows how each arm's placement of that request turned out and takes, per
-request, the cheapest measured outcome that attained its SLO (answered within
-the deadline, by the large model when ``quality: high`` was asked); when no arm
-attained it, the answered outcome that came back first (or a failure, if none
-answered). Its attainment is therefore at least every arm's, and its cost is a
-lower bound for placements drawn from what was measured (RouterBench and
-RouteLLM compare routers against this kind of oracle).
+request, the cheapest measured outcome that was a useful answer (within the
+deadline, by the large model when ``quality: high`` was asked, and the right
+label); failing that, the cheapest that attained its SLO; failing that, the
+answered outcome that came back first (or a failure, if none answered). Its
+useful-answer rate and its attainment are therefore at least every arm's, and
+its cost is a lower bound for placements drawn from what was measured
+(RouterBench and RouteLLM compare routers against this kind of oracle).
 
 The goals are the benchmark's published targets, each checked against the same
 run's figures, never against constants from another run.
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeroute.tools.figures import attained_slo
+from edgeroute.tools.figures import attained_slo, useful
 from edgeroute.tools.loadgen import Outcome
 
 ORACLE = "oracle"
@@ -44,7 +45,8 @@ def oracle(arms: Mapping[str, Sequence[Outcome]]) -> tuple[list[Outcome], dict[s
     picked: dict[str, int] = dict.fromkeys(arms, 0)
     for seq in sorted(by_seq):
         candidates = by_seq[seq]
-        met = [c for c in candidates if attained_slo(c[1])]
+        right = [c for c in candidates if useful(c[1])]
+        met = right or [c for c in candidates if attained_slo(c[1])]
         answered = [c for c in candidates if c[1].ok]
         if met:
             arm, best = min(met, key=lambda c: (c[1].cost_usd, c[1].latency_ms))

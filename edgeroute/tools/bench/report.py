@@ -67,7 +67,7 @@ def _machine() -> dict[str, Any]:
 
 
 def summarize(scenario: Scenario, arms: Mapping[str, ArmRun], overhead: Mapping[str, Any],
-              wall_s: float) -> dict[str, Any]:
+              wall_s: float, backend: str = "real stack") -> dict[str, Any]:
     outcomes = {name: run.result.outcomes for name, run in arms.items()}
     best, picked = oracle(outcomes)
     arm_figures = {name: _group(run.result.outcomes, scenario, run.provisioned_usd)
@@ -87,6 +87,7 @@ def summarize(scenario: Scenario, arms: Mapping[str, ArmRun], overhead: Mapping[
     return {
         "scenario": scenario.model_dump(mode="json"),
         "machine": _machine(),
+        "backend": backend,
         "wall_s": wall_s,
         "arms": arm_figures,
         "events": {name: [{"t_s": t, "name": e} for t, e in
@@ -106,7 +107,8 @@ def _mix(row: Mapping[str, Any]) -> str:
     return " ".join(f"{t} {c['share']:.0%}" for t, c in row["placement"].items())
 
 
-ARM_COLUMNS = ("arm", "req", "failed", "SLO", "p50 ms", "p95 ms", "p99 ms", "accuracy",
+ARM_COLUMNS = ("arm", "req", "failed", "SLO", "useful", "p50 ms", "p95 ms", "p99 ms",
+               "accuracy",
                "$/1k marginal", "$/1k provisioned", "attempts", "hedged", "decision p50/p99 us",
                "placement")
 
@@ -114,7 +116,8 @@ ARM_COLUMNS = ("arm", "req", "failed", "SLO", "p50 ms", "p95 ms", "p99 ms", "acc
 def _arm_row(name: str, row: Mapping[str, Any]) -> list[str]:
     lat, dec = row["latency_ms"], row["decision_us"]
     return [name, str(row["requests"]), str(row["failed"]), _n(row["slo_attainment"], ".1%"),
-            _n(lat["p50"]), _n(lat["p95"]), _n(lat["p99"]), _n(row["accuracy"], ".1%"),
+            _n(row["useful_rate"], ".1%"), _n(lat["p50"]), _n(lat["p95"]), _n(lat["p99"]),
+            _n(row["accuracy"], ".1%"),
             _n(row["cost_per_1k_usd"], ".3g"), _n(row["provisioned_per_1k_usd"], ".3g"),
             _n(row["mean_attempts"], ".2f"), _n(row["hedge_rate"], ".1%"),
             f"{_n(dec['p50'], '.0f')}/{_n(dec['p99'], '.0f')}", _mix(row)]
@@ -160,14 +163,16 @@ def markdown(summary: Mapping[str, Any], plots: Mapping[str, str]) -> str:
     arms = summary["arms"]
     parts = [
         f"# Benchmark: {s['name']}", "", s["description"].strip(), "",
+        f"Run on the {summary.get('backend', 'real stack')}. "
         f"Machine: {m['cpus']} CPUs, {m['memory_gib']} GiB, {m['platform']}, Python "
         f"{m['python']}, Ray {m['ray']}; run {m['date']}, {summary['wall_s'] / 60:.1f} min. "
         f"Every arm replays the same {arms[ORACLE]['overall']['requests']} requests "
         f"(seed {s['seed']}).", "",
         "## Arms", "", _md_table(ARM_COLUMNS, [_arm_row(n, a["overall"]) for n, a in arms.items()]),
         "", "SLO: answered within the deadline, by the large model when `quality=high` was asked. "
-        "Latency percentiles include failures. Oracle: per request, the cheapest measured "
-        "outcome that met the SLO.", "",
+        "Useful: met the SLO with the right label. Latency percentiles include failures. "
+        "Oracle: per request, the cheapest measured outcome that was useful (else met the "
+        "SLO).", "",
         "## SLO attainment per phase", "", _md_table(*_phase_rows(summary)), "",
         "## Goals", "", _md_table(("goal", "target", "measured", "verdict"), _goal_rows(summary)),
         "",
@@ -289,9 +294,10 @@ def write_requests(arms: Mapping[str, ArmRun], path: Path) -> None:
 
 
 def write_report(scenario: Scenario, arms: Mapping[str, ArmRun], overhead: Mapping[str, Any],
-                 out: Path, console: Console, wall_s: float) -> list[Path]:
+                 out: Path, console: Console, wall_s: float,
+                 backend: str = "real stack") -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarize(scenario, arms, overhead, wall_s)
+    summary = summarize(scenario, arms, overhead, wall_s, backend)
     best, _ = oracle({n: r.result.outcomes for n, r in arms.items()})
     plots = {"Latency CDF per arm": "cdf.png", "Cost versus attainment": "cost_attainment.png",
              "Timeline per arm": "timeline.png"}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import signal
 import time
@@ -172,27 +173,83 @@ class Bench:
         return arms, overhead
 
 
-def run_bench(scenario_path: Path, out_dir: Path | None = None, port: int | None = None) -> int:
-    """The ``edgeroute bench`` command: run, report, and return the exit status."""
+def run_bench(scenario_path: Path, out_dir: Path | None = None, port: int | None = None, *,
+              simulate: bool = False, repeat: int = 1, quick: bool = False) -> int:
+    """The ``edgeroute bench`` command: run (``repeat`` times, seeds ``seed``,
+    ``seed + 1`` ...; on the simulator with ``simulate``; shortened with ``quick``),
+    report, and return the exit status."""
     from edgeroute.tools.bench.report import write_report
 
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)
     scenario = Scenario.load(scenario_path)
+    if quick:
+        scenario = scenario.quick()
+    if not simulate and scenario.simulator_only():
+        console.print(f"[red]edgeroute bench: the real stack cannot apply "
+                      f"{scenario.simulator_only()}; run it with --sim[/red]")
+        return 2
     out = out_dir or Path("out/bench") / scenario.name
+    backend = "simulator" if simulate else "real stack"
     per_arm = scenario.duration_s + scenario.settle_s
-    console.print(f"scenario {scenario.name}: {len(scenario.arms)} arms x "
-                  f"{scenario.duration_s:.0f} s of load (~{len(scenario.arms) * per_arm / 60:.0f} "
-                  f"min plus start-up and overhead measurement)")
-    started = time.monotonic()
-    try:
-        arms, overhead = Bench(scenario, console, port).run()
-    except StackError as exc:
-        console.print(f"[red]edgeroute bench: {exc}[/red]")
-        return 1
-    paths = write_report(scenario, arms, overhead, out, console,
-                         wall_s=time.monotonic() - started)
-    for path in paths:
-        console.print(f"wrote {path}")
+    console.print(f"scenario {scenario.name} on the {backend}: {len(scenario.arms)} arms x "
+                  f"{scenario.duration_s:.0f} s of load x {repeat} run(s)" + (
+                      "" if simulate else f" (~{repeat * len(scenario.arms) * per_arm / 60:.0f}"
+                      " min plus start-up and overhead measurement)"))
+    seeds = [scenario.seed + k for k in range(repeat)]
+    summaries = []
+    for k, seed in enumerate(seeds):
+        run_out = out if repeat == 1 else out / f"run-{k}"
+        this = scenario.with_seed(seed)
+        started = time.monotonic()
+        try:
+            if simulate:
+                from edgeroute.tools.bench.simulated import simulate_arms
+                arms, overhead = simulate_arms(this), dict[str, Any]()
+            else:
+                arms, overhead = Bench(this, console, port).run()
+        except StackError as exc:
+            console.print(f"[red]edgeroute bench: {exc}[/red]")
+            return 1
+        paths = write_report(this, arms, overhead, run_out, console,
+                             wall_s=time.monotonic() - started, backend=backend)
+        for path in paths:
+            console.print(f"wrote {path}")
+        summaries.append(json.loads((run_out / "report.json").read_text()))
+    if repeat > 1:
+        for path in write_spread(scenario.name, seeds, summaries, out, console, backend):
+            console.print(f"wrote {path}")
     return 0
+
+
+def write_spread(name: str, seeds: list[int], summaries: list[dict[str, Any]], out: Path,
+                 console: Console, backend: str) -> list[Path]:
+    """The figures across runs: ``spread.json``, ``spread.md`` and a console table."""
+    from rich.table import Table
+
+    from edgeroute.tools.bench.repeat import (
+        SPREAD_COLUMNS,
+        markdown,
+        repeat_goals,
+        spread,
+        spread_rows,
+    )
+
+    found = spread(summaries)
+    checked = repeat_goals(found)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "spread.json").write_text(json.dumps(
+        {"scenario": name, "seeds": seeds, "backend": backend, "arms": found,
+         "goals": [g.__dict__ for g in checked]}, indent=2, allow_nan=False) + "\n")
+    (out / "spread.md").write_text(markdown(name, seeds, found, checked, backend))
+    table = Table(title=f"{name}: {len(seeds)} runs, mean (min-max)", header_style="bold")
+    for column in SPREAD_COLUMNS:
+        table.add_column(column)
+    for row in spread_rows(found):
+        table.add_row(*row)
+    console.print(table)
+    for goal in checked:
+        verdict = {True: "met", False: "[red]MISSED[/red]", None: "n/a"}[goal.met]
+        console.print(f"{goal.name}: {goal.measured} -> {verdict}")
+    return [out / "spread.json", out / "spread.md"]

@@ -18,8 +18,13 @@ one machine are comparable and every arm of a run sees the same requests:
 Faults act on the stack's own processes and links: ``kill`` (SIGKILL; the
 supervisor restarts the worker), ``hang`` / ``resume`` (SIGSTOP / SIGCONT),
 ``link`` (change fields of a target's emulated link), ``partition`` /
-``heal``. Between arms every hung worker is resumed, every link restored and
-the router must see every target healthy again.
+``heal``, and ``slow`` (the target's service time multiplied by
+``service_multiplier`` from then on: thermal throttling; 1 restores it).
+Between arms every hung worker is resumed, every link restored and the router
+must see every target healthy again. ``slow`` and the ``simulation`` settings
+are honoured by the simulator path only (``edgeroute bench --sim``, see
+:mod:`edgeroute.tools.bench.simulated`); the real stack refuses a ``slow``
+fault.
 """
 
 from __future__ import annotations
@@ -34,10 +39,10 @@ from edgeroute.config import LinkProfile, StackConfig
 from edgeroute.tools.schedule import Phase, RequestMix
 from router.policy import PolicyDocument
 
-FaultAction = Literal["kill", "hang", "resume", "link", "partition", "heal"]
+FaultAction = Literal["kill", "hang", "resume", "link", "partition", "heal", "slow"]
 DEFAULT_ARMS = ("default", "always-edge", "always-cloud", "random", "round-robin",
                 "least-latency", "least-cost")
-PROCESS_ACTIONS = ("kill", "hang", "resume")
+PROCESS_ACTIONS = ("kill", "hang", "resume", "slow")
 
 
 class ScenarioError(ValueError):
@@ -55,9 +60,13 @@ class Fault(Frozen):
     target: str
     link: dict[str, float | bool] = {}
     """For ``link``: the link fields to change (see the stack config's ``LinkProfile``)."""
+    service_multiplier: float | None = Field(None, ge=1, le=100)
+    """For ``slow``: the target's service time is this many times its normal one."""
 
     @model_validator(mode="after")
     def _link_fields(self) -> Fault:
+        if (self.action == "slow") != (self.service_multiplier is not None):
+            raise ValueError("'service_multiplier' goes with action 'slow', and only with it")
         unknown = sorted(set(self.link) - set(LinkProfile.model_fields))
         if unknown:
             raise ValueError(f"unknown link fields {unknown}; known: "
@@ -69,6 +78,8 @@ class Fault(Frozen):
     @property
     def name(self) -> str:
         detail = ",".join(f"{k}={v}" for k, v in self.link.items())
+        if self.service_multiplier is not None:
+            detail = f"x{self.service_multiplier:g}"
         return f"{self.action} {self.target}" + (f" ({detail})" if detail else "")
 
 
@@ -102,6 +113,27 @@ class Overhead(Frozen):
     concurrency: int = Field(16, ge=1, le=512)
 
 
+class Simulation(Frozen):
+    """What the simulator path needs beyond the stack config: times the real stack produces
+    by itself (model inference, replica start) and spreads it does not configure."""
+
+    edge_model_ms: float = Field(0.05, ge=0)
+    """The student model's own time per request, added to an edge's ``service_delay_ms``."""
+    edge_service_sigma: float = Field(0.1, ge=0, le=3)
+    """Lognormal spread of an edge's service time around its median."""
+    cloud_service_ms: float = Field(5.0, gt=0)
+    """The cloud's median service time (the teacher, batching wait included)."""
+    cloud_service_sigma: float = Field(0.2, ge=0, le=3)
+    cloud_slots_per_replica: int = Field(8, ge=1, le=10_000)
+    """Requests one cloud replica serves at once; more wait for a slot."""
+    cloud_cold_start_ms: float = Field(0.0, ge=0, le=600_000)
+    """A new cloud replica's start (process, model load) before its first answer."""
+    edge_start_s: float = Field(1.0, ge=0, le=600)
+    """A killed edge worker answers again this long after the supervisor restarts it."""
+    rtt_sigma: float = Field(0.2, ge=0, le=3)
+    """Spread of the probes' round trips (lognormal) around the link's median."""
+
+
 class Scenario(Frozen):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     description: str = ""
@@ -121,6 +153,7 @@ class Scenario(Frozen):
     hedging: tuple[str, str, str] | None = None
     """(arm, arm without hedging, phase): compare p99 there for the hedging goal."""
     overhead: Overhead = Overhead()
+    simulation: Simulation = Simulation()
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
@@ -180,6 +213,26 @@ class Scenario(Frozen):
     @property
     def duration_s(self) -> float:
         return sum(p.duration_s for p in self.phases)
+
+    def quick(self, phase_s: float = 3.0) -> Scenario:
+        """The same scenario, short: each phase at most ``phase_s`` (faults moved in
+        proportion), no warm-up or overhead measurement; it checks structure, not figures."""
+        phases = []
+        for p in self.phases:
+            scale = min(phase_s / p.duration_s, 1.0)
+            faults = tuple(f.model_copy(update={"at_s": f.at_s * scale}) for f in p.faults)
+            phases.append(p.model_copy(update={"duration_s": p.duration_s * scale,
+                                               "faults": faults}))
+        return self.model_copy(update={
+            "name": f"{self.name}-quick"[:63], "phases": tuple(phases), "warmup_s": 0.0,
+            "settle_s": 0.0, "overhead": Overhead(requests=0, throughput_s=0)})
+
+    def with_seed(self, seed: int) -> Scenario:
+        return self.model_copy(update={"seed": seed})
+
+    def simulator_only(self) -> list[str]:
+        """The faults the real stack cannot apply."""
+        return [f.name for f in self.faults().values() if f.action == "slow"]
 
     @classmethod
     def load(cls, path: Path | str) -> Scenario:

@@ -31,16 +31,16 @@ import math
 import resource
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from edgeroute.config import RouterSettings
-from edgeroute.tools.sim.execute import Limits, Request, run_plan
+from edgeroute.tools.sim.execute import Limits, Outcome, Request, run_plan
 from edgeroute.tools.sim.replica import PROBE_LOOP_S, RouterReplica, VirtualClock
-from edgeroute.tools.sim.synthetic import Scenario, build_topology
+from edgeroute.tools.sim.synthetic import Scenario, Topology, build_topology
 from edgeroute.tools.sim.tally import Tally, percentiles_us
 from edgeroute.tools.sim.trace import Chunk, chunks
 from edgeroute.tools.sim.world import World
@@ -79,14 +79,25 @@ class _Arm:
         self.decide_us = np.zeros(s.requests, dtype=np.float32)
 
 
+Record = Callable[[str, int, Decision, "Outcome | None", float], None]
+"""``(arm, request index, decision, what running its plan did or None, marginal $)``."""
+
+
 class Simulation:
-    """One run of a scenario: every arm over the same requests and draws, and the oracle."""
+    """One run of a scenario: every arm over the same requests and draws, and the oracle.
+
+    ``topology`` and ``trace`` replace the synthetic world and requests drawn from ``s``
+    (the benchmark's scenarios bring their own, :mod:`edgeroute.tools.bench.simulated`);
+    ``record`` hears of every request each arm settled."""
 
     def __init__(self, s: Scenario, *, arms: Sequence[ArmSpec] = DEFAULT_ARMS,
-                 doc: PolicyDocument | None = None) -> None:
+                 doc: PolicyDocument | None = None, topology: Topology | None = None,
+                 trace: Iterable[Chunk] | None = None, record: Record | None = None) -> None:
         self.s = s
         self.doc = doc = doc or PolicyDocument()
-        self.topo = topo = build_topology(s)
+        self.topo = topo = topology or build_topology(s)
+        self._trace = trace
+        self._record = record
         self.clock = VirtualClock()
         self.arms = [_Arm(spec, self) for spec in arms]
         self.oracle = Tally(ORACLE, s.requests, s.deadlines_ms)
@@ -108,7 +119,7 @@ class Simulation:
             for replica in arm.replicas:
                 self._push(0.0, PROBE_ROUND, replica)
         done = 0
-        for chunk in chunks(self.s, self.topo):
+        for chunk in self._trace if self._trace is not None else chunks(self.s, self.topo):
             for k in range(len(chunk)):
                 self._until(chunk.arrival_s[k])
                 self._request(chunk, k)
@@ -169,6 +180,8 @@ class Simulation:
         plan, tally = decision.plan, arm.tally
         if plan is None:
             tally.add(i, req.deadline_ms, None, False, 0.0, False, oracle)
+            if self._record is not None:
+                self._record(arm.name, i, decision, None, 0.0)
             return
         out = run_plan(plan, req, arm.world, replica, self.limits, self.ids, self.small)
         prices, cost = self.prices, 0.0
@@ -189,6 +202,8 @@ class Simulation:
         attained = (out.answered_ms is not None and out.answered_ms <= req.deadline_ms
                     and (cloud or not high))
         tally.add(i, req.deadline_ms, out.answered_ms, attained, cost, cloud, oracle)
+        if self._record is not None:
+            self._record(arm.name, i, decision, out, cost)
 
     def _oracle(self, i: int, req: Request, high: bool) -> tuple[bool, float]:
         topo, at_s = self.topo, req.arrival_ms / 1000

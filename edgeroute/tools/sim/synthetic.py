@@ -100,6 +100,22 @@ class Scenario(_Frozen):
 
 
 @dataclass(frozen=True)
+class CloudScaling:
+    """An autoscaled cloud with a start-up time: ``slots_per_replica`` calls at once per
+    replica, replicas between ``min_replicas`` (0: scale to zero) and ``max_replicas``; a
+    call that finds every slot busy (or no replica) starts one more, which answers after
+    ``upscale_delay_ms`` + ``cold_start_ms``; replicas idle ``idle_ms`` go back to the
+    minimum (Ray Serve's autoscaler and serverless platforms behave so)."""
+
+    slots_per_replica: int
+    min_replicas: int
+    max_replicas: int
+    cold_start_ms: float
+    upscale_delay_ms: float
+    idle_ms: float
+
+
+@dataclass(frozen=True)
 class Topology:
     """Per-target arrays; target ``i < sites`` is site ``i``, target ``sites`` is the cloud."""
 
@@ -116,12 +132,18 @@ class Topology:
     """A site refuses a call that would wait longer than this (its queue is full)."""
     outages: dict[int, tuple[tuple[float, float, int], ...]] = field(default_factory=dict)
     """Per target: ``(start_s, end_s, DOWN or HANG)``, sorted."""
+    target_names: tuple[str, ...] = ()
+    """Names of the sites and the cloud, in target order (default ``site-NNNN``, ``cloud``)."""
+    cloud_scaling: CloudScaling | None = None
+    """``None``: the cloud serves every call at once (no queue, no start-up)."""
 
     @property
     def cloud(self) -> int:
         return self.sites
 
     def names(self) -> list[str]:
+        if self.target_names:
+            return list(self.target_names)
         return [f"site-{i:04d}" for i in range(self.sites)] + ["cloud"]
 
     def status(self, target: int, at_s: float) -> int:

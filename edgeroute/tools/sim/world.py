@@ -10,14 +10,16 @@ A site is ``concurrency`` FIFO slots: a call arriving at the site (half a
 network leg after it starts) takes the slot that frees first, waits until
 then, and holds it for its service time (the workload-vector form of a
 multi-server FIFO queue, Kiefer and Wolfowitz 1955). The cloud autoscales: no
-queue.
+queue, unless the topology gives it a :class:`~edgeroute.tools.sim.synthetic.CloudScaling`,
+when it is such slots on replicas that start after a cold start (:class:`ScalingCloud`).
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 
-from edgeroute.tools.sim.synthetic import DOWN, HANG, Topology
+from edgeroute.tools.sim.synthetic import DOWN, HANG, CloudScaling, Topology
 from router.plan import Plan
 
 OK, FAILED, TIMEOUT, CANCELLED = 0, 1, 2, 3
@@ -42,6 +44,45 @@ class Call:
         """Calls the launching replica had in flight to the target (router arms only)."""
 
 
+class ScalingCloud:
+    """The slots of an autoscaled cloud, one arm's: replicas start when a call finds no free
+    slot and answer only after their cold start; idle ones go back to the minimum."""
+
+    def __init__(self, scaling: CloudScaling) -> None:
+        self.scaling = scaling
+        self.replicas = scaling.min_replicas
+        self.slots: list[float] = [0.0] * (scaling.min_replicas * scaling.slots_per_replica)
+        self.pending: list[float] = []
+        """Ready times of replicas starting."""
+        self.busy_until_ms = 0.0
+        self.starts = 0
+
+    def _ready(self, at_ms: float) -> None:
+        self.replicas += 1
+        for _ in range(self.scaling.slots_per_replica):
+            heapq.heappush(self.slots, at_ms)
+
+    def admit(self, at_ms: float, service_ms: float) -> float:
+        """The wait (ms) of a call arriving at ``at_ms`` that holds a slot ``service_ms``."""
+        sc = self.scaling
+        while self.pending and self.pending[0] <= at_ms:
+            self._ready(heapq.heappop(self.pending))
+        if self.replicas > sc.min_replicas and at_ms - self.busy_until_ms >= sc.idle_ms:
+            self.replicas = sc.min_replicas
+            self.slots = [self.busy_until_ms] * (sc.min_replicas * sc.slots_per_replica)
+        free = self.slots[0] if self.slots else math.inf
+        if free > at_ms and self.replicas + len(self.pending) < sc.max_replicas:
+            delay = sc.upscale_delay_ms if self.replicas else 0.0
+            heapq.heappush(self.pending, at_ms + delay + sc.cold_start_ms)
+            self.starts += 1
+        if self.pending and self.pending[0] < free:
+            self._ready(heapq.heappop(self.pending))
+        start = max(self.slots[0], at_ms)
+        heapq.heapreplace(self.slots, start + service_ms)
+        self.busy_until_ms = max(self.busy_until_ms, start + service_ms)
+        return start - at_ms
+
+
 class World:
     """The queues of one arm; outages come from the shared :class:`Topology`."""
 
@@ -52,6 +93,7 @@ class World:
         self.slots: list[list[float]] = [[] for _ in range(topo.sites + 1)]
         self.refused = 0
         self.dropped = 0
+        self.cloud = None if topo.cloud_scaling is None else ScalingCloud(topo.cloud_scaling)
 
     def call(self, target: int, arrival_ms: float, start_ms: float, timeout_ms: float,
              network_ms: float, service_ms: float, deadline_ms: float) -> Call:
@@ -80,7 +122,7 @@ class World:
         """The wait at the site (ms); ``None``: refused, queue full; negative: dropped, the
         caller's deadline passed before a slot freed."""
         if target == self.topo.cloud:
-            return 0.0
+            return 0.0 if self.cloud is None else self.cloud.admit(at_ms, service_ms)
         slots = self.slots[target]
         if len(slots) < self.concurrency[target]:
             heapq.heappush(slots, at_ms + service_ms)
