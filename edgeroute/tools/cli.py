@@ -169,21 +169,6 @@ def _up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from edgeroute.tools.bench.run import run_bench
-    from edgeroute.tools.bench.scenario import ScenarioError
-
-    try:
-        if args.repeat < 1:
-            print("edgeroute bench: --repeat must be at least 1", file=sys.stderr)
-            return 2
-        return run_bench(Path(args.scenario), Path(args.out) if args.out else None, args.port,
-                         simulate=args.sim, repeat=args.repeat, quick=args.quick)
-    except ScenarioError as exc:
-        print(f"edgeroute bench: {exc}", file=sys.stderr)
-        return 2
-
-
 def _demo(args: argparse.Namespace) -> int:
     from edgeroute.tools.demo import run_demo
 
@@ -346,16 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="run a benchmark scenario: every arm on the real stack, "
                                          "the oracle, goals, report and plots")
-    bench.add_argument("scenario", help="scenario YAML, e.g. infra/scenarios/default.yaml")
-    bench.add_argument("--out", help="report directory (default: out/bench/<scenario name>)")
-    bench.add_argument("--port", type=int, help="router port (default from the scenario: 8000)")
-    bench.add_argument("--repeat", type=int, default=1, metavar="N",
-                       help="run every arm N times, seeds seed..seed+N-1; reports the spread")
-    bench.add_argument("--sim", action="store_true",
-                       help="run the scenario in the simulator instead of on the real stack")
-    bench.add_argument("--quick", action="store_true",
-                       help="each phase cut to 3 s, no warm-up or overhead: checks structure")
-    bench.set_defaults(func=_bench)
+    from edgeroute.tools.bench import command as bench_command
+
+    bench_command.add_arguments(bench)
+    bench.set_defaults(func=bench_command.bench)
 
     from edgeroute.tools.sim.command import add_arguments, simulate
 
