@@ -1,11 +1,15 @@
-"""The router's targets built from configuration: the stack config's cloud, edges and
-external servers, and a worker that joined the fleet, each with a fresh estimator."""
+"""The router's targets built from configuration, one set per served model: the stack
+config's cloud (that model's deployment), edges and external servers, and a worker that
+joined the fleet, each with a fresh estimator and a transport that speaks that model."""
 
 from __future__ import annotations
 
 from ray.serve.handle import DeploymentHandle
 
+from edgeroute import contract
 from edgeroute.config import RouterSettings, StackConfig
+from edgeroute.models.catalog import ServedModel
+from edgeroute.signature import blank_batch
 from router.estimator import EstimatorSettings, TargetEstimator
 from router.fleet import Member
 from router.targets import Target, TargetSet, make_target
@@ -31,23 +35,36 @@ def fleet_target(member: Member, settings: RouterSettings) -> Target:
                                         member.concurrency))
 
 
-def build_targets(config: StackConfig, cloud: DeploymentHandle) -> TargetSet:
+def build_targets(config: StackConfig, cloud: DeploymentHandle,
+                  served: ServedModel | None = None) -> TargetSet:
+    """The targets of one model (default: the bundled ``digits``); ``cloud`` is that model's
+    deployment. External servers serve the first model of the config."""
     settings = config.router
+    signature = served.signature if served else contract.SIGNATURE
+    confidence = served.confidence_output if served else contract.OUTPUT_PROBABILITIES
+    trial = blank_batch(signature)
+    first = served is None or served.name == config.models[0].name
 
     def estimator(name: str, tier: str, quality: str, concurrency: int) -> TargetEstimator:
         return target_estimator(settings, name, tier, quality, concurrency)
 
     c = config.cloud
     targets: list[Target] = [make_target(
-        c.name, "cloud", "large", c.link, HandleTransport(c.name, cloud), f"serve:{c.name}",
+        c.name, "cloud", "large", c.link, HandleTransport(
+            c.name, cloud, signature=signature, confidence_output=confidence),
+        f"serve:{config.cloud_deployment(signature.name)}",
         estimator(c.name, "cloud", "large", c.max_batch_size),
-        scales_to_zero=c.autoscaling.min_replicas == 0,
+        scales_to_zero=c.autoscaling.min_replicas == 0, trial=trial,
     )]
     for e in config.edges:
-        targets.append(make_target(e.name, "edge", "small", e.link, HttpTransport(e.name, e.url),
-                                   e.url, estimator(e.name, "edge", "small", e.concurrency)))
-    for x in config.external:
+        targets.append(make_target(e.name, "edge", "small", e.link,
+                                   HttpTransport(e.name, e.url, signature=signature,
+                                                 confidence_output=confidence), e.url,
+                                   estimator(e.name, "edge", "small", e.concurrency),
+                                   trial=trial))
+    for x in config.external if first else ():
         targets.append(make_target(x.name, x.tier, x.quality, x.link,
-                                   HttpTransport(x.name, x.url), x.url,
-                                   estimator(x.name, x.tier, x.quality, 8)))
+                                   HttpTransport(x.name, x.url, signature=signature,
+                                                 confidence_output=confidence), x.url,
+                                   estimator(x.name, x.tier, x.quality, 8), trial=trial))
     return TargetSet(targets, probe_interval_s=settings.probe_interval_ms / 1000)

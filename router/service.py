@@ -16,8 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
+from edgeroute.signature import Batch
 from router.activity import Activity
 from router.admission import DeadlineAdmission
 from router.breaker import Breakers, Transition
@@ -94,14 +93,16 @@ class RoutingService:
         min_attempt_ms: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        lag: LoopLag | None = None,
     ) -> None:
         self.targets = targets
         self.metrics = metrics
         self.policy = PolicyDocument()
         self.breakers = Breakers(self.policy.breaker, on_transition=self._transition, clock=clock)
         targets.breakers = self.breakers
-        self.lag = LoopLag(clock=clock)
-        """The replica's own lateness: run :meth:`LoopLag.run` on its event loop."""
+        self.lag = lag or LoopLag(clock=clock)
+        """The replica's own lateness: run :meth:`LoopLag.run` on its event loop (one per
+        replica, shared by the service of each model)."""
         targets.lag = self.lag
         self.executor = Executor(
             targets, retry=self.policy.retry, admission=self.policy.admission,
@@ -222,7 +223,7 @@ class RoutingService:
                    f"other {target.quality} models were set aside, shown as breaker open, and "
                    f"the plan it displaced is its fallback): {explored.reason}")
 
-    async def route(self, x: np.ndarray, *, deadline_ms: float, received: float,
+    async def route(self, x: Batch, *, deadline_ms: float, received: float,
                     quality: RequestQuality, caller: Caller) -> Routed:
         """Serve one request; raises :class:`Rejected` or ``NotServed``/``Shed``. The
         outcome, either way, goes to :attr:`activity`."""
@@ -244,7 +245,7 @@ class RoutingService:
                              upstream_ms=routed.served.upstream_ms)
         return routed
 
-    async def _route(self, x: np.ndarray, *, deadline_ms: float, received: float,
+    async def _route(self, x: Batch, *, deadline_ms: float, received: float,
                      quality: RequestQuality, caller: Caller) -> Routed:
         """The request itself: admission, decision, execution, accounting.
 

@@ -43,9 +43,10 @@ def _edge(args: argparse.Namespace) -> int:
     path = Path(args.model)
     if not path.exists():
         path = model_path(args.model, ensure_models().directory)
+    hosted = json.loads(args.models_json) if args.models_json else None
     serve(str(path), host=args.host, port=args.port, name=args.name,
           concurrency=args.concurrency, max_queue=args.max_queue,
-          service_delay_ms=args.service_delay_ms, join=_fleet_agent(args))
+          service_delay_ms=args.service_delay_ms, join=_fleet_agent(args), hosted=hosted)
     return 0
 
 
@@ -139,7 +140,11 @@ def _up(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
 
     take_signals(interrupt)
-    stack = Stack(config, models, policy=policy, state_file=Path(args.state_file))
+    try:
+        stack = Stack(config, models, policy=policy, state_file=Path(args.state_file))
+    except StackError as exc:
+        print(f"edgeroute up: {exc}", file=sys.stderr)
+        return 1
     try:
         stack.start()
         take_signals(lambda *_: stop.set())  # ray.init installed its own SIGTERM handler
@@ -297,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     edge = sub.add_parser("edge", help="run one edge worker (OIP v2 server)")
     edge.add_argument("--model", default="student-int8",
                       help="ONNX file, or a model name: student, student-int8, teacher")
+    edge.add_argument("--models-json", help="the models to host, a JSON list of "
+                      "{name, path, sha256, input_range} (the stack passes it); default: "
+                      "--model as digits")
     edge.add_argument("--host", default="127.0.0.1")
     edge.add_argument("--port", type=int, default=8101)
     edge.add_argument("--name", default="edge")
