@@ -28,4 +28,11 @@ def ensure(name: str) -> Bundle:
         models = ensure_models()
         return Bundle(contract.SIGNATURE, models.teacher, None,
                       contract.OUTPUT_PROBABILITIES, contract.INPUT_RANGE)
+    if name == "wine":
+        from edgeroute.models import wine
+        from edgeroute.signature import signature_from_onnx
+
+        built = wine.ensure_wine()
+        return Bundle(signature_from_onnx(built.teacher, name), built.teacher, built.student,
+                      wine.PROBABILITIES, None)
     raise ValueError(f"no bundled model named '{name}'")

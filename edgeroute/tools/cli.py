@@ -31,6 +31,13 @@ def _models(args: argparse.Namespace) -> int:
     models = ensure_models(directory, progress=console.print, force=args.force)
     console.print(card_table(models))
     console.print(f"models in {models.directory}")
+    if directory is None:
+        from edgeroute.models.wine import ensure_wine
+        from edgeroute.tools.tables import wine_table
+
+        wine = ensure_wine(progress=console.print, force=args.force)
+        console.print(wine_table(wine))
+        console.print(f"wine models in {wine.directory}")
     return 0
 
 
@@ -292,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    models = sub.add_parser("models", help="build and inspect the digits models")
+    models = sub.add_parser("models", help="build and inspect the bundled models (digits, wine)")
     models_sub = models.add_subparsers(dest="action", required=True)
     build = models_sub.add_parser("build", help="build the models (cached; --force rebuilds)")
     build.add_argument("--dir", help="output directory (default: the model cache)")
