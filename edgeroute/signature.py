@@ -170,6 +170,15 @@ def check_outputs(signature: Signature, outputs: dict[str, np.ndarray]) -> tuple
                  for s in signature.outputs)
 
 
+def bytes_per_row(signature: Signature) -> float:
+    """Wire bytes of one row in and out in binary form (a free non-batch dimension counts 1)."""
+    total = 0
+    for spec in (*signature.inputs, *signature.outputs):
+        dims = spec.shape[1:] if spec.shape and spec.shape[0] == -1 else spec.shape
+        total += DATATYPES[spec.datatype].itemsize * int(np.prod([max(d, 1) for d in dims]))
+    return float(total)
+
+
 def blank_batch(signature: Signature, rows: int = 1) -> Batch:
     """A batch of zeros that fits the signature (the prober's trial call)."""
     tensors = []

@@ -283,8 +283,10 @@ class Router(OIPRoutes, StatusPage):
         return answers[0]
 
     def _fresh(self, target: Target) -> TargetEstimator:
-        return target_estimator(self.config.router, target.name, target.tier, target.quality,
-                                target.estimator.settings.concurrency)
+        fresh = target_estimator(self.config.router, target.name, target.tier, target.quality,
+                                 target.estimator.settings.concurrency)
+        fresh.bytes_per_row = target.estimator.bytes_per_row
+        return fresh
 
     @app.put("/v1/links/{name}")
     async def set_link(self, name: str, request: Request) -> Response:

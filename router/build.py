@@ -9,7 +9,7 @@ from ray.serve.handle import DeploymentHandle
 from edgeroute import contract
 from edgeroute.config import RouterSettings, StackConfig
 from edgeroute.models.catalog import ServedModel
-from edgeroute.signature import blank_batch
+from edgeroute.signature import blank_batch, bytes_per_row
 from router.estimator import EstimatorSettings, TargetEstimator
 from router.fleet import Member
 from router.targets import Target, TargetSet, make_target
@@ -46,7 +46,9 @@ def build_targets(config: StackConfig, cloud: DeploymentHandle,
     first = served is None or served.name == config.models[0].name
 
     def estimator(name: str, tier: str, quality: str, concurrency: int) -> TargetEstimator:
-        return target_estimator(settings, name, tier, quality, concurrency)
+        fresh = target_estimator(settings, name, tier, quality, concurrency)
+        fresh.bytes_per_row = bytes_per_row(signature)
+        return fresh
 
     c = config.cloud
     targets: list[Target] = [make_target(

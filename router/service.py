@@ -264,7 +264,9 @@ class RoutingService:
             ticket.done()
         target = served.target
         prices = self.policy.prices.for_target(target.name, target.tier)
-        cost = marginal_cost_usd(prices, len(x), served.reply.server_ms, served.reply.batch_rows)
+        wire_bytes = x.nbytes + sum(t.data.nbytes for t in served.reply.outputs)
+        cost = marginal_cost_usd(prices, len(x), served.reply.server_ms, served.reply.batch_rows,
+                                 wire_bytes / max(len(x), 1))
         self.ledger.add(target.name, cost)
         self.metrics.served(target.name, target.tier, cost)
         self.metrics.upstream.record(served.upstream_ms, {"target": target.name,

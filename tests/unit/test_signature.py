@@ -114,3 +114,15 @@ def _sha(path: Path) -> str:
     from edgeroute.models.card import sha256_of
 
     return sha256_of(path)
+
+
+def test_egress_is_priced_on_the_models_own_wire_bytes(pair: tuple[Path, Path]) -> None:
+    from edgeroute.signature import bytes_per_row
+    from router.cost import marginal_cost_usd
+    from router.policy import TierPrices
+
+    sensor = bytes_per_row(signature_from_onnx(pair[0], "sensor"))
+    assert sensor == 13 * 4 + 3 * 4 + 8
+    assert bytes_per_row(contract.SIGNATURE) == 64 * 4 + 10 * 4 + 8
+    prices = TierPrices(usd_per_gb_egress=1.0)
+    assert marginal_cost_usd(prices, 1, 0.0, 1, sensor) == pytest.approx(72e-9)
