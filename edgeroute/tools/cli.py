@@ -146,12 +146,12 @@ def _up(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, handler)
 
-    take_signals(interrupt)
     try:
         stack = Stack(config, models, policy=policy, state_file=Path(args.state_file))
     except StackError as exc:
         print(f"edgeroute up: {exc}", file=sys.stderr)
         return 1
+    take_signals(interrupt)
     try:
         stack.start()
         take_signals(lambda *_: stop.set())  # ray.init installed its own SIGTERM handler

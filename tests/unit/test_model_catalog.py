@@ -111,3 +111,20 @@ def test_one_worker_serves_every_model_it_hosts(
     assert [m["name"] for m in index.json()] == ["digits", "sensor"]
     assert meta.json()["inputs"] == [{"name": "readings", "datatype": "FP32", "shape": [-1, 13]}]
     assert unknown.status_code == 404 and "'sensor'" in unknown.json()["error"]
+
+
+def test_up_refuses_a_mismatched_pair_before_starting_anything(
+        tmp_path: Path, pair: tuple[Path, Path], models: ModelSet,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from edgeroute.tools.cli import main
+
+    other = typed_model(tmp_path / "typed.onnx")
+    path = tmp_path / "stack.yaml"
+    path.write_text(yaml.safe_dump({"port": 8000, "models": [
+        {"name": "digits"},
+        {"name": "sensor", "edge_model": str(pair[0]), "cloud_model": str(other)}]}))
+    state = tmp_path / "state.json"
+    assert main(["up", "--config", str(path), "--state-file", str(state)]) == 1
+    err = capsys.readouterr().err
+    assert "model 'sensor': edge_model and cloud_model disagree" in err
+    assert not state.exists()
