@@ -64,6 +64,9 @@ class ExternalTarget(Frozen):
     url: str
     tier: Tier = "cloud"
     quality: Quality = "large"
+    model: str | None = None
+    """The model it serves (under the same name, ``/v2/models/{model}/infer``); none: the
+    first of ``models``."""
     link: LinkProfile = LinkProfile()
 
 
@@ -213,6 +216,10 @@ class StackConfig(Frozen):
         models = [m.name for m in self.models]
         if len(set(models)) != len(models):
             raise ValueError(f"model names must be unique, got {models}")
+        for x in self.external:
+            if x.model is not None and x.model not in models:
+                raise ValueError(f"external target '{x.name}' serves model '{x.model}', "
+                                 f"which is not in models ({', '.join(models)})")
         ports = [self.port, *(e.port for e in self.edges)]
         if len(set(ports)) != len(ports):
             raise ValueError(f"router and edge ports must differ, got {ports}")

@@ -38,12 +38,12 @@ def fleet_target(member: Member, settings: RouterSettings) -> Target:
 def build_targets(config: StackConfig, cloud: DeploymentHandle,
                   served: ServedModel | None = None) -> TargetSet:
     """The targets of one model (default: the bundled ``digits``); ``cloud`` is that model's
-    deployment. External servers serve the first model of the config."""
+    deployment. An external server is a target of the model it names (default: the
+    config's first model)."""
     settings = config.router
     signature = served.signature if served else contract.SIGNATURE
     confidence = served.confidence_output if served else contract.OUTPUT_PROBABILITIES
     trial = blank_batch(signature)
-    first = served is None or served.name == config.models[0].name
 
     def estimator(name: str, tier: str, quality: str, concurrency: int) -> TargetEstimator:
         fresh = target_estimator(settings, name, tier, quality, concurrency)
@@ -64,7 +64,8 @@ def build_targets(config: StackConfig, cloud: DeploymentHandle,
                                                  confidence_output=confidence), e.url,
                                    estimator(e.name, "edge", "small", e.concurrency),
                                    trial=trial))
-    for x in config.external if first else ():
+    for x in (x for x in config.external
+              if (x.model or config.models[0].name) == signature.name):
         targets.append(make_target(x.name, x.tier, x.quality, x.link,
                                    HttpTransport(x.name, x.url, signature=signature,
                                                  confidence_output=confidence), x.url,

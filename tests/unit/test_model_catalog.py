@@ -128,3 +128,25 @@ def test_up_refuses_a_mismatched_pair_before_starting_anything(
     err = capsys.readouterr().err
     assert "model 'sensor': edge_model and cloud_model disagree" in err
     assert not state.exists()
+
+
+def test_targets_are_built_per_model_and_an_external_server_joins_its_own(
+        tmp_path: Path, pair: tuple[Path, Path], models: ModelSet) -> None:
+    from router.build import build_targets
+
+    config = StackConfig.model_validate({
+        "models": [{"name": "digits"}, {"name": "sensor", "edge_model": str(pair[0]),
+                                        "cloud_model": str(pair[1])}],
+        "external": [{"name": "triton", "url": "http://127.0.0.1:9", "model": "sensor"}]})
+    served = resolve(config)
+    digits_targets = build_targets(config, None, served["digits"])  # type: ignore[arg-type]
+    sensor_targets = build_targets(config, None, served["sensor"])  # type: ignore[arg-type]
+    assert sorted(t.name for t in digits_targets) == ["cloud", "edge-a", "edge-b"]
+    assert sorted(t.name for t in sensor_targets) == ["cloud", "edge-a", "edge-b", "triton"]
+    cloud = sensor_targets.get("cloud")
+    assert cloud is not None and cloud.address == "serve:cloud-sensor"
+    assert [t.name for t in cloud.trial.tensors] == ["readings"]
+    assert cloud.estimator.bytes_per_row == 13 * 4 + 3 * 4 + 8
+    with pytest.raises(ValueError, match="not in models"):
+        StackConfig.model_validate({"external": [
+            {"name": "triton", "url": "http://127.0.0.1:9", "model": "sensor"}]})
