@@ -52,7 +52,7 @@ from edgeroute.oip import (
 from edgeroute.signature import check_inputs
 from router import admin
 from router.admin import bearer_ok, refuse_non_admin
-from router.build import build_targets, fleet_target, target_estimator
+from router.build import build_targets, fleet_syncs, target_estimator
 from router.context import (
     REQUEST_ID_HEADER,
     bind_request_id,
@@ -63,7 +63,7 @@ from router.decision import RequestQuality
 from router.errors import ROUTER_ERRORS, error_reply
 from router.estimator import TargetEstimator
 from router.fleet import Member
-from router.fleet_actor import FleetClient, FleetSync, RegistryUnavailable
+from router.fleet_actor import FleetClient, RegistryUnavailable
 from router.lag import LoopLag
 from router.metrics import RequestTally, RouterMetrics, ServeFactory
 from router.models import ModelServices
@@ -135,11 +135,16 @@ class Router(OIPRoutes, StatusPage):
         self.admin_token = self.settings.admin_token or os.environ.get("EDGEROUTE_ADMIN_TOKEN")
         self.fleet_token = self.settings.fleet_token or os.environ.get("EDGEROUTE_FLEET_TOKEN")
         self.fleet = FleetClient(max_members=self.settings.fleet_max_members)
-        self.fleet_sync = FleetSync(
-            lambda: self.fleet.members(self.settings.fleet_ttl_ms / 1000), self.service,
-            lambda member: fleet_target(member, self.settings),
-            interval_s=self.settings.fleet_sync_interval_ms / 1000)
+        self.fleet_syncs = fleet_syncs(
+            self.models, lambda: self.fleet.members(self.settings.fleet_ttl_ms / 1000),
+            self.settings)
+        """One per model: a worker becomes a target of each model it says it hosts."""
+        self.fleet_sync = self.fleet_syncs[0]
         self._background: list[asyncio.Task[None]] = []
+
+    async def _sync_fleet(self) -> None:
+        for sync in self.fleet_syncs:
+            await sync.sync_once()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve calls this with the deployment's ``user_config``: swap the policy atomically.
@@ -163,7 +168,7 @@ class Router(OIPRoutes, StatusPage):
             self._background = [*(loop.create_task(m.service.targets.run_probes())
                                   for m in self.models),
                                 loop.create_task(self._watch_replicas()),
-                                loop.create_task(self.fleet_sync.run()),
+                                *(loop.create_task(s.run()) for s in self.fleet_syncs),
                                 loop.create_task(self.service.lag.run())]
 
     async def _watch_replicas(self) -> None:
@@ -321,7 +326,7 @@ class Router(OIPRoutes, StatusPage):
         try:
             outcome = await self.fleet.heartbeat(member)
             if outcome == "joined":
-                await self.fleet_sync.sync_once()
+                await self._sync_fleet()
         except RegistryUnavailable as exc:
             return error_response(OIPError(str(exc), status=503), {"retry-after": "1"})
         if outcome == "full":
@@ -337,7 +342,7 @@ class Router(OIPRoutes, StatusPage):
             return error_response(OIPError("fleet token required", status=401))
         try:
             left = await self.fleet.leave(name)
-            await self.fleet_sync.sync_once()
+            await self._sync_fleet()
         except RegistryUnavailable as exc:
             return error_response(OIPError(str(exc), status=503), {"retry-after": "1"})
         if not left:

@@ -4,6 +4,9 @@ joined the fleet, each with a fresh estimator and a transport that speaks that m
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from ray.serve.handle import DeploymentHandle
 
 from edgeroute import contract
@@ -11,7 +14,9 @@ from edgeroute.config import RouterSettings, StackConfig
 from edgeroute.models.catalog import ServedModel
 from edgeroute.signature import blank_batch, bytes_per_row
 from router.estimator import EstimatorSettings, TargetEstimator
-from router.fleet import Member
+from router.fleet import Member, hosting
+from router.fleet_actor import FleetSync
+from router.models import ModelService, ModelServices
 from router.targets import Target, TargetSet, make_target
 from router.transport import HandleTransport, HttpTransport
 
@@ -27,12 +32,36 @@ def target_estimator(settings: RouterSettings, name: str, tier: str, quality: st
     )
 
 
-def fleet_target(member: Member, settings: RouterSettings) -> Target:
-    """The target for a worker that joined the fleet (reached over HTTP at its URL)."""
+def fleet_target(member: Member, settings: RouterSettings,
+                 served: ServedModel | None = None) -> Target:
+    """The target for a worker that joined the fleet (reached over HTTP at its URL), for
+    one model it hosts (default: the bundled ``digits``)."""
+    signature = served.signature if served else contract.SIGNATURE
+    confidence = served.confidence_output if served else contract.OUTPUT_PROBABILITIES
+    estimator = target_estimator(settings, member.name, member.tier, member.quality,
+                                 member.concurrency)
+    estimator.bytes_per_row = bytes_per_row(signature)
     return make_target(member.name, member.tier, member.quality, member.link,
-                       HttpTransport(member.name, member.url), member.url,
-                       target_estimator(settings, member.name, member.tier, member.quality,
-                                        member.concurrency))
+                       HttpTransport(member.name, member.url, signature=signature,
+                                     confidence_output=confidence), member.url,
+                       estimator, trial=blank_batch(signature))
+
+
+def fleet_syncs(models: ModelServices, read: Callable[[], Awaitable[list[dict[str, Any]]]],
+                settings: RouterSettings) -> list[FleetSync]:
+    """One fleet sync per model: ``read()`` gives the live members; each becomes a target
+    of the models it hosts (:func:`router.fleet.hosting`)."""
+    first = models.first.model.name
+
+    def sync(served: ModelService) -> FleetSync:
+        async def members() -> list[dict[str, Any]]:
+            return hosting(await read(), served.model.name, first)
+
+        return FleetSync(members, served.service,
+                         lambda member: fleet_target(member, settings, served.model),
+                         interval_s=settings.fleet_sync_interval_ms / 1000)
+
+    return [sync(m) for m in models]
 
 
 def build_targets(config: StackConfig, cloud: DeploymentHandle,

@@ -80,6 +80,8 @@ def _fleet_agent(args: argparse.Namespace) -> Any:
         "concurrency": args.concurrency,
         "link": {"base_ms": args.link_base_ms, "jitter_ms": args.link_jitter_ms},
     }
+    if args.models_json:
+        member["models"] = [m["name"] for m in json.loads(args.models_json)]
     return lambda ready: FleetAgent(args.join, token, args.name, member,
                                     interval_s=args.heartbeat_interval_s, ready=ready)
 
