@@ -237,11 +237,18 @@ class StackConfig(Frozen):
 
     @classmethod
     def load(cls, path: Path | None) -> StackConfig:
-        """Read a YAML file; ``None`` gives the embedded default."""
+        """Read a YAML file; ``None`` gives the embedded default. Relative model paths are
+        read from the file's directory."""
         if path is None:
             return cls()
         document = yaml.safe_load(Path(path).read_text()) or {}
-        return cls.model_validate(document)
+        config = cls.model_validate(document)
+        base = Path(path).resolve().parent
+        models = [m.model_copy(update={
+            key: base / value for key in ("edge_model", "cloud_model")
+            if (value := getattr(m, key)) is not None and not value.is_absolute()})
+            for m in config.models]
+        return config.model_copy(update={"models": models})
 
 
 DEFAULT_CONFIG_PATH = Path("infra/stack.yaml")

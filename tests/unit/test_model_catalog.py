@@ -150,3 +150,14 @@ def test_targets_are_built_per_model_and_an_external_server_joins_its_own(
     with pytest.raises(ValueError, match="not in models"):
         StackConfig.model_validate({"external": [
             {"name": "triton", "url": "http://127.0.0.1:9", "model": "sensor"}]})
+
+
+def test_relative_model_paths_are_read_from_the_config_files_directory(
+        tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    (tmp_path / "onnx").mkdir()
+    for p in pair:
+        shutil.copy(p, tmp_path / "onnx" / p.name)
+    config = config_of(tmp_path, [{"name": "sensor", "edge_model": "onnx/small.onnx",
+                                   "cloud_model": "onnx/large.onnx"}])
+    assert config.models[0].edge_model == tmp_path.resolve() / "onnx" / "small.onnx"
+    assert resolve(config)["sensor"].edge_path == tmp_path.resolve() / "onnx" / "small.onnx"
