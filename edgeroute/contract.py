@@ -1,7 +1,9 @@
-"""The served model's contract: one name, one input, two outputs, checked the same everywhere.
+"""The bundled ``digits`` model's contract, checked the same everywhere.
 
 Model ``digits``: input ``input`` FP32 [N, 64] on scikit-learn's digits pixel
 scale (0..16); outputs ``probabilities`` FP32 [N, 10] and ``label`` INT64 [N].
+:data:`SIGNATURE` states it in the generic form every model has
+(:mod:`edgeroute.signature`); :data:`INPUT_RANGE` is its per-model input range.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgeroute.oip import InferRequest, OIPError, Tensor
+from edgeroute.signature import Signature, TensorSpec
 
 MODEL_NAME = "digits"
 INPUT_NAME = "input"
@@ -20,6 +23,13 @@ PIXEL_MAX = 16.0
 OUTPUT_PROBABILITIES = "probabilities"
 OUTPUT_LABEL = "label"
 DEFAULT_MAX_BATCH = 256
+INPUT_RANGE = (0.0, PIXEL_MAX)
+SIGNATURE = Signature(
+    MODEL_NAME,
+    inputs=(TensorSpec(INPUT_NAME, "FP32", (-1, FEATURES)),),
+    outputs=(TensorSpec(OUTPUT_PROBABILITIES, "FP32", (-1, CLASSES)),
+             TensorSpec(OUTPUT_LABEL, "INT64", (-1,))),
+)
 
 
 def check_model_name(name: str) -> None:

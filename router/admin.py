@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import Request
@@ -27,6 +27,8 @@ from edgeroute.config import LinkProfile
 from edgeroute.http import error_response
 from edgeroute.oip import OIPError
 from router.estimator import TargetEstimator
+from router.fleet_actor import FleetSync
+from router.models import ModelServices
 from router.policy_keeper import PolicyKeeper
 from router.service import RoutingService
 from router.targets import Target
@@ -75,30 +77,39 @@ def without_policy(keeper: PolicyKeeper) -> Response | None:
         f"({'; '.join(rejected.reasons)[:300]})", status=503), {"retry-after": "5"})
 
 
-async def set_link(service: RoutingService, name: str, request: Request,
+async def set_link(models: ModelServices, name: str, request: Request,
                    replica: str) -> Response:
-    """Replace fields of a target's emulated link with the JSON object in the body."""
-    target = service.targets.get(name)
-    if target is None:
+    """Replace fields of a target's emulated link with the JSON object in the body; the
+    link is the target's, whichever model a call runs."""
+    targets = [t for service in models.with_target(name)
+               if (t := service.targets.get(name)) is not None]
+    if not targets:
         return error_response(OIPError(f"unknown target '{name}'", status=404))
     try:
         changes = await request.json()
         if not isinstance(changes, dict):
             raise ValueError("body must be a JSON object")
-        profile = LinkProfile.model_validate({**target.link.profile.model_dump(), **changes})
+        profile = LinkProfile.model_validate({**targets[0].link.profile.model_dump(), **changes})
     except (ValueError, ValidationError) as exc:
         return error_response(OIPError(f"invalid link settings: {exc}"))
-    target.link.profile = profile
+    for target in targets:
+        target.link.profile = profile
     log.info("link of %s set to %s", name, profile.model_dump())
     return JSONResponse({"target": name, "link_emulation": profile.model_dump(),
                          "replica": replica})
 
 
-def target_action(service: RoutingService, name: str, action: str,
+def target_action(services: Sequence[RoutingService], name: str, action: str,
                   fresh: Callable[[Target], TargetEstimator], replica: str) -> Response:
     """``drain`` (no new request goes to the target; calls in flight finish), ``undrain``,
     or ``reset`` (forget its estimates and breaker history, as for a worker that joined
-    anew)."""
+    anew), in the service of every model that has the target; the first one answers."""
+    answers = [_target_action(service, name, action, fresh, replica) for service in services]
+    return answers[0]
+
+
+def _target_action(service: RoutingService, name: str, action: str,
+                   fresh: Callable[[Target], TargetEstimator], replica: str) -> Response:
     try:
         if action in ("drain", "undrain"):
             service.drain(name, drained=action == "drain")
@@ -118,20 +129,24 @@ def target_action(service: RoutingService, name: str, action: str,
                          "in_flight": service.executor.limits.per_target.get(name, 0)})
 
 
-def remove_target(service: RoutingService, name: str, *, cloud: str, fleet: set[str],
-                  replica: str) -> tuple[Response, Target | None]:
-    """Take a configured edge or external target out of this replica: no new decision uses
-    it, calls in flight finish (the caller closes its connections once idle). The cloud
-    deployment belongs to the Serve application, and a fleet member leaves by itself."""
+def remove_target(models: ModelServices, syncs: Sequence[FleetSync], name: str, *,
+                  cloud: str, replica: str) -> Response:
+    """Take a configured edge or external target out of this replica, for every model: no
+    new decision uses it, calls in flight finish (its fleet sync closes its connections
+    once idle). The cloud deployment belongs to the Serve application, and a fleet member
+    leaves by itself."""
     if name == cloud:
         return error_response(OIPError(
-            f"'{name}' is the cloud deployment of the Serve application", status=409)), None
-    if name in fleet:
+            f"'{name}' is the cloud deployment of the Serve application", status=409))
+    if any(name in sync.members for sync in syncs):
         return error_response(OIPError(
             f"'{name}' is a fleet member: it leaves when it stops (DELETE /v1/fleet/{name})",
-            status=409)), None
-    target = service.remove_target(name)
-    if target is None:
-        return error_response(OIPError(f"unknown target '{name}'", status=404)), None
+            status=409))
+    removed = [(sync, target) for served, sync in zip(models, syncs, strict=True)
+               if (target := served.service.remove_target(name)) is not None]
+    if not removed:
+        return error_response(OIPError(f"unknown target '{name}'", status=404))
+    for sync, target in removed:
+        sync.retired.append(target)
     log.info("target %s removed", name)
-    return JSONResponse({"target": name, "removed": True, "replica": replica}), target
+    return JSONResponse({"target": name, "removed": True, "replica": replica})

@@ -1,4 +1,4 @@
-"""The router: a Ray Serve ingress deployment speaking OIP v2 for model ``digits``.
+"""The router: a Ray Serve ingress deployment speaking OIP v2 for every configured model.
 
 HTTP glue only: parsing is the codec's (:mod:`edgeroute.oip`), who the caller
 is and which policy applies is :mod:`router.tenancy`'s, routing is
@@ -31,7 +31,6 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from cloud.deployment import CloudModel
-from edgeroute import contract
 from edgeroute.config import StackConfig
 from edgeroute.http import (
     InferGZip,
@@ -41,6 +40,7 @@ from edgeroute.http import (
     oip_exception_handlers,
     read_body,
 )
+from edgeroute.models.catalog import resolve as resolve_models
 from edgeroute.oip import (
     InferRequest,
     InferResponse,
@@ -49,10 +49,10 @@ from edgeroute.oip import (
     decode_request,
     select_outputs,
 )
-from edgeroute.oipstats import InferenceStats
+from edgeroute.signature import check_inputs
 from router import admin
 from router.admin import bearer_ok, refuse_non_admin
-from router.build import build_targets, fleet_target, target_estimator
+from router.build import build_targets, fleet_syncs, target_estimator
 from router.cache import directives
 from router.context import (
     REQUEST_ID_HEADER,
@@ -64,8 +64,10 @@ from router.decision import RequestQuality
 from router.errors import ROUTER_ERRORS, error_reply
 from router.estimator import TargetEstimator
 from router.fleet import Member
-from router.fleet_actor import FleetClient, FleetSync, RegistryUnavailable
+from router.fleet_actor import FleetClient, RegistryUnavailable
+from router.lag import LoopLag
 from router.metrics import RequestTally, RouterMetrics, ServeFactory
+from router.models import ModelServices
 from router.oip_routes import OIPRoutes, routes
 from router.openapi import INFER_OPENAPI
 from router.policy_keeper import PolicyKeeper
@@ -114,25 +116,37 @@ def request_options(
 @serve.deployment(name="router", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 @serve.ingress(app)
 class Router(OIPRoutes, StatusPage):
-    def __init__(self, config: dict[str, Any], cloud: DeploymentHandle) -> None:
+    def __init__(self, config: dict[str, Any],
+                 clouds: dict[str, DeploymentHandle] | DeploymentHandle) -> None:
         self.config = StackConfig.model_validate(config)
         self.settings = self.config.router
-        self.service = RoutingService(build_targets(self.config, cloud),
-                                      metrics=RouterMetrics(ServeFactory()),
-                                      min_attempt_ms=self.settings.min_attempt_ms)
+        served = resolve_models(self.config)
+        handles = clouds if isinstance(clouds, dict) else {next(iter(served)): clouds}
+        metrics, lag = RouterMetrics(ServeFactory()), LoopLag()
+        self.models = ModelServices([(model, RoutingService(
+            build_targets(self.config, handles[name], model), metrics=metrics,
+            min_attempt_ms=self.settings.min_attempt_ms, lag=lag))
+            for name, model in served.items()])
+        self.service = self.models.first.service
+        """The first model's service: the status page and the edge fleet use it."""
         self.policies = PolicyKeeper()
-        self.inference_stats = InferenceStats(contract.MODEL_NAME, contract.MODEL_VERSION)
-        self.static_targets = frozenset(t.name for t in self.service.targets)
+        self.inference_stats = self.models.first.stats
+        self.static_targets = frozenset(t.name for m in self.models for t in m.service.targets)
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.admin_token = self.settings.admin_token or os.environ.get("EDGEROUTE_ADMIN_TOKEN")
         self.fleet_token = self.settings.fleet_token or os.environ.get("EDGEROUTE_FLEET_TOKEN")
         self.ops_token = self.settings.ops_token or os.environ.get("EDGEROUTE_OPS_TOKEN")
         self.fleet = FleetClient(max_members=self.settings.fleet_max_members)
-        self.fleet_sync = FleetSync(
-            lambda: self.fleet.members(self.settings.fleet_ttl_ms / 1000), self.service,
-            lambda member: fleet_target(member, self.settings),
-            interval_s=self.settings.fleet_sync_interval_ms / 1000)
+        self.fleet_syncs = fleet_syncs(
+            self.models, lambda: self.fleet.members(self.settings.fleet_ttl_ms / 1000),
+            self.settings)
+        """One per model: a worker becomes a target of each model it says it hosts."""
+        self.fleet_sync = self.fleet_syncs[0]
         self._background: list[asyncio.Task[None]] = []
+
+    async def _sync_fleet(self) -> None:
+        for sync in self.fleet_syncs:
+            await sync.sync_once()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve calls this with the deployment's ``user_config``: swap the policy atomically.
@@ -145,7 +159,7 @@ class Router(OIPRoutes, StatusPage):
             log.error("policy rejected, the policy in force stays: %s",
                       self.policies.view()["rejected"])
             return
-        self.service.apply_policy(policy)
+        self.models.apply_policy(policy)
         log.info("policy %s in force", self.policies.view()["sha256"])
 
     def _ensure_background(self) -> None:
@@ -153,23 +167,27 @@ class Router(OIPRoutes, StatusPage):
             for task in self._background:
                 task.cancel()
             loop = asyncio.get_running_loop()
-            self._background = [loop.create_task(self.service.targets.run_probes()),
+            self._background = [*(loop.create_task(m.service.targets.run_probes())
+                                  for m in self.models),
                                 loop.create_task(self._watch_replicas()),
-                                loop.create_task(self.fleet_sync.run()),
+                                *(loop.create_task(s.run()) for s in self.fleet_syncs),
                                 loop.create_task(self.service.lag.run())]
 
     async def _watch_replicas(self) -> None:
-        """Running cloud replicas, read from Serve every few seconds (a bounded rate)."""
+        """Running cloud replicas of each model, read from Serve every few seconds (a bounded
+        rate)."""
         name = self.config.cloud.name
         last = time.monotonic()
         while True:
             try:
                 status = await asyncio.to_thread(serve.status)
-                deployment = status.applications["edgeroute"].deployments[name]
-                running = sum(n for state, n in deployment.replica_states.items()
-                              if state == "RUNNING")
+                deployments = status.applications["edgeroute"].deployments
                 now = time.monotonic()
-                self.service.observe_replicas(name, running, now - last)
+                for model in self.models:
+                    deployment = deployments[self.config.cloud_deployment(model.model.name)]
+                    running = sum(n for state, n in deployment.replica_states.items()
+                                  if state == "RUNNING")
+                    model.service.observe_replicas(name, running, now - last)
                 last = now
             except Exception as exc:  # status is advisory: never let it stop routing
                 log.warning("could not read replica counts: %s", exc)
@@ -186,7 +204,7 @@ class Router(OIPRoutes, StatusPage):
     async def ready(self) -> Response:
         """Ready once some target has answered: the router can serve something."""
         self._ensure_background()
-        is_ready = any(t.estimator.observed for t in self.service.targets)
+        is_ready = any(t.estimator.observed for m in self.models for t in m.service.targets)
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
     @app.post("/v2/models/{model}/infer", openapi_extra=INFER_OPENAPI)
@@ -206,38 +224,37 @@ class Router(OIPRoutes, StatusPage):
             if (refused := admin.without_policy(self.policies)) is not None:
                 tally.status = refused.status_code
                 return refused
-            contract.check_model_name(model)
+            served = self.models.get(model)
             check_content_type(request.headers)
             body = await read_body(request, self.settings.max_body_bytes)
             oip_request = decode_request(body, request.headers)
-            x = contract.input_batch(oip_request, self.settings.max_batch)
+            x = check_inputs(oip_request, served.model.signature, self.settings.max_batch,
+                             served.model.input_range)
             caller = resolve(self.service.policy, request.headers.get("authorization"),
                              oip_request.parameters.get("policy"))
             tally.policy = caller.policy_name
             deadline_ms, quality, explain = request_options(
                 oip_request, caller.policy.default_deadline_ms, self.settings.max_deadline_ms
             )
-            routed = await self.service.route(
+            routed = await served.service.route(
                 x, deadline_ms=deadline_ms, received=received, quality=quality, caller=caller,
-                model=model, cache=directives(request.headers.get("cache-control")))
+                model=served.model.name, cache=directives(request.headers.get("cache-control")))
             tally.tier = routed.metric_tier
             reply = routed.reply
-            outputs = select_outputs(
-                oip_request, contract.output_tensors(reply.probabilities, reply.labels)
-            )
+            outputs = select_outputs(oip_request, reply.outputs)
         except ROUTER_ERRORS as error:
             if isinstance(error, Shed):
                 self.service.metrics.shed.record(1, {"reason": error.scope})
             refusal = error_reply(error)
             tally.status = refusal.status_code
-            self.inference_stats.failure(time.monotonic() - received)
+            stats = self.models.by_name.get(model, self.models.first).stats
+            stats.failure(time.monotonic() - received)
             return refusal
-        self.inference_stats.success(time.monotonic() - received, len(x),
-                                     target=routed.target_name,
+        served.stats.success(time.monotonic() - received, len(x), target=routed.target_name,
                                      model_version=reply.model_version)
         parameters = routed.parameters(caller, deadline_ms, explain)
         parameters["router_replica"] = self.replica
-        response = InferResponse(contract.MODEL_NAME, outputs, reply.model_version,
+        response = InferResponse(served.model.name, outputs, reply.model_version,
                                  oip_request.id or rid, parameters)
         return infer_response(response, binary_set(oip_request, outputs))
 
@@ -258,38 +275,40 @@ class Router(OIPRoutes, StatusPage):
     async def list_targets(self, request: Request) -> Response:
         self._ensure_background()
         refused = refuse_non_admin(request, self.admin_token, self.ops_token, view=True)
-        return refused or JSONResponse({**self.service.snapshot(), "replica": self.replica,
+        return refused or JSONResponse({**self.models.snapshot(), "replica": self.replica,
                                         "policy": admin.policy_summary(self.policies)})
 
     @app.post("/v1/targets/{name}/{action}")
     async def target_action(self, name: str, action: str, request: Request) -> Response:
-        """Drain, undrain or reset one target (admin token required)."""
+        """Drain, undrain or reset one target, for every model it serves (admin token
+        required)."""
         refused = refuse_non_admin(request, self.admin_token, self.ops_token)
-        return refused or admin.target_action(self.service, name, action, self._fresh,
-                                              self.replica)
+        return refused or admin.target_action(self.models.with_target(name) or [self.service],
+                                              name, action, self._fresh, self.replica)
 
     def _fresh(self, target: Target) -> TargetEstimator:
-        return target_estimator(self.config.router, target.name, target.tier, target.quality,
-                                target.estimator.settings.concurrency)
+        fresh = target_estimator(self.config.router, target.name, target.tier, target.quality,
+                                 target.estimator.settings.concurrency)
+        fresh.bytes_per_row = target.estimator.bytes_per_row
+        return fresh
 
     @app.put("/v1/links/{name}")
     async def set_link(self, name: str, request: Request) -> Response:
-        """Replace fields of a target's emulated link (admin token required)."""
+        """Replace fields of a target's emulated link (admin token required); the link is
+        the target's, whichever model a call runs."""
         refused = refuse_non_admin(request, self.admin_token, self.ops_token)
-        return refused or await admin.set_link(self.service, name, request, self.replica)
+        return refused or await admin.set_link(self.models, name, request, self.replica)
 
     @app.delete("/v1/targets/{name}")
     async def remove_target(self, name: str, request: Request) -> Response:
-        """Take a configured edge or external target out of this replica (admin token); its
-        name may then join the fleet (``edgeroute reload`` replacing a worker)."""
+        """Take a configured edge or external target out of this replica, for every model
+        (admin token); its name may then join the fleet (``edgeroute reload``)."""
         refused = refuse_non_admin(request, self.admin_token, self.ops_token)
         if refused:
             return refused
-        answer, target = admin.remove_target(self.service, name, cloud=self.config.cloud.name,
-                                             fleet=set(self.fleet_sync.members),
-                                             replica=self.replica)
-        if target is not None:
-            self.fleet_sync.retired.append(target)
+        answer = admin.remove_target(self.models, self.fleet_syncs, name,
+                                     cloud=self.config.cloud.name, replica=self.replica)
+        if answer.status_code == 200:
             self.static_targets = self.static_targets - {name}
         return answer
 
@@ -311,7 +330,7 @@ class Router(OIPRoutes, StatusPage):
         try:
             outcome = await self.fleet.heartbeat(member)
             if outcome == "joined":
-                await self.fleet_sync.sync_once()
+                await self._sync_fleet()
         except RegistryUnavailable as exc:
             return error_response(OIPError(str(exc), status=503), {"retry-after": "1"})
         if outcome == "full":
@@ -327,7 +346,7 @@ class Router(OIPRoutes, StatusPage):
             return error_response(OIPError("fleet token required", status=401))
         try:
             left = await self.fleet.leave(name)
-            await self.fleet_sync.sync_once()
+            await self._sync_fleet()
         except RegistryUnavailable as exc:
             return error_response(OIPError(str(exc), status=503), {"retry-after": "1"})
         if not left:
@@ -350,22 +369,31 @@ def app_builder(args: dict[str, Any]) -> Any:
 
 
 def build_app(config: StackConfig) -> Any:
-    """The Serve application: the router ingress bound to the cloud model deployment."""
+    """The Serve application: the router ingress bound to one cloud deployment per model.
+
+    One deployment per model (not Serve's model multiplexing): each model's replicas scale
+    on that model's own load, its batches hold rows of one signature only, and the router's
+    estimate of a cloud call is of one model's replicas."""
     cloud_cfg = config.cloud
     scaling = cloud_cfg.autoscaling.model_dump(exclude_none=True)
-    cloud = CloudModel.options(
-        name=cloud_cfg.name,
-        autoscaling_config=scaling,
-        ray_actor_options={"num_cpus": cloud_cfg.num_cpus, "num_gpus": cloud_cfg.num_gpus,
-                           "resources": cloud_cfg.resources},
-        max_ongoing_requests=max(cloud_cfg.max_batch_size * 4, 16),
-    ).bind(
-        model=cloud_cfg.model,
-        threads=cloud_cfg.threads,
-        use_gpu=cloud_cfg.num_gpus > 0,
-        max_batch_size=cloud_cfg.max_batch_size,
-        batch_wait_timeout_ms=cloud_cfg.batch_wait_timeout_ms,
-    )
+    clouds = {}
+    for entry in config.models:
+        model = (cloud_cfg.model if entry.name == "digits" and entry.bundled
+                 else f"bundle:{entry.name}" if entry.bundled else str(entry.cloud_model))
+        clouds[entry.name] = CloudModel.options(
+            name=config.cloud_deployment(entry.name),
+            autoscaling_config=scaling,
+            ray_actor_options={"num_cpus": cloud_cfg.num_cpus, "num_gpus": cloud_cfg.num_gpus,
+                               "resources": cloud_cfg.resources},
+            max_ongoing_requests=max(cloud_cfg.max_batch_size * 4, 16),
+        ).bind(
+            model=model,
+            threads=cloud_cfg.threads,
+            use_gpu=cloud_cfg.num_gpus > 0,
+            max_batch_size=cloud_cfg.max_batch_size,
+            batch_wait_timeout_ms=cloud_cfg.batch_wait_timeout_ms,
+            sha256=entry.cloud_sha256,
+        )
     return Router.options(num_replicas=config.router.num_replicas).bind(
-        config.model_dump(mode="json"), cloud
+        config.model_dump(mode="json"), clouds
     )

@@ -40,6 +40,7 @@ import numpy as np
 from cachetools import TTLCache
 
 from edgeroute.config import Quality
+from edgeroute.signature import Batch
 from router.policy import CacheSettings
 from router.served import NotServed
 from router.tenancy import Caller
@@ -58,10 +59,13 @@ CACHE_TIER = "cache"
 """The ``tier`` label of a request answered with a reused answer (Prometheus, status page)."""
 
 
-def cache_key(model: str, quality: str, x: np.ndarray) -> CacheKey:
+def cache_key(model: str, quality: str, x: Batch) -> CacheKey:
+    """The model, the quality class and a digest of every input tensor's name, datatype,
+    shape and bytes."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{x.dtype.str}{x.shape}".encode())
-    digest.update(np.ascontiguousarray(x).data)
+    for tensor in x.tensors:
+        digest.update(f"{tensor.name}{tensor.data.dtype.str}{tensor.data.shape}".encode())
+        digest.update(np.ascontiguousarray(tensor.data).data)
     return (model, quality, digest.digest())
 
 
@@ -101,8 +105,7 @@ class Entry:
 
     @property
     def nbytes(self) -> int:
-        return (self.reply.probabilities.nbytes + self.reply.labels.nbytes
-                + ENTRY_OVERHEAD_BYTES)
+        return sum(t.data.nbytes for t in self.reply.outputs) + ENTRY_OVERHEAD_BYTES
 
 
 @dataclass(frozen=True)
@@ -232,7 +235,7 @@ class ResponseCache:
         if self._on_outcome is not None:
             self._on_outcome(outcome)
 
-    async def answer(self, model: str, quality: str, x: np.ndarray, *, deadline_at: float,
+    async def answer(self, model: str, quality: str, x: Batch, *, deadline_at: float,
                      directives: Directives,
                      compute: Callable[[], Awaitable[tuple[R, Entry]]]) -> R | Reused:
         """The request's answer: reused when the cache or a flight has it, else what

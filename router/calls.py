@@ -53,6 +53,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from edgeroute.signature import Batch
 from router.admission import InFlightLimits
 from router.breaker import Permit
 from router.lag import LoopLag, late
@@ -136,7 +137,7 @@ class Caller:
         """The router's own delay (worst loop lag) since ``since``, in ms."""
         return self._lag.max_since(since) * 1000 if self._lag is not None else 0.0
 
-    def launch(self, claim: Claim, x: np.ndarray, timeout_s: float, plan: Plan, *,
+    def launch(self, claim: Claim, x: Batch, timeout_s: float, plan: Plan, *,
                not_after: float | None = None,
                on_sent: Callable[[], None] | None = None) -> asyncio.Task[Answer]:
         """Start a call of ``plan`` as its own task; the target counts it in flight from now
@@ -148,7 +149,7 @@ class Caller:
         task.add_done_callback(flight.settle)
         return task
 
-    async def _call(self, flight: _Flight, x: np.ndarray, timeout_s: float,
+    async def _call(self, flight: _Flight, x: Batch, timeout_s: float,
                     not_after: float | None, on_sent: Callable[[], None] | None) -> Answer:
         flight.started = True
         claim = flight.claim

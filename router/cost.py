@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 BYTES_PER_ROW = 64 * 4 + 10 * 4 + 8
-"""Wire bytes of one row in and out (input pixels, probabilities, label) in binary form."""
+"""Wire bytes of one row in and out in binary form for the bundled digits model (input
+pixels, probabilities, label); another model's come from its signature or its tensors."""
 
 MS_PER_HOUR = 3_600_000.0
 
@@ -40,17 +41,19 @@ class ProvisionedPrices(Protocol):
 
 
 def marginal_cost_usd(
-    prices: MarginalPrices, rows: int, service_ms: float, batch_rows: int
+    prices: MarginalPrices, rows: int, service_ms: float, batch_rows: int,
+    bytes_per_row: float = BYTES_PER_ROW,
 ) -> float:
     """What serving ``rows`` rows adds to the bill when the batch they run in (``batch_rows``
-    rows, at least ``rows``) takes ``service_ms`` of compute.
+    rows, at least ``rows``) takes ``service_ms`` of compute; egress is charged on
+    ``bytes_per_row`` wire bytes (in and out) per row.
 
     Compute is charged by this request's share of the batch; provisioned hours are left to
     the :class:`Ledger`.
     """
     share = rows / max(batch_rows, rows, 1)
     compute = prices.usd_per_compute_hour * (service_ms / MS_PER_HOUR) * share
-    egress = prices.usd_per_gb_egress * rows * BYTES_PER_ROW / 1e9
+    egress = prices.usd_per_gb_egress * rows * bytes_per_row / 1e9
     return compute + prices.usd_per_request + prices.usd_per_inference * rows + egress
 
 

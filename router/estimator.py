@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edgeroute.config import Quality, Tier
-from router.cost import MarginalPrices, marginal_cost_usd
+from router.cost import BYTES_PER_ROW, MarginalPrices, marginal_cost_usd
 from router.distribution import Distribution
 from router.latency import DEFAULT_SETTINGS, EstimatorSettings, LatencyModel
 from router.sketches import WindowedHistogram, WindowedSketch
@@ -113,6 +113,8 @@ class TargetEstimator:
     ) -> None:
         self.name, self.tier, self.quality = name, tier, quality
         self.settings = settings
+        self.bytes_per_row: float = BYTES_PER_ROW
+        """Wire bytes per row in and out of the model this target runs (its signature's)."""
         self.latency_ewma = Ewma(weight)
         """Observed latency, exponentially weighted: the ``least-latency`` baseline's input,
         read by nothing else."""
@@ -331,7 +333,8 @@ class TargetEstimator:
 
     def cost_usd(self, rows: int, prices: MarginalPrices) -> float:
         batch = max(float(rows), self.latency.typical_rows())
-        return marginal_cost_usd(prices, rows, self.latency.service_ms(rows), math.ceil(batch))
+        return marginal_cost_usd(prices, rows, self.latency.service_ms(rows), math.ceil(batch),
+                                 self.bytes_per_row)
 
     def view(self, rows: int, allowed: bool, prices: MarginalPrices) -> TargetView:
         """Everything the decision needs of this target for a request of ``rows`` rows."""

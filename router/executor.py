@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 from tenacity import AsyncRetrying, RetryCallState
 
+from edgeroute.signature import Batch
 from router.admission import InFlightLimits
 from router.breaker import Breakers
 from router.budget import RetryBudget
@@ -76,7 +77,7 @@ SATURATED = "at its in-flight bound"
 @dataclass
 class _Request:
     plan: Plan
-    x: np.ndarray
+    x: Batch
     deadline_at: float
     started: float
     chain: tuple[str, ...]
@@ -170,7 +171,7 @@ class Executor:
     def snapshot(self) -> dict[str, Any]:
         return {"retry_budget": self.budget.snapshot(), "admission": self.limits.snapshot()}
 
-    async def run(self, plan: Plan, x: np.ndarray, deadline_at: float,
+    async def run(self, plan: Plan, x: Batch, deadline_at: float,
                   on_sent: Callable[[], None] | None = None) -> Served:
         """Serve ``x`` by ``deadline_at`` (this clock) by ``plan``; ``on_sent``: a call went."""
         if not self.limits.try_enter():

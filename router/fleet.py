@@ -38,6 +38,8 @@ class Member(Frozen):
     """Requests the worker runs at once (the router's queueing estimate uses it)."""
     link: LinkProfile = LinkProfile()
     """Emulated link for local experiments; leave it out on a real network."""
+    models: list[str] | None = Field(None, max_length=256)
+    """The models the worker hosts; none: the router's first model only."""
 
     @field_validator("url")
     @classmethod
@@ -46,6 +48,13 @@ class Member(Frozen):
         if scheme not in ("http", "https") or not rest or any(c.isspace() for c in url):
             raise ValueError("url must be an http:// or https:// URL")
         return url.rstrip("/")
+
+
+def hosting(documents: list[dict[str, Any]], model: str, first: str) -> list[dict[str, Any]]:
+    """The member documents of the workers that host ``model``: those that list it, and
+    those that list nothing when it is the router's first model."""
+    return [d for d in documents
+            if (model in d["models"] if d.get("models") is not None else model == first)]
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,8 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 
-import numpy as np
-
 from edgeroute.config import LinkProfile
+from edgeroute.signature import Batch
 from router.transport import Reply, TargetTimeout, TargetUnavailable, Transport
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -61,7 +60,7 @@ class LinkedTransport:
         await self._sleep(rtt / 2)
         return rtt / 2
 
-    async def infer(self, x: np.ndarray, timeout_s: float) -> Reply:
+    async def infer(self, x: Batch, timeout_s: float) -> Reply:
         back = await self._cross(timeout_s)
         reply = await self.inner.infer(x, max(timeout_s - 2 * back, 1e-3))
         await self._sleep(back)

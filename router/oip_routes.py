@@ -5,8 +5,9 @@ and configuration, as Triton's clients call them.
 Serve binds the routes of :data:`routes` to the replica's instance. Each model route
 exists unversioned (``/v2/models/{m}/...``) and versioned
 (``/v2/models/{m}/versions/{v}/...``); a version no target serves is a 404 in OIP form.
-A model version is the contract's (``1``); the artifacts each target reported
-(``1-<digest>``) are in the metadata's ``parameters``.
+A model version is the signature's (``1``); the artifacts each target reported
+(``1-<digest>``) are in the metadata's ``parameters``. Metadata and configuration come
+from each model's signature; ``POST /v2/repository/index`` lists every model.
 """
 
 from __future__ import annotations
@@ -20,9 +21,15 @@ from edgeroute import contract
 from edgeroute.config import RouterSettings
 from edgeroute.http import error_response
 from edgeroute.oip import OIPError
-from edgeroute.oipstats import InferenceStats
+from edgeroute.signature import (
+    SIGNATURE_VERSION,
+    check_version,
+    model_config,
+    repository_index,
+)
+from edgeroute.signature import metadata as signature_metadata
+from router.models import ModelService, ModelServices
 from router.openapi import INFER_OPENAPI
-from router.service import RoutingService
 
 EXTENSIONS = ["binary_tensor_data", "parameters", "statistics", "model_configuration"]
 """The OIP/Triton extensions the router serves (listed in its server metadata)."""
@@ -32,34 +39,37 @@ routes = APIRouter()
 
 
 class OIPRoutes:
-    service: RoutingService
+    models: ModelServices
     settings: RouterSettings
-    inference_stats: InferenceStats
 
     async def infer(self, model: str, request: Request) -> Response:
         raise NotImplementedError
 
-    def version_targets(self) -> dict[str, list[str]]:
+    @staticmethod
+    def version_targets(served: ModelService) -> dict[str, list[str]]:
         """Model version -> the targets serving it: as each last reported, else the
-        contract's version (a target that has not answered yet serves the contract)."""
-        reported = self.inference_stats.target_versions
-        served: dict[str, list[str]] = {}
-        for target in sorted(t.name for t in self.service.targets):
-            version = contract.version_of(reported.get(target, contract.MODEL_VERSION))
-            served.setdefault(version, []).append(target)
+        signature's version (a target that has not answered yet serves the signature)."""
+        reported = served.stats.target_versions
+        versions: dict[str, list[str]] = {}
+        for target in sorted(t.name for t in served.service.targets):
+            version = contract.version_of(reported.get(target, SIGNATURE_VERSION))
+            versions.setdefault(version, []).append(target)
+        return versions
+
+    def check(self, model: str, version: str | None) -> ModelService:
+        served = self.models.get(model)
+        if version is not None:
+            check_version(model, version, set(self.version_targets(served)))
         return served
 
-    def check(self, model: str, version: str | None) -> None:
-        contract.check_model_name(model)
-        if version is not None:
-            contract.check_version(version, set(self.version_targets()))
-
-    def metadata(self) -> dict[str, Any]:
-        served = self.version_targets()
-        reported = self.inference_stats.target_versions
-        return contract.model_metadata(sorted(served), platform="edgeroute", parameters={
-            "version_targets": served,
-            "target_model_versions": {t: reported[t] for t in sorted(reported)}})
+    def metadata(self, served: ModelService) -> dict[str, Any]:
+        versions = self.version_targets(served)
+        reported = served.stats.target_versions
+        return signature_metadata(served.model.signature, sorted(versions),
+                                  platform="edgeroute", parameters={
+                                      "version_targets": versions,
+                                      "target_model_versions": {
+                                          t: reported[t] for t in sorted(reported)}})
 
     @routes.get("/v2")
     async def server_metadata(self) -> dict[str, Any]:
@@ -67,17 +77,22 @@ class OIPRoutes:
 
     @routes.get("/v2/models/stats")
     async def all_statistics(self) -> Response:
-        """Triton's statistics of every model (one here): ``GET /v2/models/stats``."""
-        return JSONResponse(self.inference_stats.model_stats())
+        """Triton's statistics of every model: ``GET /v2/models/stats``."""
+        return JSONResponse(self.models.all_stats())
+
+    @routes.post("/v2/repository/index")
+    async def model_index(self) -> Response:
+        """Every model this router serves, as Triton and KServe list them."""
+        return JSONResponse(repository_index(self.models.names()))
 
     @routes.get("/v2/models/{model}")
     @routes.get(VERSIONED)
     async def model_metadata(self, model: str, version: str | None = None) -> Response:
         try:
-            self.check(model, version)
+            served = self.check(model, version)
         except OIPError as error:
             return error_response(error)
-        return JSONResponse(self.metadata())
+        return JSONResponse(self.metadata(served))
 
     @routes.get("/v2/models/{model}/ready")
     @routes.get(f"{VERSIONED}/ready")
@@ -93,7 +108,7 @@ class OIPRoutes:
         try:
             self.check(model, version)
         except OIPError as error:
-            self.inference_stats.failure(0.0)
+            self.models.first.stats.failure(0.0)
             return error_response(error)
         return await self.infer(model, request)
 
@@ -102,16 +117,17 @@ class OIPRoutes:
     async def model_statistics(self, model: str, version: str | None = None) -> Response:
         """Triton's statistics extension; counts are this replica's since it started."""
         try:
-            self.check(model, version)
+            served = self.check(model, version)
         except OIPError as error:
             return error_response(error)
-        return JSONResponse(self.inference_stats.model_stats())
+        return JSONResponse(served.stats.model_stats())
 
     @routes.get("/v2/models/{model}/config")
     @routes.get(f"{VERSIONED}/config")
     async def model_configuration(self, model: str, version: str | None = None) -> Response:
         try:
-            self.check(model, version)
+            served = self.check(model, version)
         except OIPError as error:
             return error_response(error)
-        return JSONResponse(contract.model_config(self.settings.max_batch, platform="edgeroute"))
+        return JSONResponse(model_config(served.model.signature, self.settings.max_batch,
+                                         platform="edgeroute"))

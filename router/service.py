@@ -16,9 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from edgeroute.contract import MODEL_NAME
+from edgeroute.signature import Batch
 from router.activity import Activity, Outcome
 from router.admission import DeadlineAdmission
 from router.breaker import Breakers, Transition
@@ -110,14 +109,16 @@ class RoutingService:
         min_attempt_ms: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        lag: LoopLag | None = None,
     ) -> None:
         self.targets = targets
         self.metrics = metrics
         self.policy = PolicyDocument()
         self.breakers = Breakers(self.policy.breaker, on_transition=self._transition, clock=clock)
         targets.breakers = self.breakers
-        self.lag = LoopLag(clock=clock)
-        """The replica's own lateness: run :meth:`LoopLag.run` on its event loop."""
+        self.lag = lag or LoopLag(clock=clock)
+        """The replica's own lateness: run :meth:`LoopLag.run` on its event loop (one per
+        replica, shared by the service of each model)."""
         targets.lag = self.lag
         self.executor = Executor(
             targets, retry=self.policy.retry, admission=self.policy.admission,
@@ -243,7 +244,7 @@ class RoutingService:
                    f"other {target.quality} models were set aside, shown as breaker open, and "
                    f"the plan it displaced is its fallback): {explored.reason}")
 
-    async def route(self, x: np.ndarray, *, deadline_ms: float, received: float,
+    async def route(self, x: Batch, *, deadline_ms: float, received: float,
                     quality: RequestQuality, caller: Caller, model: str = MODEL_NAME,
                     cache: Directives = USE_CACHE) -> Routed | Reused:
         """Serve one request, from the response cache (:mod:`router.cache`) when it may;
@@ -280,7 +281,7 @@ class RoutingService:
                              upstream_ms=routed.served.upstream_ms)
         return routed
 
-    async def _route(self, x: np.ndarray, *, deadline_ms: float, received: float,
+    async def _route(self, x: Batch, *, deadline_ms: float, received: float,
                      quality: RequestQuality, caller: Caller) -> Routed:
         """The request itself: admission, decision, execution, accounting.
 
@@ -299,7 +300,9 @@ class RoutingService:
             ticket.done()
         target = served.target
         prices = self.policy.prices.for_target(target.name, target.tier)
-        cost = marginal_cost_usd(prices, len(x), served.reply.server_ms, served.reply.batch_rows)
+        wire_bytes = x.nbytes + sum(t.data.nbytes for t in served.reply.outputs)
+        cost = marginal_cost_usd(prices, len(x), served.reply.server_ms, served.reply.batch_rows,
+                                 wire_bytes / max(len(x), 1))
         self.ledger.add(target.name, cost)
         self.metrics.served(target.name, target.tier, cost)
         self.metrics.upstream.record(served.upstream_ms, {"target": target.name,

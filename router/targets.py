@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-import numpy as np
-
+from edgeroute import contract
 from edgeroute.config import LinkProfile, Quality, Tier
+from edgeroute.signature import Batch, blank_batch
 from router.breaker import Breakers
 from router.estimator import TargetEstimator
 from router.lag import LoopLag, late
@@ -24,7 +24,8 @@ from router.transport import TargetError, TargetTimeout, Transport
 from router.view import TargetView
 
 PROBE_TIMEOUT_S = 1.0
-TRIAL_ROW = np.zeros((1, 64), dtype=np.float32)
+TRIAL_ROW = blank_batch(contract.SIGNATURE)
+"""The trial call's input for the bundled model; a target of another model has its own."""
 MAINTAIN_S = 0.1
 """How often estimates are rebuilt off the request path (they are due every 0.25 s)."""
 
@@ -48,6 +49,8 @@ class Target:
     scales_to_zero: bool = False
     """A deployment that may have no replica: it is probed only while replicas are known to
     run (a probe would otherwise wake it, and a GPU node with it)."""
+    trial: Batch = TRIAL_ROW
+    """A blank row of the target's model: what the prober's trial call sends."""
 
     @property
     def link(self) -> Link:
@@ -88,10 +91,11 @@ def make_target(
     address: str,
     estimator: TargetEstimator,
     scales_to_zero: bool = False,
+    trial: Batch = TRIAL_ROW,
 ) -> Target:
     seeded = Link(link, rng=random.Random(zlib.crc32(name.encode())))
     return Target(name, tier, quality, LinkedTransport(transport, seeded), estimator, address,
-                  scales_to_zero)
+                  scales_to_zero, trial)
 
 
 class TargetSet:
@@ -190,7 +194,7 @@ class TargetSet:
             return
         started = self._clock()
         try:
-            await asyncio.wait_for(target.transport.infer(TRIAL_ROW, PROBE_TIMEOUT_S),
+            await asyncio.wait_for(target.transport.infer(target.trial, PROBE_TIMEOUT_S),
                                    PROBE_TIMEOUT_S)
         except (TargetError, asyncio.TimeoutError) as exc:
             permit.failure(f"trial: {_reason(exc)}")

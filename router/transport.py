@@ -1,8 +1,9 @@
 """One async seam for every target: edge workers and external OIP servers over httpx,
 the cloud deployment over a Ray Serve ``DeploymentHandle``.
 
-A transport sends a float32 [N, 64] batch and returns a :class:`Reply`, or
-raises a :class:`TargetError`. Foreign exceptions (httpx's, Ray's, timeouts)
+A transport sends one model's validated :class:`~edgeroute.signature.Batch` and
+returns a :class:`Reply` carrying the model's own outputs, or raises a
+:class:`TargetError`. Foreign exceptions (httpx's, Ray's, timeouts)
 are translated here and nowhere else:
 
 * ``TargetError`` — the target did not answer usefully; ``retryable`` says
@@ -29,19 +30,40 @@ import numpy as np
 from edgeroute import contract
 from edgeroute.http import parse_server_timing
 from edgeroute.oip import InferRequest, OIPError, Tensor, decode_response, encode_request
+from edgeroute.signature import Batch, Signature
 from router.context import DEADLINE_HEADER, REQUEST_ID_HEADER, request_id
+
+_NO_CONFIDENCE = np.zeros((0, 0), dtype=np.float32)
 
 
 @dataclass(frozen=True)
 class Reply:
-    probabilities: np.ndarray
-    labels: np.ndarray
+    outputs: tuple[Tensor, ...]
+    """Every output of the model, in its signature's order."""
     model_version: str
     server_ms: float
     """Compute time the server reports for the batch this request ran in."""
     queue_ms: float
     """Time the server reports this request waited before its batch started."""
     batch_rows: int
+    confidence_output: str | None = None
+    """The output holding class probabilities (the cascade reads it), if the model has one."""
+
+    def output(self, name: str) -> np.ndarray:
+        return next(t.data for t in self.outputs if t.name == name)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """The confidence output [N, C]; an empty [0, 0] array for a model without one (so
+        no answer is ever taken for unsure)."""
+        if self.confidence_output is None:
+            return _NO_CONFIDENCE
+        return self.output(self.confidence_output)
+
+
+def model_outputs(signature: Signature, outputs: dict[str, np.ndarray]) -> tuple[Tensor, ...]:
+    """The signature's outputs from a target's answer; a missing one is a ``KeyError``."""
+    return tuple(Tensor(s.name, np.asarray(outputs[s.name])) for s in signature.outputs)
 
 
 class TargetError(Exception):
@@ -70,7 +92,7 @@ class TargetRejected(TargetError):
 class Transport(Protocol):
     name: str
 
-    async def infer(self, x: np.ndarray, timeout_s: float) -> Reply: ...
+    async def infer(self, x: Batch, timeout_s: float) -> Reply: ...
 
     async def probe(self, timeout_s: float) -> None:
         """Raise a ``TargetError`` unless the target answers its readiness check in time."""
@@ -86,22 +108,25 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 class HttpTransport:
-    """An OIP v2 server over a pooled keep-alive httpx client, tensors in binary form."""
+    """One model of an OIP v2 server over a pooled keep-alive httpx client, tensors in
+    binary form."""
 
-    def __init__(self, name: str, url: str, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, name: str, url: str, client: httpx.AsyncClient | None = None, *,
+                 signature: Signature = contract.SIGNATURE,
+                 confidence_output: str | None = contract.OUTPUT_PROBABILITIES) -> None:
         self.name = name
         self.url = url.rstrip("/")
+        self.signature = signature
+        self.confidence_output = confidence_output
         self._client = client or httpx.AsyncClient(
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
             timeout=httpx.Timeout(30.0),
             headers={"accept-encoding": "identity"},  # binary tensors: not worth gzip's CPU
         )
-        self._infer_url = f"{self.url}/v2/models/{contract.MODEL_NAME}/infer"
+        self._infer_url = f"{self.url}/v2/models/{signature.name}/infer"
 
-    async def infer(self, x: np.ndarray, timeout_s: float) -> Reply:
-        request = InferRequest(
-            inputs=(Tensor(contract.INPUT_NAME, x),), binary_output_default=True
-        )
+    async def infer(self, x: Batch, timeout_s: float) -> Reply:
+        request = InferRequest(inputs=x.tensors, binary_output_default=True)
         body, headers = encode_request(request, binary=True)
         headers[DEADLINE_HEADER] = str(max(int(timeout_s * 1000), 1))
         rid = request_id.get()
@@ -111,19 +136,17 @@ class HttpTransport:
                                     headers=headers)
         try:
             decoded = decode_response(response.content, response.headers)
-            outputs = {t.name: t.data for t in decoded.outputs}
-            probabilities = outputs[contract.OUTPUT_PROBABILITIES]
-            labels = outputs[contract.OUTPUT_LABEL]
+            outputs = model_outputs(self.signature, {t.name: t.data for t in decoded.outputs})
         except (OIPError, KeyError) as exc:
             raise TargetRejected(self.name, f"malformed response: {exc}") from None
         timing = parse_server_timing(response.headers.get("server-timing"))
         return Reply(
-            probabilities=probabilities,
-            labels=labels,
+            outputs=outputs,
             model_version=decoded.model_version or "unknown",
             server_ms=timing.get("infer", 0.0),
             queue_ms=timing.get("queue", 0.0),
             batch_rows=len(x),
+            confidence_output=self.confidence_output,
         )
 
     async def probe(self, timeout_s: float) -> None:
@@ -151,21 +174,29 @@ class HttpTransport:
 
 
 class HandleTransport:
-    """The cloud deployment through a Ray Serve ``DeploymentHandle``."""
+    """One model's cloud deployment through a Ray Serve ``DeploymentHandle``."""
 
-    def __init__(self, name: str, handle: Any) -> None:
+    def __init__(self, name: str, handle: Any, *, signature: Signature = contract.SIGNATURE,
+                 confidence_output: str | None = contract.OUTPUT_PROBABILITIES) -> None:
         self.name = name
         self._handle = handle
+        self.signature = signature
+        self.confidence_output = confidence_output
 
-    async def infer(self, x: np.ndarray, timeout_s: float) -> Reply:
-        result = await self._call(self._handle.infer, timeout_s, x)
+    async def infer(self, x: Batch, timeout_s: float) -> Reply:
+        result = await self._call(self._handle.infer, timeout_s,
+                                  {t.name: t.data for t in x.tensors})
+        try:
+            outputs = model_outputs(self.signature, result["outputs"])
+        except KeyError as exc:
+            raise TargetRejected(self.name, f"malformed response: no output {exc}") from None
         return Reply(
-            probabilities=result["probabilities"],
-            labels=result["labels"],
+            outputs=outputs,
             model_version=result["model_version"],
             server_ms=result["service_ms"],
             queue_ms=result["queue_ms"],
             batch_rows=result["batch_rows"],
+            confidence_output=self.confidence_output,
         )
 
     async def probe(self, timeout_s: float) -> None:

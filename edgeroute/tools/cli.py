@@ -31,6 +31,13 @@ def _models(args: argparse.Namespace) -> int:
     models = ensure_models(directory, progress=console.print, force=args.force)
     console.print(card_table(models))
     console.print(f"models in {models.directory}")
+    if directory is None:
+        from edgeroute.models.wine import ensure_wine
+        from edgeroute.tools.tables import wine_table
+
+        wine = ensure_wine(progress=console.print, force=args.force)
+        console.print(wine_table(wine))
+        console.print(f"wine models in {wine.directory}")
     return 0
 
 
@@ -43,9 +50,10 @@ def _edge(args: argparse.Namespace) -> int:
     path = Path(args.model)
     if not path.exists():
         path = model_path(args.model, ensure_models().directory)
+    hosted = json.loads(args.models_json) if args.models_json else None
     serve(str(path), host=args.host, port=args.port, name=args.name,
           concurrency=args.concurrency, max_queue=args.max_queue,
-          service_delay_ms=args.service_delay_ms, join=_fleet_agent(args))
+          service_delay_ms=args.service_delay_ms, join=_fleet_agent(args), hosted=hosted)
     return 0
 
 
@@ -70,11 +78,11 @@ def _fleet_agent(args: argparse.Namespace) -> Any:
         "tier": "edge",
         "quality": "large" if Path(args.model).name.startswith("teacher") else "small",
         "concurrency": args.concurrency,
-        "link": {"base_ms": args.link_base_ms, "jitter_ms": args.link_jitter_ms,
-                 "spike_probability": args.link_spike_probability,
-                 "spike_multiplier": args.link_spike_multiplier,
-                 "loss_probability": args.link_loss_probability},
+        "link": {field: getattr(args, f"link_{field}") for field in (
+            "base_ms", "jitter_ms", "spike_probability", "spike_multiplier", "loss_probability")},
     }
+    if args.models_json:
+        member["models"] = [m["name"] for m in json.loads(args.models_json)]
     return lambda ready: FleetAgent(args.join, token, args.name, member,
                                     interval_s=args.heartbeat_interval_s, ready=ready)
 
@@ -145,8 +153,12 @@ def _up(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, handler)
 
+    try:
+        stack = Stack(config, models, policy=policy, state_file=Path(args.state_file))
+    except StackError as exc:
+        print(f"edgeroute up: {exc}", file=sys.stderr)
+        return 1
     take_signals(interrupt)
-    stack = Stack(config, models, policy=policy, state_file=Path(args.state_file))
     path = _config_path(args)
     stack.config_file, stack.port_override = path and path.resolve(), args.port
     try:
@@ -285,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    models = sub.add_parser("models", help="build and inspect the digits models")
+    models = sub.add_parser("models", help="build and inspect the bundled models (digits, wine)")
     models_sub = models.add_subparsers(dest="action", required=True)
     build = models_sub.add_parser("build", help="build the models (cached; --force rebuilds)")
     build.add_argument("--dir", help="output directory (default: the model cache)")
@@ -295,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     edge = sub.add_parser("edge", help="run one edge worker (OIP v2 server)")
     edge.add_argument("--model", default="student-int8",
                       help="ONNX file, or a model name: student, student-int8, teacher")
+    edge.add_argument("--models-json", help="the models to host, a JSON list of "
+                      "{name, path, sha256, input_range} (the stack passes it); default: "
+                      "--model as digits")
     edge.add_argument("--host", default="127.0.0.1")
     edge.add_argument("--port", type=int, default=8101)
     edge.add_argument("--name", default="edge")
@@ -312,10 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="at most this long between heartbeats (the router may ask for less)")
     edge.add_argument("--link-base-ms", type=float, default=0.0,
                       help="emulated link the router applies to this worker (local tests)")
-    edge.add_argument("--link-jitter-ms", type=float, default=0.0)
-    edge.add_argument("--link-spike-probability", type=float, default=0.0)
-    edge.add_argument("--link-spike-multiplier", type=float, default=1.0)
-    edge.add_argument("--link-loss-probability", type=float, default=0.0)
+    for option, default in (("jitter-ms", 0.0), ("spike-probability", 0.0),
+                            ("spike-multiplier", 1.0), ("loss-probability", 0.0)):
+        edge.add_argument(f"--link-{option}", type=float, default=default)
     edge.set_defaults(func=_edge)
 
     up = sub.add_parser("up", help="start the local stack and serve until Ctrl-C")

@@ -3,7 +3,9 @@
 Builds the models if needed, starts the local stack, drives about a minute of
 open-loop load in phases (warm-up, steady, a burst, and a fault: one edge
 worker SIGKILLed, then restarted by the supervisor), prints a report per phase,
-writes it as JSON with a PNG plot, and stops everything.
+sends the held-out rows of the second bundled model (``wine``, another signature)
+through the same endpoint, writes it all as JSON with a PNG plot, and stops
+everything.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from rich.console import Console
 from edgeroute.config import StackConfig
 from edgeroute.dataset import digits_split
 from edgeroute.models.store import ensure_models
+from edgeroute.tools.demo_models import drive_wine, wine_report_table, with_wine
 from edgeroute.tools.figures import plot, render, rich_progress, summarize, write_json
 from edgeroute.tools.loadgen import LoadResult, run_load
 from edgeroute.tools.overhead import measure, overhead_table
@@ -88,7 +91,12 @@ def run_demo(config: StackConfig, policy: dict[str, Any], out_dir: Path,
         console = Console(width=150)
     models = ensure_models(progress=console.print)
     console.print(card_table(models))
-    stack = Stack(config, models, policy=policy, say=console.print)
+    config = with_wine(config)
+    try:
+        stack = Stack(config, models, policy=policy, say=console.print)
+    except StackError as exc:
+        console.print(f"[red]edgeroute demo: {exc}[/red]")
+        return 1
     try:
         stack.start()
         console.print(f"driving open-loop load at {stack.endpoint} "
@@ -97,6 +105,9 @@ def run_demo(config: StackConfig, policy: dict[str, Any], out_dir: Path,
         console.print(targets_table(httpx.get(
             f"{stack.endpoint}/v1/targets", timeout=10,
             headers=admin_headers({"admin_token": config.router.admin_token})).json()["targets"]))
+        console.print("the second model, wine: its held-out rows through the same endpoint ...")
+        wine = drive_wine(stack.endpoint)
+        console.print(wine_report_table(wine))
         console.print("measuring the router hop against direct calls ...")
         stack.wait_all_targets()
         overhead = _overhead(stack, 50 if quick else 150)
@@ -106,7 +117,7 @@ def run_demo(config: StackConfig, policy: dict[str, Any], out_dir: Path,
     finally:
         console.print("stopping the stack ...")
         stack.stop()
-    summary = {**summarize(result), "overhead": overhead}
+    summary = {**summarize(result), "overhead": overhead, "models": {"wine": wine}}
     render(summary, console)
     console.print(overhead_table(overhead))
     out_dir.mkdir(parents=True, exist_ok=True)

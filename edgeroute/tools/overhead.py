@@ -94,7 +94,7 @@ def measure(endpoint: str, token: str, rows: np.ndarray, *, edge_name: str, edge
                         headers=headers).raise_for_status()
 
         def cloud_direct(row: np.ndarray) -> None:
-            cloud_handle.infer.remote(row[None, :]).result(timeout_s=10)
+            cloud_handle.infer.remote({contract.INPUT_NAME: row[None, :]}).result(timeout_s=10)
 
         with zero_link(client, endpoint, token, edge_name):
             edge = _compare(edge_direct, lambda r: routed(r, deadline_ms=EDGE_DEADLINE_MS), rows,

@@ -44,13 +44,13 @@ def serve_config(config: StackConfig, policy: dict[str, Any]) -> dict[str, Any]:
                     "num_replicas": config.router.num_replicas,
                     "user_config": {"policy": policy},
                 },
-                {
-                    "name": cloud.name,
+                *({
+                    "name": config.cloud_deployment(model.name),
                     "autoscaling_config": cloud.autoscaling.model_dump(exclude_none=True),
                     "ray_actor_options": {"num_cpus": cloud.num_cpus,
                                           "num_gpus": cloud.num_gpus,
                                           "resources": cloud.resources},
-                },
+                } for model in config.models),
             ],
         }],
     }

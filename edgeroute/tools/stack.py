@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from edgeroute.config import EdgeWorker, StackConfig
+from edgeroute.models.catalog import ModelConfigError, pinned, resolve
 from edgeroute.models.store import ModelSet, model_path
 from edgeroute.tools.ingress import INGRESS_VARS, free_port, ingress_env, reap_haproxy
 from edgeroute.tools.procs import StackError, http_ok, port_free, wait_until
@@ -76,6 +77,11 @@ class Stack:
         log_dir: Path | None = None,
         say: Say = print,
     ) -> None:
+        try:
+            config = pinned(config)
+            self.served = resolve(config)
+        except ModelConfigError as exc:
+            raise StackError(str(exc)) from None
         self.config = config
         self.models = models
         self.policy = policy or PolicyDocument().model_dump(mode="json")
@@ -117,9 +123,12 @@ class Stack:
         from edgeroute.tools.reload import join_argv
 
         joins = join_argv(edge, self.endpoint) if edge.name in self.joined else []
+        student = model_path(edge.model, self.models.directory)
+        hosted = [m.edge_spec(student) for m in self.served.values()]
         return [
             sys.executable, "-m", "edgeroute", "edge",
-            "--model", str(model_path(edge.model, self.models.directory)),
+            "--model", str(student),
+            "--models-json", json.dumps(hosted, separators=(",", ":")),
             "--name", edge.name, "--host", edge.host, "--port", str(edge.port),
             "--concurrency", str(edge.concurrency), "--max-queue", str(edge.max_queue),
             "--service-delay-ms", str(edge.service_delay_ms), *joins,

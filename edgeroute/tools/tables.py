@@ -26,10 +26,22 @@ def card_table(models: ModelSet) -> Table:
     return table
 
 
+def wine_table(models: Any) -> Table:
+    """The bundled wine models' cards (held-out split of scikit-learn's wine data)."""
+    table = Table(title="wine models (held-out split of scikit-learn's wine)")
+    for column in ("model", "role", "accuracy", "parameters", "p50 b=1 ms", "version"):
+        table.add_column(column)
+    for path in (models.teacher, models.student):
+        card = load_card(path)
+        table.add_row(card.name, card.role, f"{card.heldout_accuracy:.2%}",
+                      f"{card.parameters:,}", f"{card.latency.p50_ms_batch1:.3f}", card.version)
+    return table
+
+
 def targets_table(targets: list[dict[str, Any]], replica: str | None = None) -> Table:
     seen_by = f" of replica {replica}" if replica else ""
     table = Table(title=f"targets (router's live view{seen_by})")
-    for column in ("target", "tier", "available", "breaker", "in flight", "network ms",
+    for column in ("model", "target", "tier", "available", "breaker", "in flight", "network ms",
                    "queue ms",
                    "service ms", "predicted ms", "unsure", "share", "ok", "failed",
                    "USD/request", "last error"):
@@ -38,7 +50,8 @@ def targets_table(targets: list[dict[str, Any]], replica: str | None = None) -> 
         e = t["estimates"]
         unsure = t.get("unsure_rate")
         table.add_row(
-            t["name"], t["tier"], "yes" if t.get("available", e["available"]) else "no",
+            t.get("model", "-"), t["name"], t["tier"],
+            "yes" if t.get("available", e["available"]) else "no",
             t.get("breaker", {}).get("state", "-") + (", DRAINED" if t.get("drained") else ""),
             str(t.get("in_flight", "-")),
             f"{e['network_ms']:.1f}", f"{e['queue_ms']:.2f}", f"{e['service_ms']:.2f}",

@@ -38,3 +38,7 @@ def test_quick_demo_reports_every_phase_and_stops_cleanly(tmp_path: Path, models
     assert report["overhead"]["edge"]["direct_ms"]["p50"] > 0
     assert report["overhead"]["cloud"]["direct_ms"]["p50"] > 0
     assert (out / "report.png").stat().st_size > 10_000
+    wine = report["models"]["wine"]
+    assert wine["default"]["failed"] == 0 and wine["default"]["accuracy"] >= 0.9
+    assert set(wine["quality=high"]["placement"]) == {"cloud"}
+    assert "second model: wine" in result.stdout

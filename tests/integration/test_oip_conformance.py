@@ -164,8 +164,9 @@ def test_errors_decode_with_their_messages(server: str) -> None:
         c.infer("digits", inputs(digits_split().x_test[:1]), model_version="7")
     assert unknown_version.value.status() == "404"
     assert "version '7'" in unknown_version.value.message()
+    assert [m["name"] for m in c.get_model_repository_index()] == ["digits"]
     with pytest.raises(InferenceServerException) as unknown_route:
-        c.get_model_repository_index()
+        c.load_model("digits")
     assert unknown_route.value.status() == "404"
     assert unknown_route.value.message() == "Not Found"
     with pytest.raises(InferenceServerException) as unserved_extension:

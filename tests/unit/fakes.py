@@ -19,6 +19,7 @@ from typing import TypeVar
 import numpy as np
 
 from edgeroute.config import LinkProfile, Quality, Tier
+from edgeroute.contract import OUTPUT_PROBABILITIES, output_tensors
 from router.breaker import Breakers
 from router.calls import OnAttempt
 from router.estimator import TargetEstimator
@@ -72,8 +73,8 @@ def reply_for(x: np.ndarray, *, server_ms: float = 1.0, queue_ms: float = 0.0,
     probabilities = np.full((rows, 10), (1.0 - confidence) / 9, dtype=np.float32)
     probabilities[:, label] = confidence
     return Reply(
-        probabilities=probabilities,
-        labels=np.full(rows, label, dtype=np.int64),
+        outputs=output_tensors(probabilities, np.full(rows, label, dtype=np.int64)),
+        confidence_output=OUTPUT_PROBABILITIES,
         model_version=version,
         server_ms=server_ms,
         queue_ms=queue_ms,

@@ -13,6 +13,7 @@ import ray.serve
 from edgeroute.config import RouterSettings, StackConfig
 from router.estimator import TargetEstimator
 from router.metrics import MemoryFactory, RouterMetrics
+from router.models import ModelServices
 from router.policy_keeper import PolicyKeeper
 from router.service import RoutingService
 from router.targets import TargetSet
@@ -35,7 +36,8 @@ def router(monkeypatch: pytest.MonkeyPatch) -> Any:
     instance.replica = "test"
     instance.admin_token, instance.ops_token = ADMIN, OPS
     instance.static_targets = frozenset({"edge-a", "edge-b"})
-    instance.fleet_sync = SimpleNamespace(members={}, retired=[])
+    instance.models = ModelServices.digits_only(instance.service)
+    instance.fleet_syncs = [SimpleNamespace(members={}, retired=[])]
     instance._fresh = lambda target: TargetEstimator(name=target.name)
     monkeypatch.setattr(ray.serve, "get_replica_context",
                         lambda: SimpleNamespace(servable_object=instance))
@@ -82,4 +84,4 @@ def test_a_removed_configured_target_may_join_the_fleet_under_its_name(router: A
     assert removed.json() == {"target": "edge-b", "removed": True, "replica": "test"}
     assert again.status_code == 404 and cloud.status_code == 409  # the Serve app's
     assert "edge-b" not in router.static_targets and router.service.targets.get("edge-b") is None
-    assert [t.name for t in router.fleet_sync.retired] == ["edge-b"]
+    assert [t.name for t in router.fleet_syncs[0].retired] == ["edge-b"]

@@ -15,15 +15,17 @@ import numpy as np
 import pytest
 
 from edgeroute.config import Quality
+from edgeroute.oip import Tensor
+from edgeroute.signature import Batch
 from router.cache import (
     USE_CACHE,
     Directives,
     Entry,
     ResponseCache,
     Reused,
-    cache_key,
     directives,
 )
+from router.cache import cache_key as batch_key
 from router.estimator import TargetEstimator
 from router.metrics import MemoryFactory, RouterMetrics
 from router.policy import CacheSettings, PolicyDocument, RoutingPolicy
@@ -51,6 +53,14 @@ def entry(target: str = "cloud", quality: Quality = "large", version: str = "v1"
           label: int = 7, cost_usd: float = 1e-6) -> Entry:
     return Entry(reply_for(X, label=label, version=version), target,
                  "cloud" if quality == "large" else "edge", quality, cost_usd)
+
+
+def batch(x: np.ndarray) -> Batch:
+    return Batch("digits", (Tensor("input", x),), len(x))
+
+
+def cache_key(model: str, quality: str, x: np.ndarray) -> tuple[str, str, bytes]:
+    return batch_key(model, quality, batch(x))
 
 
 def digits(i: int) -> np.ndarray:
@@ -163,7 +173,7 @@ class Upstream:
 
 def ask(cache: ResponseCache, upstream: Upstream, *, deadline_s: float = 5.0,
         quality: str = "any", how: Directives = USE_CACHE) -> Awaitable[object]:
-    return cache.answer("digits", quality, X, deadline_at=time.monotonic() + deadline_s,
+    return cache.answer("digits", quality, batch(X), deadline_at=time.monotonic() + deadline_s,
                         directives=how, compute=upstream)
 
 
@@ -292,7 +302,7 @@ def cached_service(*transports: tuple[FakeTransport, str, Quality]) -> tuple[
 def route(svc: RoutingService, quality: str = "any",
           how: Directives = USE_CACHE) -> Routed | Reused:
     async def main() -> Routed | Reused:
-        return await svc.route(X, deadline_ms=500.0, received=time.monotonic(),
+        return await svc.route(batch(X), deadline_ms=500.0, received=time.monotonic(),
                                quality=quality, caller=CALLER, cache=how)
 
     return run_async(main)
@@ -336,7 +346,8 @@ def test_fifty_identical_requests_through_the_service_make_one_upstream_call() -
         gate = asyncio.Event()
         edge = FakeTransport("edge-a", gated(gate))
         svc, _ = cached_service((edge, "edge", "small"))
-        tasks = [asyncio.create_task(svc.route(X, deadline_ms=500.0, received=time.monotonic(),
+        x = batch(X)
+        tasks = [asyncio.create_task(svc.route(x, deadline_ms=500.0, received=time.monotonic(),
                                                quality="any", caller=CALLER))
                  for _ in range(50)]
         for _ in range(5):

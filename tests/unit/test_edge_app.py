@@ -57,12 +57,13 @@ class GatedModel:
         self._gate = threading.Event()
         self.name = model.name
         self.version = model.version
+        self.signature = model.signature
         self.calls = 0
 
-    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.calls += 1
         assert self._gate.wait(timeout=30), "the test never released the model"
-        return self._model.predict(x)
+        return self._model.run(inputs)
 
     def release(self) -> None:
         self._gate.set()

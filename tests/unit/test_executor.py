@@ -69,7 +69,7 @@ def test_a_healthy_primary_serves_in_one_attempt() -> None:
     assert served.target is primary
     assert (served.attempts, served.retries) == (1, 0)
     assert not (served.fallback or served.hedged or served.hedge_won or served.escalated)
-    assert served.reply.labels.tolist() == [3, 3, 3]
+    assert served.reply.output("label").tolist() == [3, 3, 3]
     assert served.errors == ()
     assert 0 <= served.upstream_ms <= served.elapsed_ms
     assert fake_of(fallback).calls == 0
@@ -179,7 +179,7 @@ def test_a_hanging_primary_times_out_with_time_left_for_the_fallback() -> None:
     executor = executor_for(primary, fallback)
     served, elapsed = run(executor, plan_of("edge-a", "cloud", upper_ms=20.0), deadline_s=0.3)
     assert served.target is fallback
-    assert served.reply.labels.tolist() == [2, 2, 2]
+    assert served.reply.output("label").tolist() == [2, 2, 2]
     first = fake_of(primary).infer_timeouts[0]
     second = fake_of(fallback).infer_timeouts[0]
     assert 0.25 <= first <= 0.3 - 0.02, "the primary's timeout leaves the fallback its time"

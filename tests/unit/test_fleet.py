@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from edgeroute.config import StackConfig
+from edgeroute.config import RouterSettings, StackConfig
 from edgeroute.tools.serve_config import serve_config, without_tokens
 from router.fleet import FleetFull, FleetTable, Member, changes
 from router.fleet_actor import FleetSync, RegistryUnavailable
@@ -218,3 +218,15 @@ def test_tokens_leave_the_serve_config_for_the_environment() -> None:
     assert env == {"EDGEROUTE_ADMIN_TOKEN": "adm1n-secret",
                    "EDGEROUTE_FLEET_TOKEN": "fl33t-secret"}
     assert without_tokens(StackConfig())[1] == {}
+
+
+def test_a_worker_is_a_target_of_the_models_it_hosts() -> None:
+    from router.build import fleet_target
+    from router.fleet import hosting
+
+    documents = [{"name": "old", "models": None}, {"name": "both", "models": ["digits", "wine"]},
+                 {"name": "wine-only", "models": ["wine"]}]
+    assert [d["name"] for d in hosting(documents, "digits", "digits")] == ["old", "both"]
+    assert [d["name"] for d in hosting(documents, "wine", "digits")] == ["both", "wine-only"]
+    joined = Member(name="both", url="http://127.0.0.1:9", models=["digits", "wine"])
+    assert [t.name for t in fleet_target(joined, RouterSettings()).trial.tensors] == ["input"]

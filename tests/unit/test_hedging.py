@@ -48,7 +48,7 @@ def test_a_hanging_primary_is_served_by_the_hedge_and_cancelled() -> None:
     executor = executor_for(edge, cloud)
     served, elapsed = run(executor, plan_of("edge-a", hedge="cloud", hedge_delay_ms=20))
     assert served.target is cloud
-    assert served.reply.labels.tolist() == [4, 4]
+    assert served.reply.output("label").tolist() == [4, 4]
     assert served.hedged and served.hedge_won
     assert not served.fallback
     assert served.attempts == 2
@@ -120,7 +120,7 @@ def test_an_unsure_small_model_escalates_to_the_large_one() -> None:
     served, cloud = cascade(edge_confidence=0.6)
     assert served.escalated
     assert served.target.name == "cloud"
-    assert served.reply.labels.tolist() == [8, 8]
+    assert served.reply.output("label").tolist() == [8, 8]
     assert served.attempts == 2
     assert not served.fallback
     assert cloud.calls == 1
@@ -144,7 +144,7 @@ def test_a_failed_escalation_returns_the_small_models_answer() -> None:
     served, cloud = cascade(edge_confidence=0.6, cloud=FakeTransport("cloud", fail_with(refused)))
     assert not served.escalated
     assert served.target.name == "edge-a"
-    assert served.reply.labels.tolist() == [1, 1]
+    assert served.reply.output("label").tolist() == [1, 1]
     assert cloud.calls == 1
     assert "cloud: connection refused" in served.errors
 

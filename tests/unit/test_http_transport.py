@@ -18,7 +18,8 @@ from edgeroute.contract import output_tensors
 from edgeroute.dataset import Split, digits_split
 from edgeroute.models.runtime import OnnxModel
 from edgeroute.models.store import ModelSet
-from edgeroute.oip import InferResponse, decode_request, encode_response
+from edgeroute.oip import InferResponse, Tensor, decode_request, encode_response
+from edgeroute.signature import Batch
 from router.transport import (
     HttpTransport,
     Reply,
@@ -77,9 +78,13 @@ def over_mock(handler: Handler, main: Callable[[HttpTransport], Awaitable[T]]) -
     return run_async(run)
 
 
+def digits_batch(x: np.ndarray) -> Batch:
+    return Batch("digits", (Tensor("input", np.asarray(x, dtype=np.float32)),), len(x))
+
+
 def infer(x: np.ndarray, timeout_s: float = 5.0) -> Callable[[HttpTransport], Awaitable[Reply]]:
     async def main(transport: HttpTransport) -> Reply:
-        return await transport.infer(x, timeout_s)
+        return await transport.infer(digits_batch(x), timeout_s)
 
     return main
 
@@ -94,11 +99,11 @@ def test_infer_returns_the_workers_labels_and_timing(
     x, y = data.x_test[:64], data.y_test[:64]
     reply = over_edge(worker, infer(x))
     want_probabilities, want_labels = model.predict(x)
-    assert np.array_equal(reply.labels, want_labels)
+    assert np.array_equal(reply.output("label"), want_labels)
     assert reply.probabilities.dtype == np.float32
     assert reply.probabilities.shape == (64, 10)
     assert np.allclose(reply.probabilities, want_probabilities)
-    assert (reply.labels == y).mean() >= 0.9
+    assert (reply.output("label") == y).mean() >= 0.9
     assert reply.model_version == model.version
     assert reply.batch_rows == 64
     assert reply.server_ms > 0, "compute time comes from Server-Timing"
@@ -116,22 +121,22 @@ def test_a_full_admission_queue_is_unavailable_with_retry_after(
     gate = threading.Event()
 
     class Busy:
-        name, version = model.name, model.version
+        name, version, signature = model.name, model.version, model.signature
 
-        def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             assert gate.wait(timeout=30), "the test never released the model"
-            return model.predict(x)
+            return model.run(inputs)
 
     worker = EdgeWorker(Busy(), concurrency=1, max_queue=0)  # type: ignore[arg-type]
     x = data.x_test[:1]
 
     async def main(transport: HttpTransport) -> tuple[Reply, TargetUnavailable]:
-        first = asyncio.create_task(transport.infer(x, 5.0))
+        first = asyncio.create_task(transport.infer(digits_batch(x), 5.0))
         try:
             while worker.admission.running == 0:
                 await asyncio.sleep(0.001)
             with pytest.raises(TargetUnavailable) as caught:
-                await transport.infer(x, 5.0)
+                await transport.infer(digits_batch(x), 5.0)
         finally:
             gate.set()
         return await first, caught.value
@@ -141,7 +146,7 @@ def test_a_full_admission_queue_is_unavailable_with_retry_after(
     finally:
         gate.set()
         worker.close()
-    assert reply.labels.shape == (1,)
+    assert reply.output("label").shape == (1,)
     assert error.retry_after_s == 1.0
     assert error.retryable
     assert "503" in error.reason
@@ -273,7 +278,7 @@ def test_the_request_is_binary_oip_and_timing_is_optional() -> None:
     assert decoded.binary_output_default
     assert reply.model_version == "9"
     assert reply.server_ms == 0.0 and reply.queue_ms == 0.0
-    assert reply.labels.tolist() == [0, 0, 0]
+    assert reply.output("label").tolist() == [0, 0, 0]
 
 
 def test_server_timing_is_parsed_from_any_server() -> None:

@@ -38,7 +38,7 @@ def test_a_fixed_link_sleeps_half_the_round_trip_each_way() -> None:
     transport, inner, sleep = linked(LinkProfile(base_ms=10.0))
     reply = run_async(lambda: transport.infer(X, timeout_s=1.0))
     assert isinstance(reply, Reply)
-    assert reply.labels.tolist() == [7, 7]
+    assert reply.output("label").tolist() == [7, 7]
     assert sleep.calls == pytest.approx([0.005, 0.005])
     assert inner.infer_timeouts == pytest.approx([1.0 - 0.010]), "the link time is not the target's"
     assert transport.name == "edge-a"

@@ -14,6 +14,7 @@ from edgeroute import contract
 from edgeroute.http import content_encoding, inflate
 from edgeroute.oip import OIPError
 from edgeroute.oipstats import InferenceStats
+from router.models import ModelServices
 from router.oip_routes import OIPRoutes
 
 LIMIT = 1024
@@ -72,13 +73,14 @@ def test_statistics_count_per_model_and_target() -> None:
 
 def test_versions_come_from_what_targets_report() -> None:
     routes = OIPRoutes()
-    routes.service = SimpleNamespace(  # type: ignore[assignment]
+    service = SimpleNamespace(
         targets=[SimpleNamespace(name=n) for n in ("edge-b", "cloud", "edge-a")])
-    routes.inference_stats = InferenceStats("digits", "1")
-    assert routes.version_targets() == {"1": ["cloud", "edge-a", "edge-b"]}
-    routes.inference_stats.success(0.01, 1, target="cloud", model_version="2-new")
-    routes.inference_stats.success(0.01, 1, target="edge-a", model_version="1-old")
-    metadata = routes.metadata()
+    routes.models = ModelServices.digits_only(service)  # type: ignore[arg-type]
+    served = routes.models.get("digits")
+    assert routes.version_targets(served) == {"1": ["cloud", "edge-a", "edge-b"]}
+    served.stats.success(0.01, 1, target="cloud", model_version="2-new")
+    served.stats.success(0.01, 1, target="edge-a", model_version="1-old")
+    metadata = routes.metadata(served)
     assert metadata["versions"] == ["1", "2"]
     assert metadata["parameters"]["version_targets"] == {"1": ["edge-a", "edge-b"],
                                                          "2": ["cloud"]}

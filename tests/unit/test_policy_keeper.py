@@ -14,6 +14,7 @@ from starlette.requests import Request
 
 from router.admin import without_policy
 from router.app import Router
+from router.models import ModelServices
 from router.policy import PolicyDocument, Tenant, hash_key, policy_digest
 from router.policy_keeper import REDACTED, PolicyKeeper, raw_digest
 from tests.unit.fakes import FakeClock, FakeTransport
@@ -106,6 +107,7 @@ def router_without_ray() -> Any:
     router = object.__new__(Router.func_or_class)
     router.service, _ = service((FakeTransport("edge-a"), "edge", "small"),
                                 (FakeTransport("cloud"), "cloud", "large"))
+    router.models = ModelServices.digits_only(router.service)
     router.policies = PolicyKeeper()
     router.admin_token = TOKEN
     router.replica = "replica-1"

@@ -12,19 +12,24 @@ from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import httpx
+import numpy as np
 import pytest
 import ray.serve
 
 from edgeroute import contract
 from edgeroute.config import RouterSettings
-from edgeroute.oipstats import InferenceStats
+from edgeroute.models.catalog import ServedModel
+from edgeroute.oip import Tensor
+from edgeroute.signature import Signature, TensorSpec
 from router import app as router_app
 from router.estimator import TargetEstimator
 from router.metrics import MemoryFactory, RouterMetrics
+from router.models import ModelServices
 from router.oip_routes import OIPRoutes
 from router.policy_keeper import PolicyKeeper
 from router.service import RoutingService
 from router.targets import TargetSet
+from router.transport import Reply
 from tests.unit.fakes import FakeTransport, fake_target, run_async
 
 T = TypeVar("T")
@@ -57,8 +62,10 @@ def router(monkeypatch: pytest.MonkeyPatch) -> Any:
     instance.settings = RouterSettings()
     instance.service = RoutingService(targets, metrics=RouterMetrics(MemoryFactory()))
     instance.policies = PolicyKeeper()
-    instance.inference_stats = InferenceStats(contract.MODEL_NAME, contract.MODEL_VERSION)
+    instance.models = ModelServices.digits_only(instance.service)
+    instance.inference_stats = instance.models.first.stats
     instance.replica = "test"
+    instance.admin_token = instance.ops_token = None
     monkeypatch.setattr(ray.serve, "get_replica_context",
                         lambda: SimpleNamespace(servable_object=instance))
     return instance
@@ -134,3 +141,54 @@ def test_a_zip_bomb_is_a_413(router: Any) -> None:
 
     response = call(main)
     assert response.status_code == 413 and "decompressed" in response.json()["error"]
+
+
+async def sensor_answer(transport: FakeTransport, x: Any, timeout_s: float) -> Reply:
+    rows = len(x)
+    return Reply(outputs=(Tensor("scores", np.full((rows, 3), 1 / 3, np.float32)),
+                          Tensor("label", np.full(rows, 2, np.int64))),
+                 model_version="1-sensor", server_ms=1.0, queue_ms=0.0, batch_rows=rows,
+                 confidence_output="scores")
+
+
+def test_two_models_route_by_name_with_their_own_targets(router: Any) -> None:
+    signature = Signature("sensor", (TensorSpec("readings", "FP32", (-1, 13)),),
+                          (TensorSpec("scores", "FP32", (-1, 3)),
+                           TensorSpec("label", "INT64", (-1,))))
+    sensor = ServedModel("sensor", signature, None, None, "scores", None)
+    edge_a = FakeTransport("edge-a", sensor_answer)
+    service = RoutingService(TargetSet([fake_target(edge_a, estimator=TargetEstimator(
+        name="edge-a"))], probe_interval_s=1), metrics=RouterMetrics(MemoryFactory()))
+    router.models = ModelServices([(router.models.first.model, router.service),
+                                   (sensor, service)])
+    router.admin_token = "secret"
+
+    async def main(client: httpx.AsyncClient) -> dict[str, httpx.Response]:
+        readings = {"inputs": [{"name": "readings", "datatype": "FP32", "shape": [2, 13],
+                                "data": [0.5] * 26}], "outputs": [{"name": "label"}]}
+        return {
+            "sensor": await client.post("/v2/models/sensor/infer", json=readings),
+            "wrong": await client.post("/v2/models/digits/infer", json=readings),
+            "unknown": await client.post("/v2/models/nope/infer", json=readings),
+            "index": await client.post("/v2/repository/index"),
+            "meta": await client.get("/v2/models/sensor"),
+            "targets": await client.get("/v1/targets",
+                                        headers={"authorization": "Bearer secret"}),
+        }
+
+    got = call(main)
+    assert got["sensor"].status_code == 200, got["sensor"].text
+    answer = got["sensor"].json()
+    assert answer["model_name"] == "sensor"
+    assert answer["outputs"] == [{"name": "label", "datatype": "INT64", "shape": [2],
+                                  "data": [2, 2]}]
+    assert edge_a.calls == 1
+    assert got["wrong"].status_code == 400 and "takes input(s) input" in got["wrong"].json()[
+        "error"]
+    assert got["unknown"].status_code == 404
+    assert [m["name"] for m in got["index"].json()] == ["digits", "sensor"]
+    assert got["meta"].json()["outputs"][0] == {"name": "scores", "datatype": "FP32",
+                                                "shape": [-1, 3]}
+    targets = got["targets"].json()["targets"]
+    assert {(t["model"], t["name"]) for t in targets} == {
+        ("digits", "edge-a"), ("digits", "edge-b"), ("sensor", "edge-a")}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -259,21 +260,27 @@ def test_a_request_the_router_cannot_start_in_time_is_shed_before_any_call() -> 
 
 def test_a_removed_target_is_forgotten_drain_included() -> None:
     import json
+    from types import SimpleNamespace
 
     from router.admin import remove_target
+    from router.models import ModelServices
 
     svc, _ = service((FakeTransport("edge-a"), "edge", "small"),
                      (FakeTransport("edge-b"), "edge", "small"),
                      (FakeTransport("cloud"), "cloud", "large"))
+    models = ModelServices.digits_only(svc)
+    sync: Any = SimpleNamespace(members={}, retired=[])
     svc.drain("edge-a")
-    answer, gone = remove_target(svc, "edge-a", cloud="cloud", fleet=set(), replica="r1")
-    assert answer.status_code == 200 and gone is not None and gone.name == "edge-a"
+    answer = remove_target(models, [sync], "edge-a", cloud="cloud", replica="r1")
+    assert answer.status_code == 200 and [t.name for t in sync.retired] == ["edge-a"]
     assert json.loads(bytes(answer.body)) == {"target": "edge-a", "removed": True,
                                               "replica": "r1"}
     assert "edge-a" not in svc.drained and svc.targets.get("edge-a") is None
     assert {route(svc).served.target.name for _ in range(10)} <= {"edge-b", "cloud"}
-    for name, fleet, status in (("edge-a", set(), 404), ("cloud", set(), 409),
-                                ("edge-b", {"edge-b"}, 409)):
-        refused, kept = remove_target(svc, name, cloud="cloud", fleet=fleet, replica="r1")
-        assert (refused.status_code, kept) == (status, None), name
+    for name, members, status in (("edge-a", {}, 404), ("cloud", {}, 409),
+                                  ("edge-b", {"edge-b": None}, 409)):
+        sync.members = members
+        refused = remove_target(models, [sync], name, cloud="cloud", replica="r1")
+        assert refused.status_code == status, name
+    assert len(sync.retired) == 1
     assert svc.targets.get("edge-b") is not None and svc.targets.get("cloud") is not None
