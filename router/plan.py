@@ -61,20 +61,14 @@ class Plan:
 
         The deadline left, less ``following``'s upper time, a least attempt and the grace a
         timed-out call gets to finish cancelling, if that still gives the call its own
-        typical time; else the call's own upper time, past which it is overdue (the
-        target's failure, :meth:`overdue`), when that still leaves a least attempt after the
-        grace; else all of ``left_ms``. A call that runs past the cut is in the tail of its
-        own distribution or hung (a call to a lost Ray node hangs rather than fails): the
-        fallback, given the rest, is then the better bet. The decision plans fallbacks the
-        same way: a failure is known by the primary's upper time at the latest."""
+        typical time; else all of ``left_ms``. A call that runs past the cut is in the tail
+        of its own distribution or hung (a call to a lost Ray node hangs rather than
+        fails): the fallback, given its upper time, is then the better bet."""
         mine, then = self.timing.get(target), self.timing.get(following or "")
         if mine is None or then is None:
             return left_ms
         cut = left_ms - then.upper_ms - min_attempt_ms - grace_ms
-        if cut >= max(mine.typical_ms, min_attempt_ms):
-            return cut
-        overdue_ms = max(mine.upper_ms, min_attempt_ms)
-        return overdue_ms if left_ms - overdue_ms - grace_ms >= min_attempt_ms else left_ms
+        return cut if cut >= max(mine.typical_ms, min_attempt_ms) else left_ms
 
     def overdue(self, target: str, elapsed_ms: float) -> bool:
         """Whether a call to ``target`` that ran ``elapsed_ms`` unanswered is the target's
