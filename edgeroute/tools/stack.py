@@ -109,8 +109,8 @@ class Stack:
         """(monotonic time, edge name, new pid) of every restart the watchdog made."""
         self._ray_started = False
         self.haproxy_ports: tuple[int, int] | None = None
+        """HAProxy's statistics and metrics ports, on a Ray this stack started with it."""
         self._env_before: dict[str, str | None] = {}
-        """HAProxy's statistics and metrics ports, on a Ray this stack started."""
         self._wrote_state = False
         self._stopping = threading.Event()
         self._watchdog: threading.Thread | None = None
@@ -244,7 +244,8 @@ class Stack:
             for var in TOKEN_ENV.values():
                 os.environ.pop(var, None)
             os.environ.update(self.token_env)
-            self.haproxy_ports = (free_port(), free_port())
+            if self.config.ingress == "haproxy":
+                self.haproxy_ports = (free_port(), free_port())
             self._env_before = {k: os.environ.get(k) for k in INGRESS_VARS}
             os.environ.update(ingress_env(self.config, self.haproxy_ports))
         import ray
@@ -315,8 +316,7 @@ class Stack:
             "fleet_token": self.config.router.fleet_token,
             "ray_address": ray.get_runtime_context().gcs_address if self._ray_started else None,
             "ingress": self.config.ingress,
-            "haproxy_stats_port": self.haproxy_ports[0] if self.haproxy_ports and
-            self.config.ingress == "haproxy" else None,
+            "haproxy_stats_port": self.haproxy_ports[0] if self.haproxy_ports else None,
             "serve_config": self.serve_document,
             "control_dir": str(self.control_dir),
             "config_file": str(self.config_file) if self.config_file else None,
@@ -371,7 +371,7 @@ class Stack:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        if self.config.ingress == "haproxy" and self.haproxy_ports is not None:
+        if self.haproxy_ports is not None:
             reap_haproxy({self.config.port, *self.haproxy_ports})
 
     def __enter__(self) -> Stack:
