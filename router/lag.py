@@ -13,6 +13,7 @@ admission refuses what the router cannot start in time
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,10 @@ TICK_S = 0.005
 """How often :class:`LoopLag` asks to be woken."""
 LAG_SAMPLES = 512
 """Lag samples kept (at one per tick, a few seconds' worth: longer than any call)."""
+RECENT_SAMPLES = 3
+""":meth:`LoopLag.lag_s` reads the median of this many last samples: a lag that lasts, not
+one late wake (a descheduled process, a collection pause) that the next request will not
+meet."""
 LATE_MIN_MS = 5.0
 LATE_SHARE = 0.1
 """The router ran late during a call when its loop lag then reached both ``LATE_MIN_MS``
@@ -40,10 +45,11 @@ class LoopLag:
     """How late the event loop runs what is due, measured by a ticker that asks to be woken
     every ``interval_s`` and notes how late it woke (the lag every callback sees).
 
-    :meth:`lag_s` is the lag now: the last sample, or, while the ticker itself is overdue,
-    how overdue it is (a stalled loop cannot run the ticker, but a handler that does run can
-    see how long the ticker has waited). :meth:`max_since` is the worst lag since a moment:
-    the router's own delay over a call's lifetime.
+    :meth:`lag_s` is the lag now: the median of the last ``RECENT_SAMPLES`` samples, or,
+    while the ticker itself is overdue, how overdue it is (a stalled loop cannot run the
+    ticker, but a handler that does run can see how long the ticker has waited).
+    :meth:`max_since` is the worst lag since a moment: the router's own delay over a
+    call's lifetime.
     """
 
     def __init__(self, *, interval_s: float = TICK_S, clock: Clock = time.monotonic,
@@ -53,7 +59,6 @@ class LoopLag:
         self._sleep = sleep
         self._samples: deque[tuple[float, float]] = deque(maxlen=LAG_SAMPLES)
         self._due: float | None = None
-        self.last_s = 0.0
 
     def arm(self) -> float:
         """Expect the next wake ``interval_s`` from now; returns the time to sleep."""
@@ -66,14 +71,16 @@ class LoopLag:
         lag = max(now - self._due, 0.0) if self._due is not None else 0.0
         self._due = None
         self._samples.append((now, lag))
-        self.last_s = lag
         return lag
 
     def _overdue_s(self) -> float:
         return max(self._clock() - self._due, 0.0) if self._due is not None else 0.0
 
     def lag_s(self) -> float:
-        return max(self.last_s, self._overdue_s())
+        recent = sorted(lag for _, lag in itertools.islice(reversed(self._samples),
+                                                           RECENT_SAMPLES))
+        lasting = recent[(len(recent) - 1) // 2] if recent else 0.0
+        return max(lasting, self._overdue_s())
 
     def max_since(self, since: float) -> float:
         """The worst lag sampled after ``since``, or overdue now."""

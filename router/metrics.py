@@ -43,8 +43,11 @@ class Factory(Protocol):
 class _RayInstrument:
     def __init__(self, metric: Any, method: str) -> None:
         self._record = getattr(metric, method)
+        self._grows = method == "inc"
 
     def record(self, value: float, tags: dict[str, str]) -> None:
+        if self._grows and value <= 0:
+            return  # adding nothing to a counter (a free answer's cost); Ray refuses it
         self._record(value, tags=tags)
 
 

@@ -164,6 +164,18 @@ class Stack:
 
         wait_until(up, timeout_s, f"edge worker {name}")
 
+    def wait_edges_running(self, timeout_s: float = 60.0) -> None:
+        """Until every edge worker's process is alive and ready again; one that died is
+        restarted by the watchdog after ``edge_restart_delay_s`` (none when that is unset)."""
+        if self.config.edge_restart_delay_s is None:
+            return
+
+        def running() -> bool:
+            return all(self.edges[e.name].poll() is None
+                       and http_ok(f"{e.url}/v2/health/ready") for e in self.config.edges)
+
+        wait_until(running, timeout_s, "every edge worker to run again", 0.2)
+
     def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> int:
         """Signal an edge worker as an outside fault would; the watchdog restarts it."""
         process = self.edges[name]

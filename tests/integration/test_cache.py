@@ -9,9 +9,12 @@ Upstream calls are counted by the edge workers' own statistics.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import statistics
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,6 +28,7 @@ from tests.stackkit import RunningStack, running_stack, stack_config
 pytestmark = pytest.mark.integration
 
 PORT, EDGE_PORTS = 19700, (19701, 19702)
+DASHBOARD = Path(__file__).resolve().parents[2] / "infra/grafana/edgeroute.json"
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +132,25 @@ def test_fifty_identical_requests_at_once_make_one_upstream_call(stack: RunningS
     labels = {tuple(np.ravel(o["data"])) for r in responses for o in r.json()["outputs"]
               if o["name"] == "label"}
     assert len(labels) == 1
+
+
+def test_the_dashboards_cache_panels_have_series_once_the_cache_answers(
+        stack: RunningStack) -> None:
+    """Every series a cache panel of the Grafana dashboard reads is exported once the cache
+    has answered (the session stack, whose Prometheus checks the other panels, runs with
+    the cache off)."""
+    infer(stack, 300)
+    infer(stack, 300)
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    exprs = [t["expr"] for row in panels for p in [row, *row.get("panels", [])]
+             for t in p.get("targets", [])]
+    wanted = {name for expr in exprs for name in re.findall(r"ray_edgeroute_cache_\w+", expr)}
+    assert wanted, "the dashboard has no cache panel"
+    deadline = time.monotonic() + 30
+    while True:
+        scraped = httpx.get(stack.state["metrics_url"], timeout=10).text
+        exported = set(re.findall(r"^(ray_edgeroute_cache_\w+)\{", scraped, re.MULTILINE))
+        if wanted <= exported:
+            break
+        assert time.monotonic() < deadline, f"not exported: {sorted(wanted - exported)}"
+        time.sleep(1)

@@ -180,3 +180,24 @@ def test_the_status_routes_answer_the_page_and_guard_the_summary() -> None:
     body = summary.json()
     assert body["replica"] == "r1"
     assert body["totals"]["placements"] == {"edge-a": 1}
+
+
+def test_a_counter_given_nothing_to_add_is_left_as_is() -> None:
+    """Ray's counters refuse a non-positive increment; a free answer (zero cost, a price
+    book at zero) must not make the request fail on its metrics."""
+    from router.metrics import _RayInstrument
+
+    class RayCounter:
+        def __init__(self) -> None:
+            self.total = 0.0
+
+        def inc(self, value: float, tags: dict[str, str]) -> None:
+            if value <= 0:
+                raise ValueError(f"value must be >0, got {value}")
+            self.total += value
+
+    counter = RayCounter()
+    instrument = _RayInstrument(counter, "inc")
+    instrument.record(0.0, {})
+    instrument.record(2.5, {})
+    assert counter.total == 2.5

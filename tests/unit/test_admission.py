@@ -66,6 +66,26 @@ def test_the_loop_lag_is_how_late_the_ticker_wakes_or_is_overdue() -> None:
     assert lag.max_since(since - 0.2) == pytest.approx(0.1)
 
 
+def test_one_late_wake_is_not_a_lag_but_a_lasting_one_is() -> None:
+    """A single late wake (the process descheduled once) is not a delay the next request
+    meets: the lag is the median of the last samples, so one spike leaves it at zero and
+    two in a row raise it."""
+    clock = FakeClock()
+    lag = LoopLag(interval_s=0.005, clock=clock)
+
+    def tick(late_s: float) -> None:
+        lag.arm()
+        clock.advance(0.005 + late_s)
+        lag.woke()
+
+    tick(0.0)
+    tick(0.0)
+    tick(0.015)
+    assert lag.lag_s() == pytest.approx(0.0)
+    tick(0.015)
+    assert lag.lag_s() == pytest.approx(0.015)
+
+
 def test_an_idle_router_admits_a_request_and_plans_for_the_deadline_left() -> None:
     clock = FakeClock()
     gate = admission(clock)

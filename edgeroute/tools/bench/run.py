@@ -94,8 +94,8 @@ class Bench:
             chaos.set_link(self.state, fault.target, changes)
 
     def _restore(self) -> None:
-        """Undo every fault: resume hung workers, restore links, wait until the router sees
-        every target healthy, then settle."""
+        """Undo every fault: resume hung workers, restore links, wait until every killed edge
+        worker runs again and the router sees every target healthy, then settle."""
         assert self.stack is not None
         for edge in self.config.edges:
             with contextlib.suppress(ProcessLookupError, KeyError, StackError):
@@ -104,6 +104,7 @@ class Bench:
         for name, link in self.links.items():
             if current.get(name) != link:
                 chaos.set_link(self.state, name, link)
+        self.stack.wait_edges_running(RESTORE_TIMEOUT_S)
         self.stack.wait_all_targets(RESTORE_TIMEOUT_S)
         time.sleep(self.scenario.settle_s)
 
