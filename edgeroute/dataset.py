@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 TEST_SIZE = 0.25
 
@@ -28,6 +26,11 @@ class Split:
 
 
 def digits_split(seed: int = 0) -> Split:
+    # scikit-learn takes over a second to import: only what reads the data pays for it,
+    # not every CLI command.
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     x, y = load_digits(return_X_y=True)
     x_train, x_test, y_train, y_test = train_test_split(
         x, y, test_size=TEST_SIZE, random_state=seed, stratify=y
