@@ -42,7 +42,8 @@ PORT = 19900
 EDGE_PORTS = (19901, 19902)
 MLSERVER_PORTS = (19903, 19904, 19905)
 """MLServer's HTTP, gRPC and metrics ports."""
-MLSERVER = Path(__file__).resolve().parents[2] / ".venv-mlserver" / "bin" / "mlserver"
+MLSERVER_VENV = Path(__file__).resolve().parents[2] / ".venv-mlserver"
+MLSERVER = MLSERVER_VENV / "bin" / "mlserver"
 START_TIMEOUT_S = 90
 SKLEARN_OUTPUTS = {"probabilities": "predict_proba", "label": "predict"}
 RELAXED_MS = 2000.0
@@ -116,9 +117,9 @@ def model_repository(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLServerProcess]:
-    if not MLSERVER.exists():
-        pytest.skip(f"MLServer is not installed at {MLSERVER.parent.parent}: `make mlserver` "
-                    "installs it from the package index")
+    if not (MLSERVER_VENV / ".installed").exists():
+        pytest.skip(f"MLServer is not installed in {MLSERVER_VENV}: `make mlserver` installs "
+                    "it from the package index")
     server = MLServerProcess(model_repository(tmp_path_factory.mktemp("mlserver")))
     server.start()
     try:
