@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install system-deps models demo bench up test test-unit lint lock clean
+.PHONY: install system-deps mlserver models demo bench up test test-unit lint lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,23 @@ system-deps:
 	  || echo "system-deps: could not install$$missing; the tests that need them skip, saying so"; \
 	fi
 
+# MLServer, a third-party OIP server the integration tests route to, in a venv of its own:
+# its pins (fastapi) conflict with Ray Serve's. scikit-learn, numpy, scipy and joblib are
+# pinned to the main venv's versions, so a model pickled there loads here. The package
+# index or PIP_FIND_LINKS serve it; without either the MLServer test skips, saying so.
+MLSERVER_VENV  := .venv-mlserver
+MLSERVER_STAMP := $(MLSERVER_VENV)/.installed
+MLSERVER_PINS  := mlserver==1.7.1 mlserver-sklearn==1.7.1
+
+$(MLSERVER_STAMP): constraints.txt
+	@{ test -x $(MLSERVER_VENV)/bin/python || $(PYTHON) -m venv $(MLSERVER_VENV); } && \
+	grep -E '^(scikit-learn|numpy|scipy|joblib)==' constraints.txt > $(MLSERVER_VENV)/pins.txt && \
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet -c $(MLSERVER_VENV)/pins.txt \
+	  $(MLSERVER_PINS) && touch $(MLSERVER_STAMP) || \
+	echo "mlserver: could not install $(MLSERVER_PINS); tests/integration/test_mlserver.py skips"
+
+mlserver: $(MLSERVER_STAMP)
+
 models: install
 	$(BIN)/edgeroute models build
 
@@ -43,7 +60,7 @@ up: install
 	$(BIN)/edgeroute up
 
 # pytest exits 5 when it collected no test: make treats that as a failure too.
-test: install system-deps
+test: install system-deps mlserver
 	$(BIN)/python -m pytest
 
 test-unit: install
@@ -58,4 +75,4 @@ lock: install
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^edgeroute' > constraints.txt
 
 clean:
-	rm -rf $(VENV) out .edgeroute .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) $(MLSERVER_VENV) out .edgeroute .pytest_cache .ruff_cache .mypy_cache .hypothesis

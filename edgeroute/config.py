@@ -67,7 +67,24 @@ class ExternalTarget(Frozen):
     model: str | None = None
     """The model it serves (under the same name, ``/v2/models/{model}/infer``); none: the
     first of ``models``."""
+    binary: bool = True
+    """Send inputs and ask for outputs in Triton's binary tensor extension (Triton, KServe,
+    edgeroute's own workers); ``false``: JSON tensors only, for servers without the
+    extension (MLServer)."""
+    output_names: dict[str, str] = {}
+    """The server's name of each model output where it differs from the model's (MLServer's
+    scikit-learn runtime: ``{probabilities: predict_proba, label: predict}``). When given,
+    the router asks the server for every output by these names and renames the answers;
+    empty: the server names the outputs as the model does and answers all of them."""
     link: LinkProfile = LinkProfile()
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> ExternalTarget:
+        names = list(self.output_names.values())
+        if len(set(names)) != len(names):
+            raise ValueError(f"external target '{self.name}': output_names maps two outputs "
+                             f"to one server output ({', '.join(sorted(names))})")
+        return self
 
 
 BUNDLED_MODELS = ("digits", "wine")

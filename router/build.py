@@ -97,6 +97,8 @@ def build_targets(config: StackConfig, cloud: DeploymentHandle,
               if (x.model or config.models[0].name) == signature.name):
         targets.append(make_target(x.name, x.tier, x.quality, x.link,
                                    HttpTransport(x.name, x.url, signature=signature,
-                                                 confidence_output=confidence), x.url,
+                                                 confidence_output=confidence,
+                                                 binary=x.binary,
+                                                 output_names=x.output_names), x.url,
                                    estimator(x.name, x.tier, x.quality, 8), trial=trial))
     return TargetSet(targets, probe_interval_s=settings.probe_interval_ms / 1000)

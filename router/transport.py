@@ -21,6 +21,7 @@ whose node is gone does not fail, it hangs.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,8 +30,15 @@ import numpy as np
 
 from edgeroute import contract
 from edgeroute.http import parse_server_timing
-from edgeroute.oip import InferRequest, OIPError, Tensor, decode_response, encode_request
-from edgeroute.signature import Batch, Signature
+from edgeroute.oip import (
+    DATATYPES,
+    InferRequest,
+    OIPError,
+    Tensor,
+    decode_response,
+    encode_request,
+)
+from edgeroute.signature import Batch, Signature, TensorSpec
 from router.context import DEADLINE_HEADER, REQUEST_ID_HEADER, request_id
 
 _NO_CONFIDENCE = np.zeros((0, 0), dtype=np.float32)
@@ -64,6 +72,31 @@ class Reply:
 def model_outputs(signature: Signature, outputs: dict[str, np.ndarray]) -> tuple[Tensor, ...]:
     """The signature's outputs from a target's answer; a missing one is a ``KeyError``."""
     return tuple(Tensor(s.name, np.asarray(outputs[s.name])) for s in signature.outputs)
+
+
+def conform(spec: TensorSpec, data: np.ndarray, rows: int) -> np.ndarray:
+    """An output as the signature states it. A server may answer a column vector [N, 1]
+    for [N], or FP64 for FP32 (MLServer's scikit-learn runtime does both): the values are
+    reshaped when their count fits the signature's fixed shape, and converted within their
+    kind (float to float, integer to integer when every value fits). Anything else is a
+    ``ValueError`` naming what was expected."""
+    want = np.dtype(DATATYPES[spec.datatype])
+    expected = tuple(rows if i == 0 and d == -1 else d for i, d in enumerate(spec.shape))
+    fits = len(data.shape) == len(expected) and all(
+        d == -1 or d == got for d, got in zip(expected, data.shape, strict=True))
+    if not fits and -1 not in expected and data.size == int(np.prod(expected)):
+        data, fits = data.reshape(expected), True
+    if not fits:
+        raise ValueError(f"output '{spec.name}' has shape {list(data.shape)}, "
+                         f"the model's is {list(expected)}")
+    if data.dtype == want:
+        return data
+    same_kind = (data.dtype.kind == "f" and want.kind == "f") or (
+        data.dtype.kind in "iu" and want.kind in "iu")
+    converted = data.astype(want) if same_kind else None
+    if converted is None or (want.kind in "iu" and not np.array_equal(converted, data)):
+        raise ValueError(f"output '{spec.name}' is {data.dtype}, the model's is {spec.datatype}")
+    return converted
 
 
 class TargetError(Exception):
@@ -109,15 +142,28 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 class HttpTransport:
     """One model of an OIP v2 server over a pooled keep-alive httpx client, tensors in
-    binary form."""
+    binary form (``binary=False``: JSON tensors). ``output_names`` maps a model output to
+    the server's name for it: the request then names every output, by the server's names,
+    and the answers are renamed back. Answers are conformed to the signature
+    (:func:`conform`)."""
 
     def __init__(self, name: str, url: str, client: httpx.AsyncClient | None = None, *,
                  signature: Signature = contract.SIGNATURE,
-                 confidence_output: str | None = contract.OUTPUT_PROBABILITIES) -> None:
+                 confidence_output: str | None = contract.OUTPUT_PROBABILITIES,
+                 binary: bool = True, output_names: Mapping[str, str] | None = None) -> None:
+        unknown = sorted(set(output_names or {}) - {s.name for s in signature.outputs})
+        if unknown:
+            raise ValueError(f"target '{name}': output_names names {', '.join(unknown)}, not "
+                             f"outputs of model '{signature.name}' "
+                             f"({', '.join(s.name for s in signature.outputs)})")
         self.name = name
         self.url = url.rstrip("/")
         self.signature = signature
         self.confidence_output = confidence_output
+        self.binary = binary
+        self._server_names = {s.name: (output_names or {}).get(s.name, s.name)
+                              for s in signature.outputs}
+        self._ask = tuple(self._server_names.values()) if output_names else None
         self._client = client or httpx.AsyncClient(
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
             timeout=httpx.Timeout(30.0),
@@ -126,8 +172,10 @@ class HttpTransport:
         self._infer_url = f"{self.url}/v2/models/{signature.name}/infer"
 
     async def infer(self, x: Batch, timeout_s: float) -> Reply:
-        request = InferRequest(inputs=x.tensors, binary_output_default=True)
-        body, headers = encode_request(request, binary=True)
+        request = InferRequest(inputs=x.tensors, outputs=self._ask,
+                               binary_outputs=frozenset(self._ask or ()) if self.binary
+                               else frozenset(), binary_output_default=self.binary)
+        body, headers = encode_request(request, binary=self.binary)
         headers[DEADLINE_HEADER] = str(max(int(timeout_s * 1000), 1))
         rid = request_id.get()
         if rid:
@@ -136,8 +184,13 @@ class HttpTransport:
                                     headers=headers)
         try:
             decoded = decode_response(response.content, response.headers)
-            outputs = model_outputs(self.signature, {t.name: t.data for t in decoded.outputs})
-        except (OIPError, KeyError) as exc:
+            answered = {t.name: t.data for t in decoded.outputs}
+            outputs = tuple(Tensor(s.name, conform(s, answered[self._server_names[s.name]],
+                                                   len(x)))
+                            for s in self.signature.outputs)
+        except KeyError as exc:
+            raise TargetRejected(self.name, f"malformed response: no output {exc}") from None
+        except (OIPError, ValueError) as exc:
             raise TargetRejected(self.name, f"malformed response: {exc}") from None
         timing = parse_server_timing(response.headers.get("server-timing"))
         return Reply(
