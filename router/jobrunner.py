@@ -8,9 +8,10 @@ chunks it had kept are not run again. One job runs at a time per replica.
 
 A running job's chunks go where :func:`router.jobplan.plan` says, through ``place`` (the
 replica's routing service: the same transports, breakers, bounds and ledger as online
-requests). A failed call puts its chunks back to be placed again; ``max_chunk_failures``
-failures in a row fail the job. A cancel (the store's marker, written by any replica)
-stops it within one poll. Clock and sleep are injected.
+requests). A failed call puts its chunks back to be placed again after a backoff;
+``max_chunk_failures`` failures in a row fail the job, as does a job whose inputs cannot
+be read or whose model is no longer served. A cancel (the store's marker, written by any
+replica) stops it within one poll. Clock and sleep are injected.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ from router.jobstore import FINAL, Claim, JobRecord, JobStore
 log = logging.getLogger("ray.serve")
 RATE_WEIGHT = 0.3
 """Weight of a new observation in a lane's rows-per-second average."""
+MAX_BACKOFF_S = 5.0
+"""After a failed call the runner waits ``poll_s * 2**failures`` (at most this) before
+placing more: a target that just died has its breaker open before the job burns its
+``max_chunk_failures``."""
 SAVE_EVERY_S = 1.0
 """The record's progress figures (prediction, placement) are written at most this often
 when nothing else changed; a chunk done is written at once."""
@@ -96,7 +101,10 @@ class JobRunner:
                 fresh = self.store.load(record.id)
                 if fresh is not None and fresh.status not in FINAL:
                     self.running = record.id
-                    await self.run_job(fresh)
+                    try:
+                        await self.run_job(fresh)
+                    except (OSError, ValueError, LookupError) as exc:  # unreadable inputs,
+                        self._finish(fresh, "failed", f"cannot run: {exc}")  # a model gone
                     ran += 1
             finally:
                 self.running = None
@@ -156,6 +164,7 @@ class JobRunner:
                         if failures >= self.settings.max_chunk_failures:
                             return self._finish(record, "failed",
                                                 f"{failures} calls failed in a row; last: {exc}")
+                        await self.sleep(min(self.poll_s * 2 ** failures, MAX_BACKOFF_S))
                         continue
                     failures = 0
                     record = self._keep(record, call, placed, rates)

@@ -59,7 +59,7 @@ def router(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
         probe_interval_s=1)
     instance.settings = RouterSettings(jobs=JobSettings(
         dir=tmp_path, max_rows=1000, max_jobs_per_tenant=2, edge_chunk_rows=16,
-        max_body_bytes=200_000))
+        max_body_bytes=400_000))
     instance.service = RoutingService(targets, metrics=RouterMetrics(MemoryFactory()))
     document = PolicyDocument(tenants=(Tenant(name="acme", key_sha256=hash_key(KEY),
                                               default_policy="default",
@@ -145,7 +145,7 @@ def test_bad_jobs_are_refused_before_anything_runs(router: Any) -> None:
                                                           b'{"model_name": "x", "inputs"'))
                               ).status_code,
             "too many rows": (await post(*job_body(1001))).status_code,
-            "too big": (await post(b"x" * 300_000)).status_code,
+            "too big": (await post(b"x" * 500_000)).status_code,
             "bad deadline": (await post(*job_body(5, deadline_ms=-1))).status_code,
             "bad quality": (await post(*job_body(5, quality="best"))).status_code,
             "wrong key": (await post(good, binary, authorization="Bearer nope")).status_code,

@@ -88,7 +88,7 @@ def test_plan_uses_the_cheapest_lane_alone_when_it_finishes_in_time() -> None:
 def test_plan_adds_dearer_lanes_only_as_the_deadline_needs() -> None:
     lanes = [lane("cloud", 3e-8, 1000.0, capacity=2, tier="cloud"), lane("edge-a", 1e-8, 100.0),
              lane("edge-b", 1e-8, 50.0)]
-    assert [x.name for x in plan(lanes, 1000, 15).lanes] == ["edge-a", "edge-b"]
+    assert [x.name for x in plan(lanes, 1000, 10).lanes] == ["edge-a", "edge-b"]
     assert [x.name for x in plan(lanes, 1000, 5).lanes] == ["edge-a", "edge-b", "cloud"]
     assert not plan(lanes, 1000, 5).will_miss_deadline
 
