@@ -9,7 +9,8 @@ edge busy with online traffic has none, so online requests always go first).
 :func:`plan` ranks lanes by cost per row and takes them in that order until their
 throughput finishes the pending rows within the time left (with a margin), so that a
 job with hours to spare runs on the cheapest lane alone, and one with little time adds
-the dearer lanes it needs (the cloud in large batches). When even every lane together
+the dearer lanes it needs (the cloud in large batches); lanes as cheap as one taken are
+taken too. When even every lane together
 cannot finish in time the job says so at once (``will_miss_deadline``) and runs on all.
 Pure: no clock, no I/O.
 """
@@ -20,6 +21,9 @@ from dataclasses import dataclass
 
 from edgeroute.config import Tier
 
+COST_TIE_RATIO = 0.02
+"""Lanes whose cost per row is within this share of the dearest lane taken are taken too:
+as cheap, they finish the job sooner for nothing (two idle edges at one price)."""
 MARGIN = 0.8
 """Lanes are planned to finish the pending rows in this share of the time left: estimates
 err and online traffic takes its turn first."""
@@ -69,6 +73,10 @@ def plan(lanes: list[Lane], pending_rows: int, time_left_s: float) -> Placement:
         throughput += lane.throughput
         if pending_rows <= throughput * max(time_left_s, 0.0) * MARGIN:
             break
+    dearest = max(lane.cost_per_row_usd for lane in chosen)
+    chosen += [lane for lane in usable[len(chosen):]
+               if lane.cost_per_row_usd <= dearest * (1 + COST_TIE_RATIO)]
+    throughput = sum(lane.throughput for lane in chosen)
     known = sum(lane.throughput for lane in usable)
     finish_s = pending_rows / throughput if throughput > 0 else None
     best_s = pending_rows / known if known > 0 else None

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.integration
 
 ROWS = 2000
 CHUNK_ROWS = 32
+MAX_ROWS = 10_000
 WAIT_S = 180.0
 
 
@@ -38,7 +39,7 @@ def jobs_config() -> dict[str, Any]:
     document = stack_config(19800, (19801, 19802))
     for edge in document["edges"]:
         edge["service_delay_ms"] = 60.0
-    document["router"]["jobs"] = {"edge_chunk_rows": CHUNK_ROWS, "max_rows": 5000}
+    document["router"]["jobs"] = {"edge_chunk_rows": CHUNK_ROWS, "max_rows": MAX_ROWS}
     return document
 
 
@@ -50,9 +51,9 @@ def jobs_policy() -> dict[str, Any]:
     return document
 
 
-def rows() -> np.ndarray:
+def rows(n: int = ROWS) -> np.ndarray:
     x = digits_split().x_test
-    return np.ascontiguousarray(np.resize(x, (ROWS, x.shape[1])), dtype=np.float32)
+    return np.ascontiguousarray(np.resize(x, (n, x.shape[1])), dtype=np.float32)
 
 
 def submit(endpoint: str, x: np.ndarray, **parameters: Any) -> httpx.Response:
@@ -132,12 +133,12 @@ def test_a_job_runs_on_idle_edges_survives_a_router_kill_and_matches_the_models(
         result = httpx.get(f"{stack.endpoint}/v1/jobs/{job_id}/result", timeout=30)
         bad = {
             "wrong shape": submit(stack.endpoint, x[:10, :63]).status_code,
-            "too many rows": submit(stack.endpoint, np.resize(x, (5001, 64))).status_code,
+            "too many rows": submit(stack.endpoint, rows(MAX_ROWS + 1)).status_code,
             "bad deadline": submit(stack.endpoint, x[:10], deadline_ms="soon").status_code,
             "not json": httpx.post(f"{stack.endpoint}/v1/jobs", content=b"{",
                                    timeout=10).status_code,
         }
-        cancelled = submit(stack.endpoint, x)
+        cancelled = submit(stack.endpoint, rows(MAX_ROWS))
         cancel_id = cancelled.json()["id"]
         cli = [sys.executable, "-m", "edgeroute", "jobs"]
         state = ["--state-file", str(stack.state_file)]
@@ -176,6 +177,6 @@ def test_a_job_runs_on_idle_edges_survives_a_router_kill_and_matches_the_models(
     assert bad == {"wrong shape": 400, "too many rows": 400, "bad deadline": 400,
                    "not json": 400}
     assert cancel_out.returncode == 0, cancel_out.stderr
-    assert after["rows_done"] < ROWS
+    assert after["rows_done"] < MAX_ROWS
     assert listed.returncode == 0, listed.stderr
     assert job_id in listed.stdout and cancel_id in listed.stdout

@@ -87,10 +87,19 @@ def test_plan_uses_the_cheapest_lane_alone_when_it_finishes_in_time() -> None:
 
 def test_plan_adds_dearer_lanes_only_as_the_deadline_needs() -> None:
     lanes = [lane("cloud", 3e-8, 1000.0, capacity=2, tier="cloud"), lane("edge-a", 1e-8, 100.0),
-             lane("edge-b", 1e-8, 50.0)]
+             lane("edge-b", 2e-8, 50.0)]
+    assert [x.name for x in plan(lanes, 1000, 15).lanes] == ["edge-a"]
     assert [x.name for x in plan(lanes, 1000, 10).lanes] == ["edge-a", "edge-b"]
     assert [x.name for x in plan(lanes, 1000, 5).lanes] == ["edge-a", "edge-b", "cloud"]
     assert not plan(lanes, 1000, 5).will_miss_deadline
+
+
+def test_lanes_as_cheap_as_one_taken_are_taken_too() -> None:
+    lanes = [lane("cloud", 3e-8, 1000.0, tier="cloud"), lane("edge-a", 1e-8, 100.0),
+             lane("edge-b", 1e-8, 50.0)]
+    placed = plan(lanes, 1000, 3600)
+    assert [x.name for x in placed.lanes] == ["edge-a", "edge-b"]
+    assert placed.finish_s == pytest.approx(1000 / 150)
 
 
 def test_plan_says_early_that_the_deadline_cannot_be_met() -> None:
