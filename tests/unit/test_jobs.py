@@ -238,3 +238,24 @@ def test_the_stack_keeps_jobs_beside_its_state_file(tmp_path: Path) -> None:
     config = StackConfig().with_jobs_dir(tmp_path / "jobs")
     assert config.router.jobs.dir == (tmp_path / "jobs").resolve()
     assert config.with_jobs_dir(tmp_path / "other") == config
+
+
+def test_job_deadlines_read_as_a_person_writes_them() -> None:
+    from argparse import ArgumentTypeError
+
+    from edgeroute.tools.jobs_cli import parse_duration_s
+
+    assert [parse_duration_s(t) for t in ("1h", "30m", "90s", "500ms", "12")] == [
+        3600.0, 1800.0, 90.0, 0.5, 12.0]
+    for bad in ("", "soon", "-1h", "0"):
+        with pytest.raises(ArgumentTypeError):
+            parse_duration_s(bad)
+
+
+def test_jobs_submit_parses_as_documented() -> None:
+    from edgeroute.tools.cli import build_parser
+
+    args = build_parser().parse_args(["jobs", "submit", "rows.npy", "--model", "digits",
+                                      "--deadline", "1h", "--out", "result.npy"])
+    assert (args.file, args.model, args.deadline, args.out) == ("rows.npy", "digits", 3600.0,
+                                                                "result.npy")
