@@ -35,8 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 FINAL: frozenset[str] = frozenset({"done", "failed", "cancelled"})
-_ID = re.compile(r"^[0-9a-f]{32}$")
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_ID = re.compile(r"[0-9a-f]{32}")
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class JobRecord(BaseModel):
@@ -137,13 +137,13 @@ class JobStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def folder(self, job_id: str) -> Path:
-        if not _ID.match(job_id):
+        if not _ID.fullmatch(job_id):
             raise KeyError(job_id)
         return self.root / job_id
 
     def create(self, record: JobRecord, inputs: dict[str, np.ndarray]) -> JobRecord:
         """Keep a new job: its inputs and its record, appearing at once as a whole."""
-        if any(not _NAME.match(name) for name in inputs):
+        if any(not _NAME.fullmatch(name) for name in inputs):
             raise ValueError("input names must be plain file-safe names")
         staging = self.root / f".new-{record.id}"
         staging.mkdir()
@@ -171,7 +171,7 @@ class JobStore:
 
     def records(self) -> Iterator[JobRecord]:
         """Every readable job, oldest first."""
-        found = [r for entry in self.root.iterdir() if _ID.match(entry.name)
+        found = [r for entry in self.root.iterdir() if _ID.fullmatch(entry.name)
                  if (r := self.load(entry.name)) is not None]
         yield from sorted(found, key=lambda r: (r.created_at, r.id))
 
@@ -186,7 +186,7 @@ class JobStore:
         folder = self.folder(record.id)
         written = 0
         for name, array in outputs.items():
-            if not _NAME.match(name):
+            if not _NAME.fullmatch(name):
                 raise ValueError(f"output name {name!r} is not a plain file-safe name")
             _write_atomic(folder / f"chunk-{index}-{name}.npy", np.ascontiguousarray(array))
             written += int(array.nbytes)

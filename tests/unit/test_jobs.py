@@ -49,8 +49,9 @@ def test_the_store_refuses_names_that_are_not_job_ids(tmp_path: Path) -> None:
     store = JobStore(tmp_path)
     assert store.load("../../etc") is None
     assert store.load("0" * 32) is None
-    with pytest.raises(KeyError):
-        store.folder("../x")
+    for bad in ("../x", "a" * 32 + "\n", "A" * 32):
+        with pytest.raises(KeyError):
+            store.folder(bad)
 
 
 def test_a_claim_is_exclusive_until_released(tmp_path: Path) -> None:
