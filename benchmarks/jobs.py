@@ -38,6 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 PORT, EDGE_PORTS = 19760, (19761, 19762)
+TOKEN = "bench-jobs-admin"
 POLICY = Path("infra/policy.yaml")
 DEADLINE_MS = 250.0
 
@@ -144,6 +145,7 @@ def child(rows: int, deadline_s: float, rate_rps: float, load_s: float,
 
     document = StackConfig().model_dump(mode="json")
     document["port"] = PORT
+    document["router"]["admin_token"] = TOKEN
     for edge, port in zip(document["edges"], EDGE_PORTS, strict=True):
         edge["port"] = port
     config = StackConfig.model_validate(document)
