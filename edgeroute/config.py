@@ -162,6 +162,39 @@ class CloudDeployment(Frozen):
                                     spike_multiplier=4.0)
 
 
+class JobSettings(Frozen):
+    """Batch jobs (``POST /v1/jobs``): where they are kept, their bounds, how they are cut."""
+
+    dir: Path | None = None
+    """Folder of the jobs' state and results, one subfolder per job; every router replica
+    must see the same folder (a replica that restarts resumes the unfinished jobs in it).
+    ``edgeroute up`` puts it beside its state file; none: ``<tmp>/edgeroute-jobs``."""
+    max_rows: int = Field(1_000_000, ge=1, le=100_000_000)
+    """Rows one job may hold."""
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    """The largest job submission (the online infer limit is ``max_body_bytes``)."""
+    max_deadline_ms: float = Field(24 * 3_600_000.0, gt=0)
+    max_jobs_per_tenant: int = Field(16, ge=1, le=10_000)
+    """Unfinished jobs one tenant may have at once."""
+    max_held_bytes: int = Field(2 * 1024**3, ge=1024)
+    """Bytes of inputs and results all kept jobs may hold on disk together."""
+    retention_s: float = Field(86_400.0, gt=0)
+    """A finished job's results are deleted this long after it finished."""
+    edge_chunk_rows: int = Field(128, ge=1, le=4096)
+    """Rows of one call to an edge target (one such call per idle edge at a time)."""
+    cloud_chunk_rows: int = Field(512, ge=1, le=4096)
+    """Rows of one call to the cloud (a multiple of ``edge_chunk_rows`` is used)."""
+    cloud_max_in_flight: int = Field(2, ge=1, le=64)
+    """Job calls one router replica keeps in flight to one cloud target."""
+    edge_idle_in_flight: int = Field(0, ge=0, le=64)
+    """An edge takes a job call only while it has at most this many online calls in flight
+    from this replica: online traffic goes first."""
+    chunk_timeout_ms: float = Field(30_000.0, gt=0, le=600_000)
+    """Deadline of one job call; a chunk that misses it is placed again."""
+    max_chunk_failures: int = Field(20, ge=1, le=10_000)
+    """Failed calls in a row after which a job fails."""
+
+
 class RouterSettings(Frozen):
     max_deadline_ms: float = Field(60_000.0, gt=0, le=600_000)
     max_batch: int = Field(256, ge=1, le=4096)
@@ -187,6 +220,7 @@ class RouterSettings(Frozen):
     fleet_sync_interval_ms: float = Field(1000.0, ge=50, le=60_000)
     """How often each router replica reads the fleet membership (off the request path)."""
     fleet_max_members: int = Field(64, ge=0, le=1000)
+    jobs: JobSettings = JobSettings()
 
 
 def _default_edges() -> list[EdgeWorker]:
@@ -255,6 +289,14 @@ class StackConfig(Frozen):
     @property
     def endpoint(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def with_jobs_dir(self, default: Path | None) -> StackConfig:
+        """The config with ``router.jobs.dir`` set to ``default`` (made absolute: the router
+        replicas run elsewhere) where the config leaves it unset."""
+        if default is None or self.router.jobs.dir is not None:
+            return self
+        jobs = self.router.jobs.model_copy(update={"dir": Path(default).resolve()})
+        return self.model_copy(update={"router": self.router.model_copy(update={"jobs": jobs})})
 
     @classmethod
     def load(cls, path: Path | None) -> StackConfig:

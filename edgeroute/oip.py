@@ -79,6 +79,8 @@ class InferRequest:
     binary_outputs: frozenset[str] = frozenset()
     """Outputs to return as binary data."""
     binary_output_default: bool = False
+    model_name: str | None = None
+    """The body's ``model_name`` (a batch job names its model there; an infer URL does)."""
 
     def input(self, name: str) -> Tensor:
         for tensor in self.inputs:
@@ -235,6 +237,9 @@ def decode_request(body: bytes, headers: Mapping[str, str]) -> InferRequest:
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise OIPError("'id' must be a string")
+    model_name = document.get("model_name")
+    if model_name is not None and not isinstance(model_name, str):
+        raise OIPError("'model_name' must be a string")
     inputs = _tensors(document.get("inputs"), tail, "inputs")
     if not inputs:
         raise OIPError("'inputs' must not be empty")
@@ -268,6 +273,7 @@ def decode_request(body: bytes, headers: Mapping[str, str]) -> InferRequest:
         outputs=outputs,
         binary_outputs=frozenset(binary),
         binary_output_default=default_binary,
+        model_name=model_name,
     )
 
 
@@ -298,6 +304,8 @@ def encode_request(request: InferRequest, binary: bool = True) -> tuple[bytes, d
     document: dict[str, Any] = {}
     if request.id is not None:
         document["id"] = request.id
+    if request.model_name is not None:
+        document["model_name"] = request.model_name
     params = dict(request.parameters)
     if request.binary_output_default:
         params["binary_data_output"] = True

@@ -13,8 +13,8 @@ changes a target's emulated link (all four need the admin token:
 (join or heartbeat, leave; fleet token) and ``GET /v1/fleet``
 (:mod:`router.fleet`, :mod:`router.fleet_actor`). Every error, the framework's
 own included, is an OIP ``{"error": ...}`` body; answers are gzipped when the
-caller's ``Accept-Encoding`` asks. The status
-page, ``GET /ui`` and ``GET /v1/metrics/summary``, is :mod:`router.ui`'s.
+caller's ``Accept-Encoding`` asks. Batch jobs (``/v1/jobs``): :mod:`router.job_routes`. The
+status page, ``GET /ui`` and ``GET /v1/metrics/summary``, is :mod:`router.ui`'s.
 """
 
 import asyncio
@@ -50,7 +50,7 @@ from edgeroute.oip import (
     select_outputs,
 )
 from edgeroute.signature import check_inputs
-from router import admin
+from router import admin, job_routes
 from router.admin import bearer_ok, refuse_non_admin
 from router.build import build_targets, fleet_syncs, target_estimator
 from router.cache import directives
@@ -89,20 +89,19 @@ app = FastAPI(
     exception_handlers=oip_exception_handlers(),
 )
 app.include_router(routes)
+app.include_router(job_routes.routes)
 app.add_middleware(ServerTiming)
 app.add_middleware(InferGZip)
 app.include_router(ui_routes)
 
 
-def request_options(
-    request: InferRequest, default_ms: float, max_ms: float
-) -> tuple[float, RequestQuality, bool]:
+def request_options(request: InferRequest, default_ms: float,
+                    max_ms: float) -> tuple[float, RequestQuality, bool]:
     """The deadline, quality and explain flag a request asks for, or a 400 saying why not."""
     params = request.parameters
     deadline = params.get("deadline_ms", default_ms)
     if isinstance(deadline, bool) or not isinstance(deadline, int | float) or not (
-        math.isfinite(deadline) and 0 < deadline <= max_ms
-    ):
+            math.isfinite(deadline) and 0 < deadline <= max_ms):
         raise OIPError(f"parameters.deadline_ms must be a number in (0, {max_ms:g}]")
     quality = params.get("quality", "any")
     if quality not in ("any", "high"):
@@ -115,7 +114,7 @@ def request_options(
 
 @serve.deployment(name="router", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 @serve.ingress(app)
-class Router(OIPRoutes, StatusPage):
+class Router(OIPRoutes, job_routes.JobRoutes, StatusPage):
     def __init__(self, config: dict[str, Any],
                  clouds: dict[str, DeploymentHandle] | DeploymentHandle) -> None:
         self.config = StackConfig.model_validate(config)
@@ -143,6 +142,7 @@ class Router(OIPRoutes, StatusPage):
         """One per model: a worker becomes a target of each model it says it hosts."""
         self.fleet_sync = self.fleet_syncs[0]
         self._background: list[asyncio.Task[None]] = []
+        self.job_runner = job_routes.job_runner(self.settings.jobs, self.models)
 
     async def _sync_fleet(self) -> None:
         for sync in self.fleet_syncs:
@@ -171,7 +171,8 @@ class Router(OIPRoutes, StatusPage):
                                   for m in self.models),
                                 loop.create_task(self._watch_replicas()),
                                 *(loop.create_task(s.run()) for s in self.fleet_syncs),
-                                loop.create_task(self.service.lag.run())]
+                                loop.create_task(self.service.lag.run()),
+                                loop.create_task(self.job_runner.run())]
 
     async def _watch_replicas(self) -> None:
         """Running cloud replicas of each model, read from Serve every few seconds (a bounded
@@ -395,5 +396,4 @@ def build_app(config: StackConfig) -> Any:
             sha256=entry.cloud_sha256,
         )
     return Router.options(num_replicas=config.router.num_replicas).bind(
-        config.model_dump(mode="json"), clouds
-    )
+        config.model_dump(mode="json"), clouds)

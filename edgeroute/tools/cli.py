@@ -1,7 +1,6 @@
 """The ``edgeroute`` command line.
 
-Subcommands import what they need when they run, so ``edgeroute edge`` starts
-without loading Ray.
+Subcommands import what they need when they run, so ``edgeroute edge`` starts without Ray.
 """
 
 from __future__ import annotations
@@ -368,10 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     cut.add_argument("--heal", action="store_true", help="end a partition")
     link.set_defaults(func=_link)
 
+    from edgeroute.tools.jobs_cli import jobs_parser
     from edgeroute.tools.reload_cli import reload_parser
     from edgeroute.tools.targets_cli import targets_parser
     from edgeroute.tools.top_cli import top_parser
-
+    jobs_parser(sub)
     reload_parser(sub)
     targets_parser(sub)
     top_parser(sub)

@@ -78,7 +78,7 @@ class Stack:
         say: Say = print,
     ) -> None:
         try:
-            config = pinned(config)
+            config = pinned(config).with_jobs_dir(state_file and state_file.parent / "jobs")
             self.served = resolve(config)
         except ModelConfigError as exc:
             raise StackError(str(exc)) from None
