@@ -70,7 +70,7 @@ class Rig:
     def gauge(self) -> float:
         self.service.publish_gauges()
         values = self.factory.instruments["edgeroute_target_breaker_open"].values
-        return float(values[(("target", "edge-a"),)])
+        return float(values[(("model", "digits"), ("target", "edge-a"))])
 
 
 def test_the_last_error_has_an_age_and_clears_once_the_target_answers() -> None:
