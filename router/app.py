@@ -74,7 +74,7 @@ from router.policy_keeper import PolicyKeeper
 from router.served import Shed
 from router.service import RoutingService
 from router.targets import Target
-from router.tenancy import resolve
+from router.tenancy import check_quality, resolve
 from router.timing import ServerTiming
 from router.ui import StatusPage
 from router.ui import routes as ui_routes
@@ -123,7 +123,7 @@ class Router(OIPRoutes, job_routes.JobRoutes, StatusPage):
         handles = clouds if isinstance(clouds, dict) else {next(iter(served)): clouds}
         metrics, lag = RouterMetrics(ServeFactory()), LoopLag()
         self.models = ModelServices([(model, RoutingService(
-            build_targets(self.config, handles[name], model), metrics=metrics,
+            build_targets(self.config, handles[name], model), metrics=metrics.for_model(name),
             min_attempt_ms=self.settings.min_attempt_ms, lag=lag))
             for name, model in served.items()])
         self.service = self.models.first.service
@@ -216,7 +216,7 @@ class Router(OIPRoutes, job_routes.JobRoutes, StatusPage):
         # it on the response; the same id goes on to the targets.
         rid = pick_request_id(request.headers.get(REQUEST_ID_HEADER), serve_request_id())
         bind_request_id(rid)
-        with self.service.metrics.tally(received) as tally:
+        with self.models.metrics_of(model).tally(received) as tally:
             return await self._infer(model, request, rid, received, tally)
 
     async def _infer(self, model: str, request: Request, rid: str, received: float,
@@ -232,11 +232,11 @@ class Router(OIPRoutes, job_routes.JobRoutes, StatusPage):
             x = check_inputs(oip_request, served.model.signature, self.settings.max_batch,
                              served.model.input_range)
             caller = resolve(self.service.policy, request.headers.get("authorization"),
-                             oip_request.parameters.get("policy"))
+                             oip_request.parameters.get("policy"), served.model.name)
             tally.policy = caller.policy_name
             deadline_ms, quality, explain = request_options(
-                oip_request, caller.policy.default_deadline_ms, self.settings.max_deadline_ms
-            )
+                oip_request, caller.policy.default_deadline_ms, self.settings.max_deadline_ms)
+            check_quality(caller, quality, served.model.name)
             routed = await served.service.route(
                 x, deadline_ms=deadline_ms, received=received, quality=quality, caller=caller,
                 model=served.model.name, cache=directives(request.headers.get("cache-control")))
@@ -244,12 +244,12 @@ class Router(OIPRoutes, job_routes.JobRoutes, StatusPage):
             reply = routed.reply
             outputs = select_outputs(oip_request, reply.outputs)
         except ROUTER_ERRORS as error:
+            entry = self.models.by_name.get(model, self.models.first)
             if isinstance(error, Shed):
-                self.service.metrics.shed.record(1, {"reason": error.scope})
+                entry.service.metrics.shed.record(1, {"reason": error.scope})
             refusal = error_reply(error)
             tally.status = refusal.status_code
-            stats = self.models.by_name.get(model, self.models.first).stats
-            stats.failure(time.monotonic() - received)
+            entry.stats.failure(time.monotonic() - received)
             return refusal
         served.stats.success(time.monotonic() - received, len(x), target=routed.target_name,
                                      model_version=reply.model_version)

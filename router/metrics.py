@@ -4,16 +4,25 @@ Ray exports custom metrics to Prometheus with a ``ray_`` prefix, so the
 counter ``edgeroute_requests_total`` is scraped as ``ray_edgeroute_requests_total``
 (``infra/grafana/edgeroute.json`` charts them). The instruments are created
 by an injected factory: Ray Serve's in a replica, an in-memory recorder in tests.
+
+Every series carries a ``model`` label: a router serving several models keeps one
+:class:`RouterMetrics` per model (:meth:`RouterMetrics.for_model`), all recording into the
+same instruments, so a target's latency, placements and cost are told apart by the model
+its calls ran. A request for a model the router does not serve is labelled
+:data:`NO_MODEL` (a client cannot grow the label's values).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol
+
+from edgeroute.contract import MODEL_NAME
 
 LATENCY_BOUNDARIES_MS: list[float] = [
     1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000,
@@ -25,6 +34,9 @@ CLIENT_GONE = 499
 """The ``status`` label of a request whose client went away first (nginx's code)."""
 NO_POLICY = "-"
 """The ``policy`` label of a request refused before its policy was known."""
+NO_MODEL = "-"
+"""The ``model`` label of a request for a model the router does not serve."""
+MODEL_LABEL = "model"
 
 
 class Instrument(Protocol):
@@ -121,9 +133,39 @@ class MemoryFactory:
         return self._make(name, "histogram")
 
 
-class RouterMetrics:
+class _WithModel:
+    """A factory whose every series also has the :data:`MODEL_LABEL` key."""
+
     def __init__(self, factory: Factory) -> None:
-        f = factory
+        self._factory = factory
+
+    def counter(self, name: str, description: str, tags: tuple[str, ...]) -> Instrument:
+        return self._factory.counter(name, description, (*tags, MODEL_LABEL))
+
+    def gauge(self, name: str, description: str, tags: tuple[str, ...]) -> Instrument:
+        return self._factory.gauge(name, description, (*tags, MODEL_LABEL))
+
+    def histogram(self, name: str, description: str, boundaries: list[float],
+                  tags: tuple[str, ...]) -> Instrument:
+        return self._factory.histogram(name, description, boundaries, (*tags, MODEL_LABEL))
+
+
+class _Labelled:
+    """An instrument that adds one model's label to every record."""
+
+    def __init__(self, instrument: Instrument, model: str) -> None:
+        self.instrument = instrument
+        self._label = {MODEL_LABEL: model}
+
+    def record(self, value: float, tags: dict[str, str]) -> None:
+        self.instrument.record(value, {**tags, **self._label})
+
+
+class RouterMetrics:
+    """The router's series as one model records them (``model``: its label)."""
+
+    def __init__(self, factory: Factory, model: str = MODEL_NAME) -> None:
+        f = _WithModel(factory)
         self.requests = f.counter("edgeroute_requests_total", "Client requests by outcome",
                                   ("policy", "status", "tier"))
         self.latency = f.histogram("edgeroute_request_latency_ms", "Router latency per request",
@@ -159,6 +201,21 @@ class RouterMetrics:
         self.cache_bytes = f.gauge("edgeroute_cache_bytes", "Bytes the response cache holds", ())
         self.cloud_replicas = f.gauge("edgeroute_cloud_replicas",
                                       "Running cloud replicas seen by the router", ())
+        self._bind(model)
+
+    def _bind(self, model: str) -> None:
+        self.model = model
+        for name, value in list(vars(self).items()):
+            if isinstance(value, _Labelled):
+                setattr(self, name, _Labelled(value.instrument, model))
+            elif name != "model":
+                setattr(self, name, _Labelled(value, model))
+
+    def for_model(self, model: str) -> RouterMetrics:
+        """The same instruments, recording with ``model`` as their ``model`` label."""
+        other = copy.copy(self)
+        other._bind(model)
+        return other
 
     def request(self, policy: str, status: int, tier: str, latency_ms: float) -> None:
         self.requests.record(1, {"policy": policy, "status": str(status), "tier": tier})

@@ -16,6 +16,7 @@ from typing import Any
 from edgeroute.models.catalog import ServedModel, digits
 from edgeroute.oipstats import InferenceStats
 from edgeroute.signature import SIGNATURE_VERSION, check_model
+from router.metrics import NO_MODEL, RouterMetrics
 from router.policy import PolicyDocument
 from router.service import RoutingService
 
@@ -35,6 +36,17 @@ class ModelServices:
         self.by_name = {m.name: ModelService(m, s, InferenceStats(m.name, SIGNATURE_VERSION))
                         for m, s in entries}
         self.first = next(iter(self.by_name.values()))
+        self._stray: RouterMetrics | None = None
+
+    def metrics_of(self, name: str) -> RouterMetrics:
+        """The series a request for ``name`` counts in; those for a model not served share
+        the ``model`` label :data:`~router.metrics.NO_MODEL`."""
+        entry = self.by_name.get(name)
+        if entry is not None:
+            return entry.service.metrics
+        if self._stray is None:
+            self._stray = self.first.service.metrics.for_model(NO_MODEL)
+        return self._stray
 
     @classmethod
     def digits_only(cls, service: RoutingService) -> ModelServices:

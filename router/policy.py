@@ -191,6 +191,26 @@ class CacheSettings(Frozen):
     empties the cache."""
 
 
+class ModelDefaults(Frozen):
+    """What the requests for one served model get, whichever named policy applies: a
+    default deadline, and the tiers they may run on (within the policy's own)."""
+
+    deadline_ms: float | None = Field(None, gt=0, le=600_000)
+    """The deadline of a request for this model that sends none (``parameters.deadline_ms``),
+    instead of the policy's ``default_deadline_ms``. ``None``: the policy's."""
+    tiers: tuple[Tier, ...] | None = Field(None, min_length=1)
+    """The tiers this model's requests may run on: each policy's ``allowed_tiers`` is cut to
+    these. A request this leaves no way to serve (``quality=high`` with no high-quality tier
+    left, an ``always-cloud`` policy for an edge-only model) is refused with a 403 naming the
+    model's tiers. ``None``: the policy's tiers."""
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ModelDefaults:
+        if self.tiers is not None and len(set(self.tiers)) != len(self.tiers):
+            raise ValueError("tiers must not repeat a tier")
+        return self
+
+
 class Tenant(Frozen):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -228,6 +248,11 @@ class PolicyDocument(Frozen):
     cache: CacheSettings = CacheSettings()
     tenants: tuple[Tenant, ...] = ()
     anonymous: AnonymousAccess = AnonymousAccess()
+    models: dict[str, ModelDefaults] = {}
+    """Per served model (by its name in the stack config's ``models``), its default deadline
+    and allowed tiers, e.g. ``models: {wine: {deadline_ms: 500, tiers: [edge]}}``. A model
+    not named here gets the policies as they are; a name the router does not serve is kept
+    and has no effect."""
 
     @model_validator(mode="after")
     def _references(self) -> PolicyDocument:

@@ -6,9 +6,13 @@ that matches no tenant is a 401; asking for a policy the caller may not use is
 a 403. Nothing in the request body can claim another tenant's rights: only the
 key decides the tenant.
 
+The policy document's per-model defaults (``models:``) then narrow the chosen policy
+for the request's model: its default deadline and the tiers it may run on.
+
 Errors: :class:`Unauthenticated` (no usable key), :class:`NotPermitted` (a policy
-the tenant may not use), and :class:`~edgeroute.oip.OIPError` for a malformed
-``parameters.policy``; the ingress answers each (:mod:`router.errors`).
+the tenant may not use, or a request the model's allowed tiers leave no way to
+serve), and :class:`~edgeroute.oip.OIPError` for a malformed ``parameters.policy``;
+the ingress answers each (:mod:`router.errors`).
 """
 
 from __future__ import annotations
@@ -45,8 +49,10 @@ def _tenant_for(document: PolicyDocument, api_key: str) -> tuple[str, str, tuple
     raise Unauthenticated("invalid API key")
 
 
-def resolve(document: PolicyDocument, authorization: str | None, requested: object) -> Caller:
-    """The caller's tenant and the named policy to route with, or an error saying why not."""
+def resolve(document: PolicyDocument, authorization: str | None, requested: object,
+            model: str | None = None) -> Caller:
+    """The caller's tenant and the named policy to route with, narrowed by ``model``'s
+    defaults, or an error saying why not."""
     if authorization:
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
@@ -68,4 +74,35 @@ def resolve(document: PolicyDocument, authorization: str | None, requested: obje
         raise NotPermitted(f"policy {requested!r} is not allowed for {tenant}")
     else:
         name = requested
-    return Caller(tenant, name, document.policies[name])
+    return Caller(tenant, name, for_model(document, document.policies[name], name, model))
+
+
+def for_model(document: PolicyDocument, policy: RoutingPolicy, name: str,
+              model: str | None) -> RoutingPolicy:
+    """``policy`` (named ``name``) as it applies to ``model``: the model's default deadline
+    and its tiers, or :class:`NotPermitted` where none of the policy's tiers is left."""
+    defaults = document.models.get(model) if model else None
+    if defaults is None:
+        return policy
+    update: dict[str, object] = {}
+    if defaults.deadline_ms is not None:
+        update["default_deadline_ms"] = defaults.deadline_ms
+    if defaults.tiers is not None:
+        tiers = tuple(t for t in policy.allowed_tiers if t in defaults.tiers)
+        pinned = {"always-edge": "edge", "always-cloud": "cloud"}.get(policy.strategy)
+        if not tiers or (pinned is not None and pinned not in tiers):
+            wanted = list(policy.allowed_tiers) if pinned is None else [pinned]
+            raise NotPermitted(f"policy {name!r} routes to {wanted} but model {model!r} may "
+                               f"run on {list(defaults.tiers)} only")
+        update["allowed_tiers"] = tiers
+    return policy.model_copy(update=update)
+
+
+def check_quality(caller: Caller, quality: str, model: str) -> None:
+    """A ``quality=high`` request needs a high-quality tier among those allowed: refuse it
+    (:class:`NotPermitted`) when the model's tiers leave none."""
+    policy = caller.policy
+    if quality == "high" and not set(policy.high_quality_tiers) & set(policy.allowed_tiers):
+        raise NotPermitted(
+            f"quality=high runs on {list(policy.high_quality_tiers)} but model {model!r} may "
+            f"run on {list(policy.allowed_tiers)} only under policy {caller.policy_name!r}")

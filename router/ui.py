@@ -9,10 +9,12 @@ the browser tab's ``sessionStorage``. Opening ``/ui#token=<admin token>`` hands 
 over too: a URL fragment never reaches a server or its logs, and the page removes
 it from the address bar at once.
 
-``GET /v1/metrics/summary`` answers the replica's :class:`router.activity.Activity`:
-placements and SLO attainment in ten-second buckets over the last five minutes,
-each target's observed upstream p50/p99 there, and the recent decisions with
-their explanations.
+``GET /v1/metrics/summary`` answers the replica's :class:`router.activity.Activity`
+of each served model: placements and SLO attainment in ten-second buckets over the
+last five minutes, each target's observed upstream p50/p99 there, and the recent
+decisions with their explanations. Each model's summary is under ``models``; the
+first model's is also at the top (as with one model). The page lists every model's
+targets and charts the model picked at its top.
 
 The routes are methods of :class:`StatusPage`, a mixin of the Serve ingress class:
 Serve binds the methods of every class in the ingress' MRO to the replica.
@@ -27,6 +29,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from router.admin import refuse_non_admin
+from router.models import ModelServices
 from router.service import RoutingService
 
 PAGE = Path(__file__).with_name("status_page.html")
@@ -51,6 +54,7 @@ class StatusPage:
     """The status page routes; the ingress class provides these attributes."""
 
     service: RoutingService
+    models: ModelServices
     admin_token: str | None
     ops_token: str | None = None
     replica: str
@@ -65,7 +69,12 @@ class StatusPage:
 
     @routes.get("/v1/metrics/summary")
     async def metrics_summary(self, request: Request) -> Response:
-        """The last minutes of this replica: placements, SLO attainment, recent decisions."""
+        """The last minutes of this replica, per model: placements, SLO attainment, recent
+        decisions."""
         refused = refuse_non_admin(request, self.admin_token, self.ops_token, view=True)
-        return refused or JSONResponse({"replica": self.replica,
-                                        **self.service.activity.summary()})
+        if refused:
+            return refused
+        models = {m.model.name: m.service.activity.summary() for m in self.models}
+        first = self.models.first.model.name
+        return JSONResponse({"replica": self.replica, **models[first], "model": first,
+                             "models": models})

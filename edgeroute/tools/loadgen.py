@@ -64,6 +64,8 @@ class Outcome:
     """The request's position in the schedule (see :class:`Planned`)."""
     decision_us: float | None = None
     escalated: bool = False
+    model: str = MODEL_NAME
+    """The model the request was for."""
 
     @property
     def ok(self) -> bool:
@@ -96,10 +98,36 @@ def _truncate(text: str) -> str:
     return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "..."
 
 
+@dataclass(frozen=True)
+class ModelRows:
+    """What the load sends one model: its held-out rows and labels, the name of its input
+    and of the output holding the label."""
+
+    x: np.ndarray
+    y: np.ndarray
+    input_name: str
+    label_output: str
+
+    @classmethod
+    def digits(cls, data: Split) -> ModelRows:
+        return cls(data.x_test, data.y_test, INPUT_NAME, OUTPUT_LABEL)
+
+
+def bundled_rows(models: Sequence[str]) -> dict[str, ModelRows]:
+    """The held-out rows of each bundled model but ``digits`` among ``models`` (``wine``:
+    its bundled data's test split); a model without bundled data gets none."""
+    if "wine" not in models:
+        return {}
+    from edgeroute.models import wine
+
+    split = wine.wine_split()
+    return {"wine": ModelRows(split.x_test, split.y_test, wine.INPUT, wine.LABEL)}
+
+
 def _failure(p: Planned, latency_ms: float, status: int, error: str, lag_ms: float) -> Outcome:
     return Outcome(p.phase, p.at_s, latency_ms, status, p.deadline_ms, p.quality, p.label,
                    None, None, None, 0.0, 0, False, False, None, _truncate(error), lag_ms,
-                   p.seq)
+                   p.seq, model=p.model)
 
 
 def _error_of(response: httpx.Response) -> str:
@@ -112,13 +140,14 @@ def _error_of(response: httpx.Response) -> str:
     return _truncate(response.text) or f"HTTP {response.status_code}"
 
 
-def _parse(p: Planned, response: httpx.Response, latency_ms: float, lag_ms: float) -> Outcome:
+def _parse(p: Planned, response: httpx.Response, latency_ms: float, lag_ms: float,
+           label_output: str = OUTPUT_LABEL) -> Outcome:
     """One HTTP response as an Outcome; a malformed 200 keeps its status but is not ok."""
     if response.status_code != 200:
         return _failure(p, latency_ms, response.status_code, _error_of(response), lag_ms)
     try:
         decoded = decode_response(response.content, response.headers)
-        labels = [t.data for t in decoded.outputs if t.name == OUTPUT_LABEL]
+        labels = [t.data for t in decoded.outputs if t.name == label_output]
         params: dict[str, Any] = dict(decoded.parameters)
         upstream = params.get("upstream_ms")
         decision = params.get("decision_us")
@@ -130,6 +159,7 @@ def _parse(p: Planned, response: httpx.Response, latency_ms: float, lag_ms: floa
             bool(params.get("hedged", False)),
             None if upstream is None else float(upstream), None, lag_ms, p.seq,
             None if decision is None else float(decision), bool(params.get("escalated", False)),
+            p.model,
         )
     except (OIPError, KeyError, IndexError, TypeError, ValueError) as exc:
         return _failure(p, latency_ms, 200, f"malformed response: {exc!r}", lag_ms)
@@ -138,8 +168,9 @@ def _parse(p: Planned, response: httpx.Response, latency_ms: float, lag_ms: floa
 class _Run:
     """State of one run: the dispatcher, the in-flight tasks and the counters."""
 
-    def __init__(self, url: str, client: httpx.AsyncClient, schedule: Schedule, data: Split,
-                 *, on_event: EventHook | None, progress: Callable[[ProgressTick], None] | None,
+    def __init__(self, url: str, client: httpx.AsyncClient, schedule: Schedule,
+                 data: Mapping[str, ModelRows], *, on_event: EventHook | None,
+                 progress: Callable[[ProgressTick], None] | None,
                  max_in_flight: int, timeout_slack_s: float, clock: Clock, sleep: Sleep,
                  progress_interval_s: float, event_timeout_s: float,
                  parameters: Mapping[str, Any]) -> None:
@@ -233,15 +264,17 @@ class _Run:
 
     async def _send(self, p: Planned) -> Outcome:
         lag_ms = max(0.0, (self.now() - p.at_s) * 1000)
-        x = self.data.x_test[p.row : p.row + 1]
-        request = InferRequest(inputs=(Tensor(INPUT_NAME, x),),
+        rows = self.data[p.model]
+        x = rows.x[p.row : p.row + 1]
+        request = InferRequest(inputs=(Tensor(rows.input_name, x),),
                                parameters={**self.parameters, "deadline_ms": p.deadline_ms,
                                            "quality": p.quality})
         body, headers = encode_request(request, binary=False)
         timeout_s = p.deadline_ms / 1000 + self.slack_s
         try:
             response = await asyncio.wait_for(
-                self.client.post(self.url, content=body, headers=headers, timeout=timeout_s),
+                self.client.post(self.url.format(model=p.model), content=body, headers=headers,
+                                 timeout=timeout_s),
                 timeout_s,
             )
         except (asyncio.TimeoutError, httpx.TimeoutException):
@@ -249,7 +282,8 @@ class _Run:
         except (httpx.HTTPError, OSError) as exc:
             error = f"{type(exc).__name__}: {exc}"
         else:
-            return _parse(p, response, (self.now() - p.at_s) * 1000, lag_ms)
+            return _parse(p, response, (self.now() - p.at_s) * 1000, lag_ms,
+                          rows.label_output)
         return _failure(p, (self.now() - p.at_s) * 1000, 0, error, lag_ms)
 
     async def _drain(self) -> None:
@@ -291,8 +325,11 @@ async def run_load(
     progress_interval_s: float = 0.25,
     event_timeout_s: float = 60.0,
     parameters: Mapping[str, Any] | None = None,
+    models: Mapping[str, ModelRows] | None = None,
 ) -> LoadResult:
-    """Replay ``plan(phases, data, mix, seed)`` against ``{endpoint}/v2/models/digits/infer``.
+    """Replay ``plan(phases, data, mix, seed)`` against ``{endpoint}/v2/models/<model>/infer``:
+    ``digits`` with ``data``'s rows, and each other model of ``mix.models`` with the rows of
+    ``models`` (its held-out rows, input and label output).
 
     ``on_event(name)`` runs in its own task (bounded by ``event_timeout_s``) so a
     slow hook never delays sends. Without ``client`` one is made with a
@@ -302,8 +339,10 @@ async def run_load(
     """
     if max_in_flight < 1:
         raise ValueError("max_in_flight must be at least 1")
-    schedule = plan(phases, data, mix, seed)
-    url = f"{endpoint.rstrip('/')}/v2/models/{MODEL_NAME}/infer"
+    rows = {MODEL_NAME: ModelRows.digits(data), **(models or {})}
+    schedule = plan(phases, data, mix, seed,
+                    {name: r.y for name, r in rows.items() if name != MODEL_NAME})
+    url = f"{endpoint.rstrip('/')}/v2/models/{{model}}/infer"
     own = client is None
     http = client or httpx.AsyncClient(
         limits=httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=256),
@@ -311,7 +350,7 @@ async def run_load(
         headers={"accept-encoding": "identity"},  # load measures routing, not gzip
     )
     try:
-        runner = _Run(url, http, schedule, data, on_event=on_event, progress=progress,
+        runner = _Run(url, http, schedule, rows, on_event=on_event, progress=progress,
                       max_in_flight=max_in_flight, timeout_slack_s=timeout_slack_s,
                       clock=clock, sleep=sleep, progress_interval_s=progress_interval_s,
                       event_timeout_s=event_timeout_s, parameters=parameters or {})

@@ -39,6 +39,8 @@ DOCS_SCREENSHOT = ROOT / "docs/status-page.png"
 leaves tracked files as they were)."""
 PROMETHEUS_PORT = 18990
 RATE_WINDOW = "2m"
+ALL_MODELS = ".*"
+"""The dashboard's ``model`` variable set to All (its ``allValue``)."""
 
 
 
@@ -167,7 +169,8 @@ def test_every_dashboard_query_returns_series(prometheus: str, loaded: dict[str,
                                               title: str, expr: str) -> None:
     if CACHE_SERIES.search(expr):
         pytest.skip("a response cache panel: the cache is off here; test_cache.py checks it")
-    series = query(prometheus, expr.replace("$__rate_interval", RATE_WINDOW))
+    series = query(prometheus, expr.replace("$__rate_interval", RATE_WINDOW)
+                   .replace("$model", ALL_MODELS))
     assert series, f"panel '{title}' has no data: {expr}"
 
 
@@ -193,6 +196,8 @@ def test_the_series_the_alerts_watch_exist(stack: RunningStack, prometheus: str,
     breakers = {s["metric"]["target"] for s in query(
         prometheus, "ray_edgeroute_target_breaker_open")}
     assert breakers == set(stack.targets())
+    models = {s["metric"]["model"] for s in query(prometheus, "ray_edgeroute_requests_total")}
+    assert models == {"digits"}
     assert query(prometheus, "ray_edgeroute_cloud_replicas")
     queued = query(prometheus, 'ray_serve_deployment_queued_queries'
                                '{application="edgeroute", deployment!="router"}')

@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
+from edgeroute.models.catalog import ServedModel
+from edgeroute.signature import Signature
 from router.activity import EXPLAINED, Activity
 from router.estimator import TargetEstimator
 from router.metrics import MemoryFactory, RouterMetrics
+from router.models import ModelServices
 from router.plan import CandidateRow, Decision, Plan
 from router.policy import RoutingPolicy
 from router.served import NotServed
@@ -147,8 +150,9 @@ def test_the_status_page_is_self_contained() -> None:
 
 
 class _Replica(StatusPage):
-    def __init__(self, service: RoutingService) -> None:
+    def __init__(self, service: RoutingService, models: ModelServices | None = None) -> None:
         self.service = service
+        self.models = models or ModelServices.digits_only(service)
         self.admin_token = "s3cret"
         self.replica = "r1"
 
@@ -180,6 +184,30 @@ def test_the_status_routes_answer_the_page_and_guard_the_summary() -> None:
     body = summary.json()
     assert body["replica"] == "r1"
     assert body["totals"]["placements"] == {"edge-a": 1}
+
+
+def test_the_summary_shows_every_models_window() -> None:
+    digits, wine = edge_service(FakeTransport("edge-a")), edge_service(FakeTransport("edge-w"))
+    sensor = ServedModel("wine", Signature("wine", (), ()), None, None, None, None)
+    replica = _Replica(digits, ModelServices([(ModelServices.digits_only(digits).first.model,
+                                               digits), (sensor, wine)]))
+    app = FastAPI()
+    app.add_api_route("/v1/metrics/summary", replica.metrics_summary)
+
+    async def main() -> httpx.Response:
+        for _ in range(2):
+            await wine.route(np.zeros((1, 64), dtype=np.float32), deadline_ms=500.0,
+                             received=time.monotonic(), quality="any", caller=caller())
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://router") as client:
+            return await client.get("/v1/metrics/summary",
+                                    headers={"authorization": "Bearer s3cret"})
+
+    body = run_async(main).json()
+    assert body["model"] == "digits" and body["totals"]["requests"] == 0
+    assert set(body["models"]) == {"digits", "wine"}
+    assert body["models"]["wine"]["totals"]["placements"] == {"edge-w": 2}
+    assert body["models"]["digits"]["totals"]["requests"] == 0
 
 
 def test_a_counter_given_nothing_to_add_is_left_as_is() -> None:

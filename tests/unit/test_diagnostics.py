@@ -70,7 +70,7 @@ class Rig:
     def gauge(self) -> float:
         self.service.publish_gauges()
         values = self.factory.instruments["edgeroute_target_breaker_open"].values
-        return float(values[(("target", "edge-a"),)])
+        return float(values[(("model", "digits"), ("target", "edge-a"))])
 
 
 def test_the_last_error_has_an_age_and_clears_once_the_target_answers() -> None:
@@ -136,7 +136,7 @@ def test_the_breaker_gauge_reads_open_while_a_worker_is_held_down() -> None:
     assert rig.gauge() == 0.0
     assert rig.view()["available"]
     predicted = rig.factory.instruments["edgeroute_target_predicted_latency_ms"].values
-    assert (("target", "edge-a"),) in predicted
+    assert (("model", "digits"), ("target", "edge-a")) in predicted
 
 
 def test_the_unsure_answer_rate_and_the_traffic_share_are_shown() -> None:

@@ -241,6 +241,21 @@ def test_dashboard_has_the_panels_ops_look_for() -> None:
     assert "/ sum(rate(ray_edgeroute_requests_total" in cost
 
 
+def test_every_panel_filters_by_the_model_variable_and_splits_targets_by_model() -> None:
+    dashboard = json.loads(GRAFANA.read_text())
+    model = {v["name"]: v for v in dashboard["templating"]["list"]}["model"]
+    assert "label_values(ray_edgeroute_requests_total, model)" in model["definition"]
+    assert model["includeAll"] and model["allValue"] == ".*"
+    for panel in (p for p in _panels(dashboard) if p["type"] != "row"):
+        for target in panel["targets"]:
+            expr = target["expr"]
+            selectors = re.findall(r"ray_edgeroute_\w+(\{[^}]*\})?", expr)
+            assert selectors and all('model=~"$model"' in s for s in selectors), expr
+            for grouping in re.findall(r"by \(([^)]*)\)", expr):
+                if "target" in grouping:
+                    assert "model" in grouping, (panel["title"], expr)
+
+
 def test_metric_list_matches_what_the_router_registers() -> None:
     metrics = pytest.importorskip("router.metrics")
     factory = metrics.MemoryFactory()

@@ -18,12 +18,13 @@ import pytest
 
 from edgeroute.contract import output_tensors
 from edgeroute.dataset import Split, digits_split
-from edgeroute.oip import InferResponse, decode_request, encode_response
+from edgeroute.oip import InferResponse, Tensor, decode_request, encode_response
 from edgeroute.tools.loadgen import (
     LoadResult,
     Phase,
     ProgressTick,
     RequestMix,
+    bundled_rows,
     plan,
     run_load,
 )
@@ -270,3 +271,51 @@ def test_digits_split_is_stratified_and_typed(data: Split) -> None:
     assert np.all(np.abs(np.bincount(data.y_test) - full * 0.25) <= 1.0)
     again = digits_split(seed=0)
     assert np.array_equal(again.x_test, data.x_test)
+
+
+def test_a_model_mix_sends_each_model_its_own_rows_at_its_share(data: Split) -> None:
+    phases = [Phase("a", 20.0, 100.0)]
+    wine = bundled_rows(["digits", "wine"])["wine"]
+    mix = RequestMix(deadlines_ms=((50.0, 1.0), (500.0, 1.0)), seed=7,
+                     models=(("digits", 0.7), ("wine", 0.3)))
+    one = plan(phases, data, RequestMix(deadlines_ms=mix.deadlines_ms, seed=7), seed=1)
+    mixed = plan(phases, data, mix, seed=1, labels={"wine": wine.y})
+    assert [(r.at_s, r.deadline_ms) for r in mixed.requests] == [
+        (r.at_s, r.deadline_ms) for r in one.requests]
+    share = sum(r.model == "wine" for r in mixed.requests) / len(mixed.requests)
+    assert 0.25 < share < 0.35
+    for r in mixed.requests:
+        assert r.label == (wine.y if r.model == "wine" else data.y_test)[r.row]
+    assert len({r.row for r in mixed.requests if r.model == "wine"}) == len(wine.y)
+    with pytest.raises(ValueError, match="no held-out rows for the models"):
+        plan(phases, data, mix, seed=1)
+    with pytest.raises(ValueError, match="add up to 1"):
+        RequestMix(models=(("digits", 0.7), ("wine", 0.2)))
+
+
+def test_each_request_goes_to_its_models_route_with_its_models_input(data: Split) -> None:
+    wine = bundled_rows(["wine"])["wine"]
+    digits_answer = fake_router(data)
+    wine_labels = {row.tobytes(): int(y) for row, y in zip(wine.x, wine.y, strict=True)}
+    seen: list[tuple[str, str]] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        decoded = decode_request(request.content, dict(request.headers))
+        seen.append((request.url.path, decoded.inputs[0].name))
+        if request.url.path != "/v2/models/wine/infer":
+            return await digits_answer(request)
+        x = np.asarray(decoded.inputs[0].data, dtype=np.float32).reshape(1, -1)
+        label = wine_labels[x[0].tobytes()]
+        body, headers = encode_response(InferResponse("wine", (
+            Tensor("cultivar", np.array([label], dtype=np.int64)),), "1", None, {
+            "target": "edge-b", "tier": "edge", "cost_usd": 1e-7}))
+        return httpx.Response(200, content=body, headers=headers)
+
+    result = load(handler, [Phase("a", 0.5, 100.0)], data,
+                  RequestMix(seed=2, models=(("digits", 0.5), ("wine", 0.5))), seed=4,
+                  models={"wine": wine})
+    assert set(seen) == {("/v2/models/digits/infer", "input"),
+                         ("/v2/models/wine/infer", "measurements")}
+    assert all(o.ok and o.predicted == o.label for o in result.outcomes)
+    assert {o.model for o in result.outcomes} == {"digits", "wine"}
+    assert all(o.target == "edge-b" for o in result.outcomes if o.model == "wine")

@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 import ray.serve
+from pydantic import ValidationError
 
 from edgeroute import contract
 from edgeroute.config import RouterSettings
@@ -26,6 +27,7 @@ from router.estimator import TargetEstimator
 from router.metrics import MemoryFactory, RouterMetrics
 from router.models import ModelServices
 from router.oip_routes import OIPRoutes
+from router.policy import PolicyDocument
 from router.policy_keeper import PolicyKeeper
 from router.service import RoutingService
 from router.targets import TargetSet
@@ -60,7 +62,8 @@ def router(monkeypatch: pytest.MonkeyPatch) -> Any:
         fake_target(FakeTransport(name), estimator=TargetEstimator(name=name))
         for name in ("edge-a", "edge-b")], probe_interval_s=1)
     instance.settings = RouterSettings()
-    instance.service = RoutingService(targets, metrics=RouterMetrics(MemoryFactory()))
+    instance.recorded = MemoryFactory()
+    instance.service = RoutingService(targets, metrics=RouterMetrics(instance.recorded))
     instance.policies = PolicyKeeper()
     instance.models = ModelServices.digits_only(instance.service)
     instance.inference_stats = instance.models.first.stats
@@ -151,21 +154,31 @@ async def sensor_answer(transport: FakeTransport, x: Any, timeout_s: float) -> R
                  confidence_output="scores")
 
 
-def test_two_models_route_by_name_with_their_own_targets(router: Any) -> None:
+READINGS = {"inputs": [{"name": "readings", "datatype": "FP32", "shape": [2, 13],
+                         "data": [0.5] * 26}], "outputs": [{"name": "label"}]}
+
+
+def add_sensor(router: Any) -> FakeTransport:
+    """Serve a second model, ``sensor``, on one fake edge target; its transport."""
     signature = Signature("sensor", (TensorSpec("readings", "FP32", (-1, 13)),),
                           (TensorSpec("scores", "FP32", (-1, 3)),
                            TensorSpec("label", "INT64", (-1,))))
     sensor = ServedModel("sensor", signature, None, None, "scores", None)
     edge_a = FakeTransport("edge-a", sensor_answer)
     service = RoutingService(TargetSet([fake_target(edge_a, estimator=TargetEstimator(
-        name="edge-a"))], probe_interval_s=1), metrics=RouterMetrics(MemoryFactory()))
+        name="edge-a"))], probe_interval_s=1),
+        metrics=router.service.metrics.for_model("sensor"))
     router.models = ModelServices([(router.models.first.model, router.service),
                                    (sensor, service)])
+    return edge_a
+
+
+def test_two_models_route_by_name_with_their_own_targets(router: Any) -> None:
+    edge_a = add_sensor(router)
     router.admin_token = "secret"
 
     async def main(client: httpx.AsyncClient) -> dict[str, httpx.Response]:
-        readings = {"inputs": [{"name": "readings", "datatype": "FP32", "shape": [2, 13],
-                                "data": [0.5] * 26}], "outputs": [{"name": "label"}]}
+        readings = READINGS
         return {
             "sensor": await client.post("/v2/models/sensor/infer", json=readings),
             "wrong": await client.post("/v2/models/digits/infer", json=readings),
@@ -192,3 +205,71 @@ def test_two_models_route_by_name_with_their_own_targets(router: Any) -> None:
     targets = got["targets"].json()["targets"]
     assert {(t["model"], t["name"]) for t in targets} == {
         ("digits", "edge-a"), ("digits", "edge-b"), ("sensor", "edge-a")}
+
+
+def test_every_series_names_the_model_its_request_named(router: Any) -> None:
+    add_sensor(router)
+
+    async def main(client: httpx.AsyncClient) -> list[int]:
+        return [(await client.post(path, content=content)).status_code for path, content in [
+            ("/v2/models/sensor/infer", json.dumps(READINGS).encode()),
+            ("/v2/models/sensor/infer", json.dumps(READINGS).encode()),
+            ("/v2/models/digits/infer", body()),
+            ("/v2/models/nope/infer", body())]]
+
+    assert call(main) == [200, 200, 200, 404]
+    requests = router.recorded.instruments["edgeroute_requests_total"]
+    assert requests.total(model="sensor", status="200") == 2
+    assert requests.total(model="digits", status="200") == 1
+    assert requests.total(model="-", status="404") == 1
+    placed = router.recorded.instruments["edgeroute_placements_total"]
+    assert placed.total(model="sensor", target="edge-a") == 2
+    assert placed.total(model="digits") == 1
+    assert all(dict(key)["model"] in ("digits", "sensor", "-")
+               for recorded in router.recorded.instruments.values() for key in recorded.values)
+
+
+def test_a_models_policy_defaults_set_its_deadline_and_refuse_tiers_it_may_not_use(
+        router: Any) -> None:
+    add_sensor(router)
+    router.models.apply_policy(PolicyDocument.model_validate({
+        "anonymous": {"allowed_policies": ["always-cloud"]},
+        "models": {"sensor": {"deadline_ms": 500, "tiers": ["edge"]}}}))
+
+    def readings(**parameters: Any) -> bytes:
+        return json.dumps({**READINGS, "parameters": parameters}).encode()
+
+    async def main(client: httpx.AsyncClient) -> dict[str, httpx.Response]:
+        sensor = "/v2/models/sensor/infer"
+        return {
+            "default": await client.post(sensor, content=readings()),
+            "own": await client.post(sensor, content=readings(deadline_ms=900)),
+            "high": await client.post(sensor, content=readings(quality="high")),
+            "cloud": await client.post(sensor, content=readings(policy="always-cloud")),
+            "digits": await client.post("/v2/models/digits/infer", content=body()),
+        }
+
+    got = call(main)
+    assert got["default"].status_code == 200, got["default"].text
+    assert got["default"].json()["parameters"]["deadline_ms"] == 500
+    assert got["own"].json()["parameters"]["deadline_ms"] == 900
+    assert got["high"].status_code == 403
+    assert "model 'sensor' may run on ['edge'] only" in got["high"].json()["error"]
+    assert got["cloud"].status_code == 403
+    assert got["cloud"].json()["error"] == (
+        "policy 'always-cloud' routes to ['cloud'] but model 'sensor' may run on ['edge'] only")
+    assert got["digits"].status_code == 200
+    assert got["digits"].json()["parameters"]["deadline_ms"] == 1000
+
+
+@pytest.mark.parametrize("defaults, reason", [
+    ({"tiers": []}, "at least 1 item"),
+    ({"tiers": ["edge", "edge"]}, "must not repeat"),
+    ({"tiers": ["moon"]}, "'edge' or 'cloud'"),
+    ({"deadline_ms": 0}, "greater than 0"),
+    ({"deadline": 5}, "Extra inputs"),
+])
+def test_invalid_model_defaults_are_refused_with_the_reason(defaults: dict[str, Any],
+                                                            reason: str) -> None:
+    with pytest.raises(ValidationError, match=reason):
+        PolicyDocument.model_validate({"models": {"sensor": defaults}})

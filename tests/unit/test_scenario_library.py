@@ -114,3 +114,22 @@ def test_oracle_prefers_a_right_answer_to_a_cheaper_wrong_one() -> None:
 
     chosen, picked = oracle({"cheap": [answer(0, 5, 1e-6)], "right": [answer(0, 3, 1e-3)]})
     assert chosen[0].predicted == 3 and picked == {"cheap": 0, "right": 1}
+
+
+def test_a_two_model_scenario_sends_both_models_and_reports_each() -> None:
+    from edgeroute.tools.bench.report import markdown, summarize
+
+    scenario = Scenario.load(SCENARIOS / "two-models.yaml").quick()
+    arms = simulate_arms(scenario)
+    outcomes = arms["default"].result.outcomes
+    wine = [o for o in outcomes if o.model == "wine"]
+    assert {o.model for o in outcomes} == {"digits", "wine"}
+    assert 0.15 < len(wine) / len(outcomes) < 0.45
+    assert all(o.label in (0, 1, 2) for o in wine)
+    assert {run.result.outcomes[-1].seq for run in arms.values()} == {outcomes[-1].seq}
+    summary = summarize(scenario, arms, {}, wall_s=1.0, backend="simulator")
+    split = summary["arms"]["default"]["models"]
+    assert set(split) == {"digits", "wine"}
+    assert split["wine"]["requests"] == len(wine)
+    assert sum(f["requests"] for f in split.values()) == len(outcomes)
+    assert "## Per model" in markdown(summary, {})

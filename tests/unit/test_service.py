@@ -218,7 +218,8 @@ def test_the_predicted_latency_gauge_shows_what_the_decision_read() -> None:
     gauge = factory.instruments["edgeroute_target_predicted_latency_ms"]
     priors = {name: t.estimator.latency.distribution(1, False).quantile(0.5)
               for name, t in svc.targets.targets.items()}
-    assert {k[0][1]: v for k, v in gauge.values.items()} == pytest.approx(priors)
+    assert {dict(k)["target"]: v for k, v in gauge.values.items()} == pytest.approx(priors)
+    assert {dict(k)["model"] for k in gauge.values} == {"digits"}
 
 
 def test_the_targets_table_shows_what_the_decision_reads() -> None:

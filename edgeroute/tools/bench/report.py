@@ -54,7 +54,9 @@ def _group(outcomes: Sequence[Outcome], scenario: Scenario, provisioned_usd: flo
     overall["escalated"] = sum(o.escalated for o in outcomes if o.ok)
     phases = {p.name: figures([o for o in outcomes if o.phase == p.name], p.duration_s)
               for p in scenario.phases}
-    return {"overall": overall, "phases": phases}
+    models = {m: figures([o for o in outcomes if o.model == m], scenario.duration_s)
+              for m in scenario.models()}
+    return {"overall": overall, "phases": phases, "models": models}
 
 
 def _machine() -> dict[str, Any]:
@@ -131,6 +133,23 @@ def _phase_rows(summary: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]
     return ["phase", *names], rows
 
 
+MODEL_COLUMNS = ("arm", "model", "req", "failed", "SLO", "useful", "p50 ms", "p99 ms",
+                 "accuracy", "$/1k marginal", "placement")
+
+
+def _model_rows(summary: Mapping[str, Any]) -> list[list[str]]:
+    """Each arm's figures split by the model its requests were for."""
+    rows = []
+    for name, arm in summary["arms"].items():
+        for model, row in arm.get("models", {}).items():
+            lat = row["latency_ms"]
+            rows.append([name, model, str(row["requests"]), str(row["failed"]),
+                         _n(row["slo_attainment"], ".1%"), _n(row["useful_rate"], ".1%"),
+                         _n(lat["p50"]), _n(lat["p99"]), _n(row["accuracy"], ".1%"),
+                         _n(row["cost_per_1k_usd"], ".3g"), _mix(row)])
+    return rows
+
+
 def _goal_rows(summary: Mapping[str, Any]) -> list[list[str]]:
     verdict = {True: "met", False: "MISSED", None: "n/a"}
     return [[g["name"], g["target"], g["measured"], verdict[g["met"]]] for g in summary["goals"]]
@@ -174,6 +193,8 @@ def markdown(summary: Mapping[str, Any], plots: Mapping[str, str]) -> str:
         "Oracle: per request, the cheapest measured outcome that was useful (else met the "
         "SLO).", "",
         "## SLO attainment per phase", "", _md_table(*_phase_rows(summary)), "",
+        *(["## Per model", "", _md_table(MODEL_COLUMNS, _model_rows(summary)), ""]
+          if len(s["mix"].get("models") or {}) > 1 else []),
         "## Goals", "", _md_table(("goal", "target", "measured", "verdict"), _goal_rows(summary)),
         "",
     ]
@@ -201,6 +222,14 @@ def render(summary: Mapping[str, Any], console: Console) -> None:
     for row in rows:
         phases.add_row(*row)
     console.print(phases)
+    if len(summary["scenario"]["mix"].get("models") or {}) > 1:
+        per_model = Table(title="Per model", header_style="bold")
+        for column in MODEL_COLUMNS:
+            per_model.add_column(column, justify="left" if column in (
+                "arm", "model", "placement") else "right")
+        for row in _model_rows(summary):
+            per_model.add_row(*row)
+        console.print(per_model)
     goal_table = Table(title="Goals (this run)", header_style="bold")
     for column in ("goal", "target", "measured", "verdict"):
         goal_table.add_column(column)
@@ -277,9 +306,10 @@ def _plot_timeline(summary: Mapping[str, Any], arms: Mapping[str, ArmRun], path:
     figure.savefig(path, dpi=100)
 
 
-REQUEST_FIELDS = ("seq", "phase", "scheduled_s", "latency_ms", "status", "deadline_ms", "quality",
-                  "label", "predicted", "target", "tier", "cost_usd", "attempts", "fallback",
-                  "hedged", "escalated", "upstream_ms", "decision_us", "send_lag_ms", "error")
+REQUEST_FIELDS = ("seq", "model", "phase", "scheduled_s", "latency_ms", "status",
+                  "deadline_ms", "quality", "label", "predicted", "target", "tier", "cost_usd",
+                  "attempts", "fallback", "hedged", "escalated", "upstream_ms", "decision_us",
+                  "send_lag_ms", "error")
 
 
 def write_requests(arms: Mapping[str, ArmRun], path: Path) -> None:

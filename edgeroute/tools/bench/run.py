@@ -28,7 +28,7 @@ from edgeroute.models.store import ensure_models
 from edgeroute.tools import chaos
 from edgeroute.tools.bench.scenario import Fault, Scenario
 from edgeroute.tools.figures import rich_progress
-from edgeroute.tools.loadgen import LoadResult, run_load
+from edgeroute.tools.loadgen import LoadResult, bundled_rows, run_load
 from edgeroute.tools.overhead import measure, throughput
 from edgeroute.tools.router_api import admin_headers
 from edgeroute.tools.schedule import Phase
@@ -114,7 +114,7 @@ class Bench:
         return asyncio.run(run_load(
             self.stack.endpoint, phases, self.data, self.scenario.request_mix(),
             on_event=on_event, progress=progress, seed=self.scenario.seed,
-            parameters={"policy": policy}))
+            parameters={"policy": policy}, models=bundled_rows(self.scenario.models())))
 
     def _arm(self, name: str, index: int) -> ArmRun:
         assert self.stack is not None

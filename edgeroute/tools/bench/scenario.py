@@ -36,6 +36,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgeroute.config import LinkProfile, StackConfig
+from edgeroute.contract import MODEL_NAME
 from edgeroute.tools.schedule import Phase, RequestMix
 from router.policy import PolicyDocument
 
@@ -103,6 +104,17 @@ class Mix(Frozen):
     deadlines_ms: tuple[tuple[float, float], ...] = ((250.0, 1.0),)
     """(deadline_ms, weight) pairs."""
     high_quality_share: float = Field(0.0, ge=0, le=1)
+    models: dict[str, float] = {}
+    """The share of requests for each model, e.g. ``{digits: 0.7, wine: 0.3}``: each a model
+    of the stack's ``models``, the shares positive and adding up to 1. Each request sends a
+    held-out row of its model's data. Empty: every request is for ``digits``."""
+
+    @model_validator(mode="after")
+    def _shares(self) -> Mix:
+        if self.models:
+            RequestMix(self.deadlines_ms, self.high_quality_share, 0,
+                       tuple(self.models.items()))
+        return self
 
 
 class Overhead(Frozen):
@@ -168,6 +180,10 @@ class Scenario(Frozen):
             raise ValueError(f"arms {unknown} are not named policies (known: {sorted(named)})")
         config = self.stack_config()
         self.policy_document()
+        served = [m.name for m in config.models]
+        if unserved := sorted(set(self.mix.models) - set(served)):
+            raise ValueError(f"mix.models names {unserved}, not models of the stack "
+                             f"(stack.models: {served})")
         targets = {e.name for e in config.edges} | {config.cloud.name}
         edges = {e.name for e in config.edges}
         for phase in self.phases:
@@ -204,7 +220,12 @@ class Scenario(Frozen):
                 for p in self.phases]
 
     def request_mix(self) -> RequestMix:
-        return RequestMix(self.mix.deadlines_ms, self.mix.high_quality_share, self.seed)
+        return RequestMix(self.mix.deadlines_ms, self.mix.high_quality_share, self.seed,
+                          tuple(self.mix.models.items()))
+
+    def models(self) -> list[str]:
+        """The models the load is for, in the mix's order (``digits`` alone by default)."""
+        return list(self.mix.models) or [MODEL_NAME]
 
     def faults(self) -> dict[str, Fault]:
         """Every fault by the event name the load generator fires."""

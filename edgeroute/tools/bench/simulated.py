@@ -41,11 +41,12 @@ from typing import Any
 import numpy as np
 
 from edgeroute.config import LinkProfile, StackConfig
+from edgeroute.contract import MODEL_NAME
 from edgeroute.dataset import Split, digits_split
 from edgeroute.tools.bench.run import ArmRun
 from edgeroute.tools.bench.scenario import Fault, Scenario
-from edgeroute.tools.loadgen import LoadResult, Outcome
-from edgeroute.tools.schedule import Planned, Schedule, plan
+from edgeroute.tools.loadgen import LoadResult, Outcome, bundled_rows
+from edgeroute.tools.schedule import Planned, plan
 from edgeroute.tools.sim.engine import ArmSpec, Simulation
 from edgeroute.tools.sim.execute import Outcome as PlanOutcome
 from edgeroute.tools.sim.synthetic import DOWN, HANG, CloudScaling, Topology
@@ -189,21 +190,20 @@ def _topology(scenario: Scenario, config: StackConfig, targets: dict[str, _Targe
 
 
 def _trace(scenario: Scenario, config: StackConfig, targets: dict[str, _Target],
-           schedule: Schedule, answers: Answers) -> Chunk:
-    """Every request's draws on every target, from the scenario's seed."""
-    rng = np.random.default_rng([scenario.seed, 7])
+           requests: Sequence[Planned], answers: Answers, stream: list[int]) -> Chunk:
+    """Every request's draws on every target, from ``stream`` (the scenario's seed)."""
+    rng = np.random.default_rng(stream)
     sim = scenario.simulation
     names = [*(e.name for e in config.edges), config.cloud.name]
     sigmas = [sim.edge_service_sigma] * len(config.edges) + [sim.cloud_service_sigma]
     student = config.edges[0].model
     network, service = [], []
-    for request in schedule.requests:
+    for request in requests:
         t = request.at_s
         network.append([_draw_network(targets[x].link_at(t), rng) for x in names])
         service.append([targets[x].service_median_ms * targets[x].slow_at(t)
                         * float(rng.lognormal(0.0, s)) for x, s in zip(names, sigmas,
                                                                       strict=True)])
-    requests = schedule.requests
     return Chunk(
         first=0,
         arrival_s=[r.at_s for r in requests],
@@ -229,7 +229,8 @@ class _Recorder:
                  cost_usd: float) -> None:
         r = self.requests[i]
         base = {"phase": r.phase, "scheduled_s": r.at_s, "deadline_ms": r.deadline_ms,
-                "quality": r.quality, "label": r.label, "seq": r.seq, "cost_usd": cost_usd}
+                "quality": r.quality, "label": r.label, "seq": r.seq, "cost_usd": cost_usd,
+                "model": r.model}
         self.outcomes.setdefault(arm, []).append(self._outcome(decision, out, r, base))
 
     def _outcome(self, decision: Decision, out: PlanOutcome | None, r: Planned,
@@ -260,37 +261,81 @@ class _Recorder:
                        escalated=out.escalated)
 
 
+@functools.lru_cache(maxsize=1)
+def wine_answers() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every held-out wine through the bundled wine pair, once per process: whether the
+    student is right, its top probability, whether the teacher is right."""
+    from edgeroute.models import wine
+    from edgeroute.models.runtime import OnnxModel
+
+    models, data = wine.ensure_wine(), wine.wine_split()
+    probabilities, student = OnnxModel(models.student).predict(data.x_test)
+    _, teacher = OnnxModel(models.teacher).predict(data.x_test)
+    return (np.asarray(student) == data.y_test, np.asarray(probabilities).max(axis=1),
+            np.asarray(teacher) == data.y_test)
+
+
+def _answers_of(model: str, config: StackConfig) -> Answers:
+    """The answers of ``model``'s pair under the names the edges' models go by."""
+    if model == MODEL_NAME:
+        return model_answers()
+    if model != "wine":
+        raise ValueError(f"the simulator has held-out rows for digits and wine only, "
+                         f"not {model!r}")
+    student, confidence, teacher = wine_answers()
+    edges = {e.model for e in config.edges}
+    return Answers({**dict.fromkeys(edges, student), "teacher": teacher},
+                   dict.fromkeys(edges, confidence))
+
+
 def simulate_arms(scenario: Scenario, data: Split | None = None) -> dict[str, ArmRun]:
-    """Every arm of ``scenario`` over one simulated run of its trace (its seed)."""
+    """Every arm of ``scenario`` over one simulated run of its trace (its seed). With a
+    model mix, each model's requests run in a world of their own (the router keeps
+    estimators, breakers and costs per model and target; the edges' capacity is not shared
+    between the models here, so contention across models is not modelled)."""
     config = scenario.stack_config()
     if len(config.edges) < 2:
         raise ValueError("the simulator path needs at least two edge workers")
     data = data or digits_split()
-    answers = model_answers()
-    schedule = plan(scenario.load_phases(), data, scenario.request_mix(), seed=scenario.seed)
+    schedule = plan(scenario.load_phases(), data, scenario.request_mix(), seed=scenario.seed,
+                    labels={m: r.y for m, r in bundled_rows(scenario.models()).items()})
     if not schedule.requests:
         raise ValueError(f"scenario {scenario.name} sends no request")
+    outcomes: dict[str, list[Outcome]] = {arm: [] for arm in scenario.arms}
+    for k, model in enumerate(scenario.models()):
+        requests = tuple(r for r in schedule.requests if r.model == model)
+        if requests:
+            for arm, rows in _simulate(scenario, config, requests, _answers_of(model, config),
+                                       [scenario.seed, 7] + ([k] if k else [])).items():
+                outcomes[arm] += rows
+    events = tuple((at, f.name) for at, f in _fault_times(scenario))
+    bounds = schedule.phases
+    return {arm: ArmRun(arm, LoadResult(tuple(sorted(outcomes[arm], key=lambda o: o.seq)),
+                                        events, bounds, duration_s=scenario.duration_s),
+                        0.0, ())
+            for arm in scenario.arms}
+
+
+def _simulate(scenario: Scenario, config: StackConfig, requests: tuple[Planned, ...],
+              answers: Answers, stream: list[int]) -> dict[str, list[Outcome]]:
+    """Every arm over ``requests`` (of one model) in one simulated world."""
     targets = _targets(scenario, config)
     topology = _topology(scenario, config, targets)
-    chunk = _trace(scenario, config, targets, schedule, answers)
+    chunk = _trace(scenario, config, targets, requests, answers, stream)
     mix = scenario.mix.deadlines_ms
     sim = SimScenario(
         sites=len(config.edges), neighbours=len(config.edges) - 1,
-        requests=len(schedule.requests), rate_rps=len(schedule.requests) / scenario.duration_s,
+        requests=len(requests), rate_rps=len(requests) / scenario.duration_s,
         seed=scenario.seed, deadlines_ms=tuple(sorted({d for d, _ in mix})),
         deadline_weights=tuple(1.0 for _ in sorted({d for d, _ in mix})),
         high_quality_share=scenario.mix.high_quality_share, cloud_outage_s=None,
         probe_interval_s=config.router.probe_interval_ms / 1000,
-        chunk_requests=max(len(schedule.requests), 1))
+        chunk_requests=max(len(requests), 1))
     names = list(topology.names())
     models = [*(e.model for e in config.edges), "teacher"]
-    recorder = _Recorder(schedule.requests, names, models, answers, topology.cloud)
+    recorder = _Recorder(requests, names, models, answers, topology.cloud)
     Simulation(sim, arms=[ArmSpec(a, a) for a in scenario.arms],
                doc=scenario.policy_document(), topology=topology, trace=[chunk],
                record=recorder).run()
-    events = tuple((at, f.name) for at, f in _fault_times(scenario))
-    bounds = schedule.phases
-    return {arm: ArmRun(arm, LoadResult(tuple(recorder.outcomes.get(arm, [])), events, bounds,
-                                        duration_s=scenario.duration_s), 0.0, ())
-            for arm in scenario.arms}
+    return recorder.outcomes
 
