@@ -134,12 +134,14 @@ def plan(current: StackConfig, new: StackConfig) -> Plan:
 
 def effective(new: StackConfig, current: StackConfig, port_override: int | None) -> StackConfig:
     """The file's config with what ``edgeroute up`` added to it: the ``--port`` given, and
-    the tokens it made for a config that leaves them out."""
+    the tokens and the jobs folder it chose for a config that leaves them out."""
     document = new.model_dump()
     if port_override is not None:
         document["port"] = port_override
     for token in ("admin_token", "ops_token", "fleet_token"):
         document["router"][token] = document["router"][token] or getattr(current.router, token)
+    document["router"]["jobs"]["dir"] = (document["router"]["jobs"]["dir"]
+                                         or current.router.jobs.dir)
     return StackConfig.model_validate(document)
 
 

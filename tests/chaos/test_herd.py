@@ -166,7 +166,7 @@ def test_a_herd_is_served_or_shed_at_once_and_ejects_no_healthy_target(
                "breakers_open_after": open_after_herd, "admission_after": admission,
                "error_samples": sorted({a.error[:160] for a in answers if a.error})[:3],
                "after": {k: after_figures[k] for k in ("requests", "failed", "statuses",
-                                                      "p50_ms", "p99_ms")}}
+                                                      "p50_ms", "p99_ms", "errors")}}
     if size == 400:
         met = figures["answered_in_time"] >= GOAL_ANSWERED_400
         figures["goal_answered_in_time"] = f">= {GOAL_ANSWERED_400}: {_met(met)}"

@@ -27,6 +27,7 @@ import httpx
 import pytest
 import yaml
 
+from router.metrics import NO_MODEL
 from tests.stackkit import RunningStack, open_loop
 
 pytestmark = pytest.mark.integration
@@ -197,7 +198,7 @@ def test_the_series_the_alerts_watch_exist(stack: RunningStack, prometheus: str,
         prometheus, "ray_edgeroute_target_breaker_open")}
     assert breakers == set(stack.targets())
     models = {s["metric"]["model"] for s in query(prometheus, "ray_edgeroute_requests_total")}
-    assert models == {"digits"}
+    assert models - {NO_MODEL} == {"digits"}, "a request for no served model is labelled '-'"
     assert query(prometheus, "ray_edgeroute_cloud_replicas")
     queued = query(prometheus, 'ray_serve_deployment_queued_queries'
                                '{application="edgeroute", deployment!="router"}')

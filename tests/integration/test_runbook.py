@@ -233,9 +233,14 @@ def test_the_local_stack(operator: Operator) -> None:
                          ("GET", "/v1/metrics/summary"), ("PUT", "/v1/links/edge-a")):
         answer = httpx.request(method, f"{stack.endpoint}{path}", json={}, timeout=5)
         assert answer.status_code == 401, (method, path)
-    printed = operator.run("infra", "serve-config", "--config", "stack.yaml",
-                           "--policy", "policy.yaml").stdout
-    assert yaml.safe_load(printed) == state["serve_config"], "the document `up` deployed"
+    printed = yaml.safe_load(operator.run("infra", "serve-config", "--config", "stack.yaml",
+                                          "--policy", "policy.yaml").stdout)
+    deployed = state["serve_config"]
+    jobs = deployed["applications"][0]["args"]["config"]["router"]["jobs"]
+    assert Path(jobs["dir"]) == (workdir / ".edgeroute" / "jobs").resolve(), \
+        "up keeps batch jobs beside its state file"
+    jobs["dir"] = None
+    assert printed == deployed, "the document `up` deployed, but for the jobs folder"
     operator.walked("test_the_local_stack")
 
 

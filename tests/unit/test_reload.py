@@ -98,6 +98,13 @@ def test_the_running_stacks_tokens_and_port_override_carry_over() -> None:
     assert not plan(running, effective(config(), running, port_override=None)).empty
 
 
+def test_the_jobs_folder_up_chose_carries_over(tmp_path: Path) -> None:
+    running = config().with_jobs_dir(tmp_path / "jobs")
+    new = effective(config(), running, port_override=None)
+    assert new.router.jobs.dir == (tmp_path / "jobs").resolve()
+    assert not plan(running, new).refused
+
+
 def test_a_request_without_a_supervisor_gives_up_within_its_bound(tmp_path: Path) -> None:
     with pytest.raises(ReloadError, match="no answer from the stack's supervisor"):
         request({"control_dir": str(tmp_path)}, None, timeout_s=0.3)
