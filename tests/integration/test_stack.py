@@ -74,12 +74,14 @@ def test_quality_high_is_served_by_the_large_model(stack: RunningStack) -> None:
 
 
 def test_deadline_decides_between_cheap_cloud_and_near_edge(stack: RunningStack) -> None:
-    """In the test config the cloud is cheaper but 150 ms away; the edge is near but dearer."""
+    """In the test config the cloud is cheaper but 150 ms away; the edge is near but dearer.
+    The tight deadline (60 ms) only the edges can meet still leaves the router room for its
+    own delay on a busy 2-core machine (admission keeps 20 ms for the first call)."""
     split = digits_split()
     c = client(stack)
     relaxed = [infer(c, row[None, :], deadline_ms=2000).get_response()["parameters"]
                for row in split.x_test[:15]]
-    tight = [infer(c, row[None, :], deadline_ms=40).get_response()["parameters"]
+    tight = [infer(c, row[None, :], deadline_ms=60).get_response()["parameters"]
              for row in split.x_test[15:30]]
     assert [p["tier"] for p in relaxed[-10:]] == ["cloud"] * 10
     assert {p["tier"] for p in tight} == {"edge"}
