@@ -2,23 +2,28 @@
 
 Run from the repository root: ``.venv/bin/python -m benchmarks.ingress``
 (``--quick`` for fewer requests, ``--replicas 1,2,4`` to add throughput rows for more
-router replicas behind HAProxy, ``--json PATH`` to keep the figures).
+router replicas behind HAProxy, ``--herd 100,400`` for the herd sizes, ``--json PATH`` to
+keep the figures).
 
 Each configuration starts its own local stack (a fresh Ray: the ingress is chosen when
 Ray starts) in a child process, one after another, never two at once. In each, links
 zeroed, the same edge worker and the cloud are called directly and through the router,
 alternating one call of each (:func:`edgeroute.tools.overhead.measure`), then both are
 driven closed-loop at saturation (:func:`edgeroute.tools.overhead.throughput`). The
-differences are what the hop adds: ingress, router, transport.
+differences are what the hop adds: ingress, router, transport. Last, herds of requests
+written at once with a 300 ms deadline (:func:`edgeroute.tools.herd.send_herd`): what
+their clients saw, answered or refused, and how fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +33,7 @@ from rich.table import Table
 
 PORT, EDGE_PORTS = 18400, (18401, 18402)
 TOKEN = "bench-ingress-admin"
+HERD_DEADLINE_MS = 300.0
 POLICY = Path("infra/policy.yaml")
 """It names ``always-edge``, which the saturation run asks for."""
 
@@ -45,11 +51,13 @@ def _config(ingress: str, replicas: int) -> Any:
     })
 
 
-def child(ingress: str, replicas: int, requests: int, duration_s: float) -> dict[str, Any]:
+def child(ingress: str, replicas: int, requests: int, duration_s: float,
+          herds: tuple[int, ...] = ()) -> dict[str, Any]:
     """One stack, measured; runs in its own process (Ray is imported once the stack has
     started it: Ray reads its authentication mode at import)."""
     from edgeroute.dataset import digits_split
     from edgeroute.models.store import ensure_models
+    from edgeroute.tools.herd import herd_figures, send_herd
     from edgeroute.tools.overhead import measure, throughput
     from edgeroute.tools.serve_config import APP_NAME
     from edgeroute.tools.stack import Stack
@@ -74,17 +82,22 @@ def child(ingress: str, replicas: int, requests: int, duration_s: float) -> dict
             edges = {e.name: e.url for e in config.edges}
             figures["throughput"] = throughput(config.endpoint, TOKEN, rows, edges,
                                                duration_s=duration_s)
+            figures["herd"] = {}
+            for size in herds:
+                answers = asyncio.run(send_herd(config.endpoint, rows, size, HERD_DEADLINE_MS))
+                figures["herd"][size] = herd_figures(answers, HERD_DEADLINE_MS)
+                time.sleep(3)  # the next herd meets a settled router
         finally:
             stack.stop()
     return figures
 
 
 def _run_child(ingress: str, replicas: int, requests: int, duration_s: float,
-               console: Console) -> dict[str, Any]:
+               console: Console, herds: str = "") -> dict[str, Any]:
     console.print(f"[bold]{ingress}[/bold], {replicas} router replica(s) ...")
     argv = [sys.executable, "-m", "benchmarks.ingress", "--child", ingress,
             "--child-replicas", str(replicas), "--requests", str(requests),
-            "--duration-s", str(duration_s)]
+            "--duration-s", str(duration_s), "--herd", herds]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
@@ -114,6 +127,22 @@ def _table(runs: list[dict[str, Any]]) -> Table:
     return table
 
 
+def _herd_table(runs: list[dict[str, Any]]) -> Table:
+    table = Table(title=f"Herds written at once, deadline {HERD_DEADLINE_MS:.0f} ms "
+                        "(times at the client)")
+    for column in ("ingress", "herd", "200 in time", "200 late", "shed 503/429", "504",
+                   "shed p50", "shed p99", "shed p99 at router"):
+        table.add_column(column, justify="left" if column == "ingress" else "right")
+    for run in runs:
+        for size, f in run.get("herd", {}).items():
+            served = f["statuses"].get("200", 0)
+            table.add_row(run["ingress"], str(size), str(f["answered_in_time"]),
+                          str(served - f["answered_in_time"]), str(f["shed"]),
+                          str(f["statuses"].get("504", 0)), f"{f['shed_client_p50_ms']} ms",
+                          f"{f['shed_client_p99_ms']} ms", f"{f['shed_router_p99_ms']} ms")
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="50 requests, 3 s saturation")
@@ -121,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-s", type=float, default=5.0)
     parser.add_argument("--replicas", default="1",
                         help="router replica counts for HAProxy throughput rows, e.g. 1,2,4")
+    parser.add_argument("--herd", default="100,400",
+                        help="herd sizes sent at once after the hop runs ('' for none)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--child", choices=("haproxy", "proxy"), help=argparse.SUPPRESS)
     parser.add_argument("--child-replicas", type=int, default=1, help=argparse.SUPPRESS)
@@ -128,15 +159,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.requests, args.duration_s = 50, 3.0
     if args.child:
+        herds = tuple(int(n) for n in args.herd.split(",") if n)
         print(json.dumps(child(args.child, args.child_replicas, args.requests,
-                               args.duration_s)), flush=True)
+                               args.duration_s, herds)), flush=True)
         return 0
     console = Console(width=160)
-    runs = [_run_child(mode, 1, args.requests, args.duration_s, console)
+    runs = [_run_child(mode, 1, args.requests, args.duration_s, console, args.herd)
             for mode in ("haproxy", "proxy")]
     for replicas in sorted({int(r) for r in args.replicas.split(",")} - {1}):
         runs.append(_run_child("haproxy", replicas, 0, args.duration_s, console))
     console.print(_table(runs))
+    console.print(_herd_table(runs))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(runs, indent=2) + "\n")

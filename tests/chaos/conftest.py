@@ -32,6 +32,7 @@ import httpx
 import pytest
 
 from edgeroute.dataset import digits_split
+from edgeroute.tools.herd import percentile
 from edgeroute.tools.loadgen import LoadResult, Outcome, Phase, RequestMix, run_load
 from router.policy import PolicyDocument
 from tests.stackkit import RunningStack, running_stack
@@ -216,13 +217,6 @@ def attempts(outcome: Outcome) -> int:
 def overrun_ms(outcome: Outcome) -> float:
     """How long after its deadline the answer came, from the moment the request left."""
     return outcome.latency_ms - outcome.send_lag_ms - outcome.deadline_ms
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
 
 
 def summary(outcomes: Sequence[Outcome], seen: Sequence[Seen] = ()) -> dict[str, Any]:

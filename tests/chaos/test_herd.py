@@ -10,18 +10,13 @@ on this 2-core machine they depend on what else runs.
 from __future__ import annotations
 
 import asyncio
-import json
-import re
-import time
-from dataclasses import dataclass
-from typing import Any
 
-import httpx
 import pytest
 
 from edgeroute.dataset import digits_split
+from edgeroute.tools.herd import herd_figures, send_herd
 from edgeroute.tools.loadgen import Phase
-from tests.chaos.conftest import load, percentile, record, summary
+from tests.chaos.conftest import load, record, summary
 from tests.stackkit import RunningStack
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -35,103 +30,6 @@ GOAL_ANSWERED_400 = 100
 GOAL_SHED_P99_MS = 100.0
 """A shed answer comes within this of the request's arrival at p99 (a goal, printed)."""
 AFTER_RPS, AFTER_S = 10.0, 4.0
-ROUTER_MS = re.compile(r"router;dur=([\d.]+)")
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    client_ms: float
-    """From the moment the client sent the request to the end of the response."""
-    router_ms: float | None
-    """The router's own time for it (``Server-Timing``: from its arrival at the replica)."""
-    retry_after: str | None
-    error: str
-
-
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP/1.1 response: status, headers (lower-case names), body (plain or chunked)."""
-    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-    status = int(head[0].split()[1])
-    headers = {name.strip().lower(): value.strip()
-               for name, _, value in (line.partition(":") for line in head[1:] if line)}
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        body = b""
-        while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
-            body += await reader.readexactly(size + 2)
-            body = body[:-2]
-        await reader.readuntil(b"\r\n")
-        return status, headers, body
-    return status, headers, await reader.readexactly(int(headers.get("content-length", "0")))
-
-
-async def _herd(endpoint: str, size: int) -> list[Answer]:
-    """``size`` requests written at once on connections opened beforehand, by a client that
-    does next to nothing else (raw HTTP/1.1 on asyncio streams): the times are the
-    server's, not a busy client's. Opening the connections is not timed."""
-    rows = digits_split().x_test
-    url = httpx.URL(endpoint)
-    host, port = url.host, url.port or 80
-    requests = []
-    for i in range(size):
-        body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
-                                       "data": rows[i % len(rows)].tolist()}],
-                           "parameters": {"deadline_ms": DEADLINE_MS}}).encode()
-        requests.append(f"POST /v2/models/digits/infer HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                        f"\r\n".encode() + body)
-    connections = await asyncio.wait_for(
-        asyncio.gather(*(asyncio.open_connection(host, port) for _ in range(size))), 60)
-    gate = asyncio.Event()
-
-    async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                  request: bytes) -> Answer:
-        await gate.wait()
-        sent = time.monotonic()
-        writer.write(request)
-        try:
-            status, headers, body = await asyncio.wait_for(_read_response(reader),
-                                                           DEADLINE_MS / 1000 + 30)
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as exc:
-            return Answer(0, (time.monotonic() - sent) * 1000, None, None,
-                          f"{type(exc).__name__}: {exc}")
-        finally:
-            writer.close()
-        took = (time.monotonic() - sent) * 1000
-        timing = ROUTER_MS.search(headers.get("server-timing", ""))
-        error = "" if status == 200 else str(json.loads(body or b"{}").get("error", body[:200]))
-        return Answer(status, took, float(timing.group(1)) if timing else None,
-                      headers.get("retry-after"), error)
-
-    tasks = [asyncio.create_task(one(reader, writer, request))
-             for (reader, writer), request in zip(connections, requests, strict=True)]
-    await asyncio.sleep(0)
-    gate.set()
-    return list(await asyncio.gather(*tasks))
-
-
-def _figures(answers: list[Answer]) -> dict[str, Any]:
-    served = [a for a in answers if a.status == 200]
-    shed = [a for a in answers if a.status in (429, 503)]
-    statuses: dict[str, int] = {}
-    for a in answers:
-        statuses[str(a.status)] = statuses.get(str(a.status), 0) + 1
-    errors: dict[str, int] = {}
-    for a in answers:
-        if a.status != 200:
-            key = re.sub(r"\d+(\.\d+)?", "N", a.error)[:80]
-            errors[key] = errors.get(key, 0) + 1
-    return {
-        "statuses": statuses,
-        "answered_in_time": sum(a.client_ms <= DEADLINE_MS for a in served),
-        "answered_in_time_at_router": sum((a.router_ms or 0.0) <= DEADLINE_MS for a in served),
-        "shed": len(shed),
-        "shed_client_p50_ms": round(percentile([a.client_ms for a in shed], 0.5), 1),
-        "shed_client_p99_ms": round(percentile([a.client_ms for a in shed], 0.99), 1),
-        "shed_router_p99_ms": round(percentile([a.router_ms or 0.0 for a in shed], 0.99), 1),
-        "served_client_p99_ms": round(percentile([a.client_ms for a in served], 0.99), 1),
-        "errors": dict(sorted(errors.items(), key=lambda kv: -kv[1])[:4]),
-    }
 
 
 def _met(met: bool) -> str:
@@ -156,13 +54,13 @@ def test_a_herd_is_served_or_shed_at_once_and_ejects_no_healthy_target(
     no healthy target's breaker is open, and 10 rps for a few seconds is served without a
     single failure."""
     stack = chaos_stack
-    answers = asyncio.run(_herd(stack.endpoint, size))
+    answers = asyncio.run(send_herd(stack.endpoint, digits_split().x_test, size, DEADLINE_MS))
     open_after_herd = _open_breakers(stack)
     admission = stack.admin_get("/v1/targets")["executor"]["admission"]
     after = load(stack, [Phase("after", AFTER_S, AFTER_RPS)], deadline_ms=DEADLINE_MS,
                  seed=size)
     after_figures = summary(after.outcomes)
-    figures = {"herd": size, "deadline_ms": DEADLINE_MS, **_figures(answers),
+    figures = {"herd": size, "deadline_ms": DEADLINE_MS, **herd_figures(answers, DEADLINE_MS),
                "breakers_open_after": open_after_herd, "admission_after": admission,
                "error_samples": sorted({a.error[:160] for a in answers if a.error})[:3],
                "after": {k: after_figures[k] for k in ("requests", "failed", "statuses",
