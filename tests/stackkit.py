@@ -94,6 +94,24 @@ class RunningStack:
         return {t["name"]: t for t in body["targets"]}
 
 
+def router_pids(stack: RunningStack) -> list[int]:
+    """The router replica processes of this stack (workers its own raylet started)."""
+    session = ray_session(stack.state["ray_address"])
+    raylets = ray_pids(session) if session else set()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            parent = int((entry / "stat").read_text().split(")")[-1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"ServeReplica:edgeroute:router" in cmdline and parent in raylets:
+            found.append(int(entry.name))
+    return found
+
+
 def stack_config(port: int, edge_ports: tuple[int, int]) -> dict[str, Any]:
     """The embedded default stack on its own ports (so stacks of different tests never meet)."""
     document = StackConfig().model_dump(mode="json")

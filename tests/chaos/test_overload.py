@@ -19,7 +19,7 @@ from tests.chaos.conftest import (
     summary,
     within_bounds,
 )
-from tests.stackkit import RunningStack, ray_pids, ray_session
+from tests.stackkit import RunningStack, router_pids
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -51,24 +51,6 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _router_pids(stack: RunningStack) -> list[int]:
-    """The router replica processes of this stack (workers its own raylet started)."""
-    session = ray_session(stack.state["ray_address"])
-    raylets = ray_pids(session) if session else set()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            parent = int((entry / "stat").read_text().split(")")[-1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if b"ServeReplica:edgeroute:router" in cmdline and parent in raylets:
-            found.append(int(entry.name))
-    return found
-
-
 def test_overload_from_1x_to_5x_keeps_goodput_and_sheds_fast(chaos_stack: RunningStack) -> None:
     """The named policy ``overload`` places on edge-c alone (capacity 5 rps) and rejects what
     it predicts would miss the deadline. Offered load: 1x, then 5x the capacity. Goodput
@@ -79,7 +61,7 @@ def test_overload_from_1x_to_5x_keeps_goodput_and_sheds_fast(chaos_stack: Runnin
     replica and of edge-c grows by less than 50 MB."""
     stack = chaos_stack
     edge_pid = stack.pid("edge-c")
-    routers = _router_pids(stack)
+    routers = router_pids(stack)
     rss_before = {"edge-c": _rss_mb(edge_pid),
                   **{f"router-{p}": _rss_mb(p) for p in routers}}
     peaks = {"edge_c_waiting": 0, "router_in_flight": 0}

@@ -23,7 +23,13 @@ from edgeroute.dataset import digits_split
 from edgeroute.models.store import ModelSet
 from edgeroute.oip import InferRequest, Tensor, decode_response, encode_request
 from router.policy import PolicyDocument
-from tests.stackkit import RunningStack, alive, ray_pids, ray_session, running_stack, stack_config
+from tests.stackkit import (
+    RunningStack,
+    alive,
+    router_pids,
+    running_stack,
+    stack_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -71,24 +77,6 @@ def status(endpoint: str, job_id: str) -> dict[str, Any] | None:
     except httpx.HTTPError:
         return None
     return answer.json() if answer.status_code == 200 else None
-
-
-def router_pids(stack: RunningStack) -> list[int]:
-    """The router replica processes of this stack (workers its own raylet started)."""
-    session = ray_session(stack.state["ray_address"])
-    raylets = ray_pids(session) if session else set()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            parent = int((entry / "stat").read_text().split(")")[-1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if b"ServeReplica:edgeroute:router" in cmdline and parent in raylets:
-            found.append(int(entry.name))
-    return found
 
 
 def own_labels(models: ModelSet, x: np.ndarray) -> dict[str, np.ndarray]:

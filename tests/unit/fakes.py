@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import httpx
 import numpy as np
 
 from edgeroute.config import LinkProfile, Quality, Tier
@@ -262,3 +263,15 @@ def executor_for(
         sleep=sleep or RecordingSleep(), rng=random.Random(7),
         on_attempt=on_attempt,
     )
+
+
+def call_router(main: Callable[[httpx.AsyncClient], Awaitable[T]]) -> T:
+    """Run ``main`` with an httpx client of the router's ASGI app, in process."""
+    from router import app as router_app
+
+    async def run() -> T:
+        transport = httpx.ASGITransport(app=router_app.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
+            return await main(client)
+
+    return run_async(run)

@@ -17,8 +17,8 @@ from router.models import ModelServices
 from router.policy_keeper import PolicyKeeper
 from router.service import RoutingService
 from router.targets import TargetSet
-from tests.unit.fakes import FakeTransport, fake_target
-from tests.unit.test_router_oip_app import Replica, call
+from tests.unit.fakes import FakeTransport, call_router, fake_target
+from tests.unit.test_router_oip_app import Replica
 
 ADMIN, OPS = "admin-secret", "ops-secret"
 
@@ -55,7 +55,7 @@ def test_views_take_either_token(router: Any, path: str) -> None:
         return [(await client.get(path, headers=bearer(token))).status_code
                 for token in (ADMIN, OPS, None, "wrong")]
 
-    assert call(main) == [200, 200, 401, 401]
+    assert call_router(main) == [200, 200, 401, 401]
 
 
 @pytest.mark.parametrize("method, path, body", [
@@ -69,7 +69,7 @@ def test_changes_need_the_admin_token(router: Any, method: str, path: str,
         return [await client.request(method, path, json=body, headers=bearer(token))
                 for token in (OPS, None, ADMIN)]
 
-    read_only, anonymous, admin = call(main)
+    read_only, anonymous, admin = call_router(main)
     assert read_only.status_code == 403 and "read-only" in read_only.json()["error"]
     assert anonymous.status_code == 401
     assert admin.status_code == 200, admin.text
@@ -80,7 +80,7 @@ def test_a_removed_configured_target_may_join_the_fleet_under_its_name(router: A
         return [await client.delete(f"/v1/targets/{name}", headers=bearer(ADMIN))
                 for name in ("edge-b", "edge-b", "cloud")]
 
-    removed, again, cloud = call(main)
+    removed, again, cloud = call_router(main)
     assert removed.json() == {"target": "edge-b", "removed": True, "replica": "test"}
     assert again.status_code == 404 and cloud.status_code == 409  # the Serve app's
     assert "edge-b" not in router.static_targets and router.service.targets.get("edge-b") is None

@@ -5,10 +5,10 @@ targets and a job folder in a temporary directory: what a client of ``/v1/jobs``
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import numpy as np
@@ -18,7 +18,6 @@ import ray.serve
 from edgeroute import contract
 from edgeroute.config import JobSettings, RouterSettings
 from edgeroute.oip import InferRequest, Tensor, decode_response, encode_request
-from router import app as router_app
 from router.estimator import TargetEstimator
 from router.job_routes import JobRoutes, job_runner
 from router.metrics import MemoryFactory, RouterMetrics
@@ -29,9 +28,8 @@ from router.policy_keeper import PolicyKeeper
 from router.service import RoutingService
 from router.targets import TargetSet
 from router.transport import Reply
-from tests.unit.fakes import FakeTransport, fake_target, reply_for, run_async
+from tests.unit.fakes import FakeTransport, call_router, fake_target, reply_for
 
-T = TypeVar("T")
 KEY = "er_test-key"
 
 
@@ -73,15 +71,6 @@ def router(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
     return instance
 
 
-def call(main: Callable[[httpx.AsyncClient], Awaitable[T]]) -> T:
-    async def run() -> T:
-        transport = httpx.ASGITransport(app=router_app.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
-            return await main(client)
-
-    return run_async(run)
-
-
 def job_body(rows: int, **parameters: Any) -> tuple[bytes, dict[str, str]]:
     """A binary-tensor job of ``rows`` rows; row i's first pixel is ``i % 10``."""
     x = np.zeros((rows, contract.FEATURES), dtype=np.float32)
@@ -110,7 +99,7 @@ def test_a_job_is_accepted_run_and_answered_in_row_order(router: Any) -> None:
         return {"accepted": accepted, "early": early, "queued": queued, "status": status,
                 "result": result, "listed": listed, "anonymous": anonymous}
 
-    got = call(main)
+    got = call_router(main)
     assert got["accepted"].status_code == 202
     assert got["early"].status_code == 409
     assert got["queued"]["status"] == "queued" and got["queued"]["rows_done"] == 0
@@ -158,7 +147,7 @@ def test_bad_jobs_are_refused_before_anything_runs(router: Any) -> None:
         statuses["third unfinished"] = (await post(good, binary)).status_code
         return statuses
 
-    got = call(main)
+    got = call_router(main)
     assert got == {"not json": 400, "no model": 400, "unknown model": 404,
                    "too many rows": 400, "too big": 413, "bad deadline": 400,
                    "bad quality": 400, "wrong key": 401, "no such job": 404,
@@ -175,6 +164,6 @@ def test_a_queued_job_is_cancelled_at_once(router: Any) -> None:
         await router.job_runner.run_pending()
         return cancelled, (await client.get(f"/v1/jobs/{job_id}", headers=AUTH)).json()
 
-    cancelled, status = call(main)
+    cancelled, status = call_router(main)
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
     assert status["status"] == "cancelled" and status["rows_done"] == 0

@@ -7,9 +7,8 @@ from __future__ import annotations
 import gzip
 import json
 import zlib
-from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import numpy as np
@@ -32,9 +31,8 @@ from router.policy_keeper import PolicyKeeper
 from router.service import RoutingService
 from router.targets import TargetSet
 from router.transport import Reply
-from tests.unit.fakes import FakeTransport, fake_target, run_async
+from tests.unit.fakes import FakeTransport, call_router, fake_target
 
-T = TypeVar("T")
 ROW = [1.0] * contract.FEATURES
 
 
@@ -74,15 +72,6 @@ def router(monkeypatch: pytest.MonkeyPatch) -> Any:
     return instance
 
 
-def call(main: Callable[[httpx.AsyncClient], Awaitable[T]]) -> T:
-    async def run() -> T:
-        transport = httpx.ASGITransport(app=router_app.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
-            return await main(client)
-
-    return run_async(run)
-
-
 def test_versioned_routes_and_oip_errors(router: Any) -> None:
     async def main(client: httpx.AsyncClient) -> dict[str, httpx.Response]:
         post = {"content-type": "application/json"}
@@ -99,7 +88,7 @@ def test_versioned_routes_and_oip_errors(router: Any) -> None:
             "stats": await client.get("/v2/models/digits/stats"),
         }
 
-    got = call(main)
+    got = call_router(main)
     assert got["meta"].json()["versions"] == ["1"]
     assert got["meta"].json()["parameters"]["version_targets"] == {"1": ["edge-a", "edge-b"]}
     assert got["infer"].status_code == 200, got["infer"].text
@@ -127,7 +116,7 @@ def test_compressed_request_and_gzipped_answer(router: Any, coding: str, pack: A
         return answer, await client.get("/v2/models/digits/stats",
                                          headers={"accept-encoding": "gzip"})
 
-    response, stats = call(main)
+    response, stats = call_router(main)
     assert len(stats.content) > 512 and "content-encoding" not in stats.headers
     assert response.status_code == 200, response.text
     assert response.headers["content-encoding"] == "gzip"
@@ -142,7 +131,7 @@ def test_a_zip_bomb_is_a_413(router: Any) -> None:
         return await client.post("/v2/models/digits/infer", content=bomb, headers={
             "content-type": "application/json", "content-encoding": "gzip"})
 
-    response = call(main)
+    response = call_router(main)
     assert response.status_code == 413 and "decompressed" in response.json()["error"]
 
 
@@ -189,7 +178,7 @@ def test_two_models_route_by_name_with_their_own_targets(router: Any) -> None:
                                         headers={"authorization": "Bearer secret"}),
         }
 
-    got = call(main)
+    got = call_router(main)
     assert got["sensor"].status_code == 200, got["sensor"].text
     answer = got["sensor"].json()
     assert answer["model_name"] == "sensor"
@@ -217,7 +206,7 @@ def test_every_series_names_the_model_its_request_named(router: Any) -> None:
             ("/v2/models/digits/infer", body()),
             ("/v2/models/nope/infer", body())]]
 
-    assert call(main) == [200, 200, 200, 404]
+    assert call_router(main) == [200, 200, 200, 404]
     requests = router.recorded.instruments["edgeroute_requests_total"]
     assert requests.total(model="sensor", status="200") == 2
     assert requests.total(model="digits", status="200") == 1
@@ -249,7 +238,7 @@ def test_a_models_policy_defaults_set_its_deadline_and_refuse_tiers_it_may_not_u
             "digits": await client.post("/v2/models/digits/infer", content=body()),
         }
 
-    got = call(main)
+    got = call_router(main)
     assert got["default"].status_code == 200, got["default"].text
     assert got["default"].json()["parameters"]["deadline_ms"] == 500
     assert got["own"].json()["parameters"]["deadline_ms"] == 900
