@@ -102,21 +102,49 @@ def _install(staging: Path, directory: Path) -> None:
     one. A directory that also holds other files (a user's ``$EDGEROUTE_MODELS``) keeps them: the
     model files are replaced one by one instead, ONNX files before their cards.
     """
-    if not directory.exists():
-        os.replace(staging, directory)
+    if not directory.exists() or {e.name for e in directory.iterdir()} <= _own_files():
+        _swap(staging, directory)
         return
-    if {entry.name for entry in directory.iterdir()} <= _own_files():
-        retired = Path(
-            tempfile.mkdtemp(
-                prefix=f".{directory.name}.", suffix=_RETIRED_SUFFIX, dir=directory.parent
-            )
-        )
+    for name in sorted(_own_files(), key=lambda n: n.endswith(".card.json")):
+        os.replace(staging / name, directory / name)
+
+
+def build_once(directory: Path, *, complete: Callable[[Path], bool],
+               build: Callable[[Path], object], what: str, force: bool = False,
+               install: Callable[[Path, Path], None] | None = None) -> None:
+    """Make ``directory`` hold a checked build: nothing if ``complete`` says it does (unless
+    ``force``); else, under a lock shared by every process, ``build`` into a staging
+    directory beside it and ``install`` that (default: swap the directory whole), so that
+    readers see the old build or the new one, never half of one."""
+    if complete(directory) and not force:
+        return
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(directory.parent / f".{directory.name}.lock"):
+        if complete(directory) and not force:
+            return
+        _remove_stale_staging(directory)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=_STAGING_SUFFIX,
+                                        dir=directory.parent))
+        try:
+            staging.chmod(0o755)
+            build(staging)
+            (install or _swap)(staging, directory)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    if not complete(directory):
+        raise ModelIntegrityError(f"{directory}: the {what} built there fail their checks")
+
+
+def _swap(staging: Path, directory: Path) -> None:
+    """Put a finished build in place of ``directory``, whole."""
+    if directory.exists():
+        retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=_RETIRED_SUFFIX,
+                                        dir=directory.parent))
         os.replace(directory, retired / "old")
         os.replace(staging, directory)
         shutil.rmtree(retired, ignore_errors=True)
         return
-    for name in sorted(_own_files(), key=lambda n: n.endswith(".card.json")):
-        os.replace(staging / name, directory / name)
+    os.replace(staging, directory)
 
 
 def ensure_models(
@@ -130,24 +158,6 @@ def ensure_models(
     check, or always with ``force``.
     """
     directory = Path(directory) if directory is not None else default_models_dir()
-    if is_complete(directory) and not force:
-        return _model_set(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(directory.parent / f".{directory.name}.lock"):
-        if is_complete(directory) and not force:
-            return _model_set(directory)
-        _remove_stale_staging(directory)
-        staging = Path(
-            tempfile.mkdtemp(
-                prefix=f".{directory.name}.", suffix=_STAGING_SUFFIX, dir=directory.parent
-            )
-        )
-        try:
-            staging.chmod(0o755)
-            build_models(staging, progress=progress)
-            _install(staging, directory)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    if not is_complete(directory):
-        raise ModelIntegrityError(f"{directory}: the models built there fail their checks")
+    build_once(directory, complete=is_complete, build=lambda d: build_models(d, progress=progress),
+               install=_install, what="models", force=force)
     return _model_set(directory)

@@ -10,9 +10,6 @@ It shows that nothing on the serving path is tuned to ``digits``.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +30,7 @@ from edgeroute.models.card import (
 )
 from edgeroute.models.export import IR_VERSION, OPSET, PRODUCER_NAME, PRODUCER_VERSION, write_onnx
 from edgeroute.models.mlp import DistillConfig, MLPParams, TrainConfig, logits_of, train
-from edgeroute.models.store import _exclusive, default_models_dir
+from edgeroute.models.store import build_once, default_models_dir
 
 NAME = "wine"
 INPUT = "measurements"
@@ -192,25 +189,6 @@ def ensure_wine(directory: Path | None = None, progress: Progress | None = None,
                 force: bool = False) -> WineModels:
     """The checked wine models, built (once, under a lock, swapped in whole) if missing."""
     directory = Path(directory) if directory is not None else models_dir()
-    if _complete(directory) and not force:
-        return _models(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(directory.parent / f".{directory.name}.lock"):
-        if _complete(directory) and not force:
-            return _models(directory)
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".building",
-                                        dir=directory.parent))
-        try:
-            staging.chmod(0o755)
-            build_wine(staging, progress=progress)
-            if directory.exists():
-                retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.",
-                                                suffix=".retired", dir=directory.parent))
-                os.replace(directory, retired / "old")
-                shutil.rmtree(retired, ignore_errors=True)
-            os.replace(staging, directory)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    if not _complete(directory):
-        raise ModelIntegrityError(f"{directory}: the wine models built there fail their checks")
+    build_once(directory, complete=_complete, build=lambda d: build_wine(d, progress=progress),
+               what="wine models", force=force)
     return _models(directory)
