@@ -1,13 +1,15 @@
 """Serverless cloud tier: the cloud deployment idles at zero replicas; deadline-critical
 requests go to the edge meanwhile, and a request that can wait wakes it (a cold start).
-Then the edge congests (workers emulate a device needing 40 ms a request) and the excess
-spills to the cloud."""
+Then the edge congests (workers emulate a device needing 80 ms a request, 25 rps for
+the two) and the excess spills to the cloud. The rate stays well below what the machine's
+own cores carry, so that what is measured is the edge's congestion."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ def _infer(endpoint: str, i: int, timeout_s: float, **parameters: Any) -> httpx.
 def test_cloud_scales_from_zero_while_the_edge_serves(tmp_path: Path, models: object) -> None:
     config = stack_config(18800, (18901, 18902))
     for edge in config["edges"]:
-        edge["service_delay_ms"] = 40.0
+        edge["service_delay_ms"] = 80.0
     config["cloud"]["autoscaling"] = {"min_replicas": 0, "max_replicas": 1,
                                       "initial_replicas": 0, "upscale_delay_s": 0,
                                       "downscale_delay_s": 600}
@@ -38,8 +40,8 @@ def test_cloud_scales_from_zero_while_the_edge_serves(tmp_path: Path, models: ob
         cloud = stack.admin_get("/v1/targets")["targets"][0]
         assert cloud["name"] == "cloud" and cloud["estimates"]["replicas"] == 0
         for i in range(10):
-            critical = _infer(endpoint, i, 10, deadline_ms=200)
-            assert critical.status_code == 200
+            critical = _infer(endpoint, i, 10, deadline_ms=500)
+            assert critical.status_code == 200, critical.text
             assert critical.json()["parameters"]["tier"] == "edge"
         started = time.monotonic()
         woken = _infer(endpoint, 20, 120, deadline_ms=60_000, quality="high")
@@ -54,10 +56,11 @@ def test_cloud_scales_from_zero_while_the_edge_serves(tmp_path: Path, models: ob
         assert view["ledger"]["targets"]["cloud"]["provisioned_s"] > 0
         print(f"cold start seen by the client: {cold_start_s:.1f} s; "
               f"ledger: {view['ledger']['targets']['cloud']}")
-        outcomes = asyncio.run(open_loop(endpoint, 60, 5, field="tier", deadline_ms=300))
+        outcomes = asyncio.run(open_loop(endpoint, 35, 6, field="tier", deadline_ms=300))
     answered = [tier for status, tier in outcomes if status == 200]
     spilled = answered.count("cloud") / max(len(answered), 1)
-    print(f"edge congested at 60 rps (capacity 50): {len(answered)} of {len(outcomes)} "
-          f"answered, {spilled:.0%} by the cloud")
-    assert len(answered) >= 0.8 * len(outcomes)
+    errors = Counter(f"{status} {error[:90]}" for status, error in outcomes if status != 200)
+    print(f"edge congested at 35 rps (capacity 25): {len(answered)} of {len(outcomes)} "
+          f"answered, {spilled:.0%} by the cloud; errors {dict(errors)}")
+    assert len(answered) >= 0.8 * len(outcomes), errors
     assert spilled >= 0.2, "the congested edge did not spill to the cloud"
