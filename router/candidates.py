@@ -133,17 +133,11 @@ class Scored:
             return risk.cascade_quantile(self.primary, partner, self.escalate, q)
         return self.primary.latency.quantile(q)
 
-    def plan(self, within_budget: bool, race_fallback: bool = False) -> Plan:
-        """The plan; ``race_fallback``: a plan without a hedge races its next fallback
-        against a primary unanswered after its upper time (:attr:`Plan.race_after_ms`)."""
+    def plan(self, within_budget: bool) -> Plan:
         self.evaluate()
         p50, p99 = self.figures()
         hedge = self.partner.name if self.kind == "hedged" and self.partner else None
         escalate_to = self.partner.name if self.kind == "cascade" and self.partner else None
-        times = {v.name: timing(v) for v in (self.primary, self.partner, *self.fallbacks)
-                 if v is not None}
-        race_after = (times[self.primary.name].upper_ms
-                      if race_fallback and hedge is None and self.fallbacks else None)
         return Plan(
             kind=self.kind, primary=self.primary.name,
             fallbacks=tuple(v.name for v in self.fallbacks), hedge=hedge,
@@ -151,7 +145,8 @@ class Scored:
             confidence_threshold=self.threshold if escalate_to else None, p_miss=self.p_miss,
             expected_cost_usd=self.cost_usd, predicted_p50_ms=p50, predicted_p99_ms=p99,
             within_budget=within_budget, expected_extra_ratio=self.extra,
-            timing=times, race_after_ms=race_after,
+            timing={v.name: timing(v) for v in (self.primary, self.partner, *self.fallbacks)
+                    if v is not None},
         )
 
     def row(self, verdict: str) -> CandidateRow:

@@ -300,8 +300,7 @@ def _risk_optimal(ctx: _Context, elig: Eligibility, policy_name: str) -> Decisio
             reason += f": least risky plan (P_miss {chosen.p_miss:.4f})"
     table = _table(elig, ctx.deadline_ms, _judged(ctx, plans, elig),
                    functools.partial(_verdict, chosen=chosen, policy=policy))
-    plan = chosen.plan(within, race_fallback=policy.hedge.enabled) if chosen else None
-    return Decision(plan, reason, policy_name, table)
+    return Decision(chosen.plan(within) if chosen else None, reason, policy_name, table)
 
 
 def _verdict(plan: Scored, chosen: Scored | None, policy: RoutingPolicy) -> str:
@@ -389,6 +388,5 @@ def _baseline(ctx: _Context, elig: Eligibility, policy_name: str, rng: random.Ra
         yield chosen
         yield from (ctx.single(v) for v in eligible if v is not primary)
 
-    return Decision(chosen.plan(within, race_fallback=ctx.policy.hedge.enabled),
-                    f"{strategy} baseline: {why}", policy_name,
+    return Decision(chosen.plan(within), f"{strategy} baseline: {why}", policy_name,
                     _table(elig, ctx.deadline_ms, judged, verdict))

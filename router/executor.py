@@ -21,8 +21,6 @@ What :meth:`Executor.run` guarantees:
   when everything fails (SRE book, "Addressing Cascading Failures").
 * **Hedging.** If the primary has not answered after ``hedge_delay_ms``, the
   plan's hedge is called too (budget allowing); the first answer wins, the other is cancelled.
-  A plan without a hedge races its next fallback the same way once the primary is past
-  its upper time (``race_after_ms``): a hung call then costs its p99, not the deadline.
 * **Cascade.** If the plan escalates and the answer's top probability is below
   ``confidence_threshold`` while the deadline leaves the escalation target its
   upper time (:meth:`~router.plan.Plan.escalation_fits`), that target's answer
@@ -216,11 +214,11 @@ class Executor:
             raise TargetUnavailable(req.plan.primary, "no target reserved for this try")
         req.tries += 1
         first = self._launch(req, claim)
-        backup = req.plan.backup() if req.tries == 1 else None
-        if backup is not None and claim.target.name == req.plan.primary:
-            name, after_ms = backup
-            launch_hedge = functools.partial(self._launch_hedge, req, name)
-            return await self._race(req).run(first, after_ms / 1000, launch_hedge)
+        plan = req.plan
+        if (req.tries == 1 and plan.hedge and plan.hedge_delay_ms is not None
+                and claim.target.name == plan.primary):
+            launch_hedge = functools.partial(self._launch_hedge, req, plan.hedge)
+            return await self._race(req).run(first, plan.hedge_delay_ms / 1000, launch_hedge)
         return await self._race(req).run(first)
 
     def _race(self, req: _Request) -> Race:
@@ -234,11 +232,8 @@ class Executor:
         return self._caller.launch(claim, req.x, timeout_s, req.plan, not_after=req.deadline_at,
                                    on_sent=req.on_sent)
 
-    def _launch_hedge(self, req: _Request, name: str | None) -> asyncio.Task[Answer] | None:
-        """The hedge's call (``name``; ``None``: the next fallback that may be called now)."""
-        if name is None:
-            name = next((n for n in req.chain if n not in req.tried and self._claimable(n)), None)
-        if (name is None or name in req.tried or req.calls >= self.retry.max_attempts
+    def _launch_hedge(self, req: _Request, name: str) -> asyncio.Task[Answer] | None:
+        if (name in req.tried or req.calls >= self.retry.max_attempts
                 or self._time_left(req) < self.min_attempt_s or not self._claimable(name)
                 or not self.budget.try_spend()):
             return None

@@ -53,12 +53,6 @@ class Plan:
     """Expected extra requests a hedge adds, per request (0 without a hedge)."""
     timing: Mapping[str, Timing] = field(default_factory=dict, compare=False)
     """The priced times of every target the plan may call (:attr:`targets`)."""
-    race_after_ms: float | None = None
-    """A plan without a hedge of its own: when its first fallback not yet tried joins a first
-    call to the primary still unanswered (the primary's upper time, hedging allowed by the
-    policy); ``None``: a fallback is called only once the call before it failed. A call that
-    outlives its p99 is more likely hung than slow (a call to a lost Ray node hangs until its
-    timeout), so the fallback gets the rest of the deadline instead of what the cut leaves."""
 
     def timeout_ms(self, target: str, following: str | None, left_ms: float,
                    min_attempt_ms: float, grace_ms: float) -> float:
@@ -105,16 +99,6 @@ class Plan:
             text += f", then {', '.join(self.fallbacks)}"
         return text
 
-    def backup(self) -> tuple[str | None, float] | None:
-        """What joins an unanswered first call to the primary, and after how long (ms): the
-        plan's hedge (its name), else its next fallback (``None``: the first not yet tried
-        that may be called then); ``None``: nothing does."""
-        if self.hedge and self.hedge_delay_ms is not None:
-            return self.hedge, self.hedge_delay_ms
-        if self.race_after_ms is not None and self.fallbacks:
-            return None, self.race_after_ms
-        return None
-
 
 @dataclass(frozen=True)
 class CandidateRow:
@@ -149,7 +133,5 @@ class Decision:
             "policy": self.policy,
             "reason": self.reason,
             "plan": self.plan.describe() if self.plan else None,
-            "fallback_raced_after_ms": (round(self.plan.race_after_ms, 3) if self.plan
-                                        and self.plan.race_after_ms is not None else None),
             "candidates": [row.as_dict() for row in self.candidates],
         }

@@ -16,6 +16,8 @@ known. Figures are printed, shown in the terminal summary and written to
 
 from __future__ import annotations
 
+import math
+
 import asyncio
 import json
 import re
@@ -118,6 +120,18 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         if overruns:
             terminalreporter.write_line(f"worst {key}: {max(overruns):+.1f} ms "
                                         f"(bound {bound:.0f} ms)")
+
+
+def most_misses(requests: int, p_miss: float, level: float = 0.999) -> int:
+    """The most misses ``requests`` each missing with probability ``p_miss`` give, but one run
+    in 1/(1 - ``level``): the least k with P(X <= k) >= ``level``, X ~ Binomial(requests,
+    p_miss). A count compared with its mean alone fails about half the runs it should pass."""
+    total = 0.0
+    for k in range(requests + 1):
+        total += math.comb(requests, k) * p_miss**k * (1 - p_miss) ** (requests - k)
+        if total >= level:
+            return k
+    return requests
 
 
 def within_bounds(figures: dict[str, Any]) -> None:

@@ -16,7 +16,14 @@ import pytest
 from edgeroute.dataset import digits_split
 from edgeroute.tools.loadgen import Phase
 from tests.chaos.cluster import PREFIX, RESOURCE
-from tests.chaos.conftest import chaos_policy, load, record, summary, within_bounds
+from tests.chaos.conftest import (
+    chaos_policy,
+    load,
+    most_misses,
+    record,
+    summary,
+    within_bounds,
+)
 from tests.stackkit import running_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
@@ -145,11 +152,13 @@ def test_cloud_node_removed_under_load(tmp_path: Path, models: object,
     record("5 cloud ray node removed", **figures)
     failed = [o for o in anyq if not o.ok]
     # Every quality=any request is answered; a call to the lost node hangs until its timeout,
-    # so a plan priced within the policy's risk budget (1% of misses) may still miss: no more
-    # than that budget may be 504s, and nothing else may fail.
+    # so a plan priced within the policy's risk budget (1% of misses) may still miss: the
+    # 504s must be a count that budget explains (at most the 99.9th percentile of the misses
+    # of that many requests each missing with the budget's probability), and nothing else
+    # may fail.
     late = [o for o in failed if o.status == 504]
     budget = _policy()["policies"]["default"]["risk_budget"]
-    assert len(late) <= budget * len(anyq) and len(late) == len(failed), [
+    assert len(late) <= most_misses(len(anyq), budget) and len(late) == len(failed), [
         (round(o.scheduled_s - removed_at, 2), o.status, o.error) for o in failed[:5]]
     assert figures["quality_any_tiers_last_30"] == ["edge"]
     assert {o.status for o in high_after} <= {200, 503, 504}

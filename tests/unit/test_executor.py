@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import random
 import time
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -414,41 +413,3 @@ def test_the_decision_writes_the_times_it_priced_into_the_plan() -> None:
         assert timing == Timing(latency.quantile(0.5), latency.quantile(0.99))
     assert plan.overdue(plan.primary, plan.timing[plan.primary].upper_ms)
     assert not plan.overdue(plan.primary, 0.99 * plan.timing[plan.primary].upper_ms)
-
-
-def test_a_plan_races_its_fallback_against_a_primary_past_its_upper_time() -> None:
-    """A lost Ray node hangs calls: the fallback joins once the primary is past its p99,
-    not when the primary's timeout leaves it the tail of the deadline."""
-    primary = fake_target(FakeTransport("cloud", hang))
-    fallback = fake_target(FakeTransport("edge-a", label=4))
-    executor = executor_for(primary, fallback)
-    plan = replace(plan_of("cloud", "edge-a", upper_ms=30.0), race_after_ms=30.0)
-    served, elapsed = run(executor, plan, deadline_s=0.6)
-    assert served.target is fallback and served.hedged and served.hedge_won
-    assert not served.fallback and served.attempts == 2
-    assert 0.03 <= elapsed < 0.3, "the fallback started at the primary's upper time"
-    assert fake_of(primary).cancelled == 1 and primary.estimator.in_flight == 0
-    plain = plan_of("cloud", "edge-a", upper_ms=30.0)
-    served, elapsed = run(executor_for(fake_target(FakeTransport("cloud", hang)),
-                                       fake_target(FakeTransport("edge-a", label=4))),
-                          plain, deadline_s=0.6)
-    assert served.fallback and not served.hedged and elapsed >= 0.5
-
-
-def test_the_decision_races_fallbacks_only_where_the_policy_hedges() -> None:
-    from router.decision import BaselineState, decide
-    from router.policy import HedgeSettings, RoutingPolicy
-    from tests.unit.views import view
-
-    views = [view("edge-a", median=20.0), view("edge-b", median=30.0),
-             view("cloud", tier="cloud", quality="large", median=60.0)]
-
-    def decided(policy: RoutingPolicy) -> Plan:
-        plan = decide(views, deadline_ms=200.0, quality="any", rows=1, policy=policy,
-                      policy_name="default", rng=random.Random(1), state=BaselineState()).plan
-        assert plan is not None and plan.fallbacks and plan.hedge is None
-        return plan
-
-    plan = decided(RoutingPolicy())
-    assert plan.race_after_ms == plan.timing[plan.primary].upper_ms
-    assert decided(RoutingPolicy(hedge=HedgeSettings(enabled=False))).race_after_ms is None

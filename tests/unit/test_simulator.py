@@ -15,7 +15,7 @@ from edgeroute.tools.sim.execute import Limits, Request, run_plan
 from edgeroute.tools.sim.runner import split
 from edgeroute.tools.sim.synthetic import DOWN, Scenario, build_topology
 from edgeroute.tools.sim.world import FAILED, OK, World
-from router.plan import Plan, Timing
+from router.plan import Plan
 
 SMALL = Scenario(sites=20, requests=5_000, rate_rps=5_000.0, seed=3)
 ARMS = (ArmSpec("router"), ArmSpec("always-edge", "always-edge"),
@@ -139,26 +139,6 @@ def test_a_plan_falls_back_when_its_site_is_down_and_hedges_a_straggler() -> Non
     out = run_plan(hedged, slow, World(topo), _Hooks(), Limits(), ids, small)
     assert out.hedged and out.answer is not None and out.answer.target == 2
     assert out.answered_ms == 10.0 + 12.0
-
-
-def test_a_straggling_primary_races_its_fallback_from_its_upper_time() -> None:
-    """A plan without a hedge races its next fallback once the primary is past its p99,
-    as the executor does (``Plan.backup``)."""
-    topo = build_topology(Scenario(sites=3, requests=10, cloud_outage_s=None))
-    topo.outages.clear()
-    ids = {name: i for i, name in enumerate(topo.names())}
-    small = [True, True, True, False]
-    slow = Request([1, 2, 3], [90.0, 8.0, 40.0], [4.0, 4.0, 3.0], 0.0, 100.0, 0.99)
-    times = {n: Timing(10.0, 20.0) for n in ("site-0001", "site-0002")}
-    plain = Plan("single", "site-0001", fallbacks=("site-0002",), timing=times)
-    out = run_plan(plain, slow, World(topo), _Hooks(), Limits(), ids, small)
-    assert not out.hedged and out.answer is not None and out.answer.target == 2
-    assert out.answered_ms == 68.0 + 12.0, "cut at 100 - 20 (its p99) - 2 - 10 (grace)"
-    raced = Plan("single", "site-0001", fallbacks=("site-0002",), timing=times,
-                 race_after_ms=20.0)
-    out = run_plan(raced, slow, World(topo), _Hooks(), Limits(), ids, small)
-    assert out.hedged and out.answer is not None and out.answer.target == 2
-    assert out.answered_ms == 20.0 + 12.0
 
 
 def test_arms_split_over_workers_by_cost() -> None:

@@ -11,9 +11,7 @@ The executor's rules, over the drawn latencies of one request:
   next fallback's upper time, the least attempt and the cancel grace when the
   call can still have its own typical time;
 * the hedge starts at its delay if the primary has not answered, the retry
-  budget allowing (a plan without a hedge races its next fallback once the
-  primary is past its upper time, :meth:`router.plan.Plan.backup`); the first
-  answer wins and the other call is cancelled;
+  budget allowing; the first answer wins and the other call is cancelled;
 * an answer from a small model below the cascade threshold is escalated when
   the deadline leaves the escalation target its upper time
   (:meth:`router.plan.Plan.escalation_fits`); if the escalation fails, the
@@ -139,10 +137,10 @@ def run_plan(plan: Plan, req: Request, world: World, hooks: Hooks, limits: Limit
             hooks.record_retry()
         first = run.call(target, at, permit, run.timeout_ms(target, at))
         racing = [first]
-        backup = plan.backup() if len(run.calls) == 1 and target == ids[plan.primary] else None
-        if backup is not None and first.end_ms > backup[1] and run.room(backup[1]):
-            name, delay = backup
-            racing += _hedge(run, ids[name] if name else None, delay, out)
+        delay = plan.hedge_delay_ms
+        if (len(run.calls) == 1 and plan.hedge and delay is not None and first.end_ms > delay
+                and target == ids[plan.primary] and run.room(delay)):
+            racing += _hedge(run, ids[plan.hedge], delay, out)
         answers = [c for c in racing if c.outcome == OK]
         if answers:
             out.answer = min(answers, key=lambda c: c.end_ms)
@@ -159,12 +157,8 @@ def run_plan(plan: Plan, req: Request, world: World, hooks: Hooks, limits: Limit
     return out
 
 
-def _hedge(run: _Run, target: int | None, delay_ms: float, out: Outcome) -> list[Call]:
-    """The hedge's call (``target``; ``None``: the next fallback that may be called)."""
-    if target is None:
-        target = next((t for t in run.chain if t not in run.tried and run.hooks.allows(t)), None)
-    if (target is None or target in run.tried or not run.hooks.allows(target)
-            or not run.hooks.try_hedge()):
+def _hedge(run: _Run, target: int, delay_ms: float, out: Outcome) -> list[Call]:
+    if target in run.tried or not run.hooks.allows(target) or not run.hooks.try_hedge():
         return []
     permit = run.hooks.claim(target)
     if permit is None:
