@@ -16,10 +16,9 @@ known. Figures are printed, shown in the terminal summary and written to
 
 from __future__ import annotations
 
-import math
-
 import asyncio
 import json
+import math
 import re
 import subprocess
 import sys
