@@ -3,7 +3,8 @@ through the real :class:`~router.executor.Executor` (virtual time, in-memory tra
 through the simulator's :func:`~edgeroute.tools.sim.execute.run_plan` and
 :class:`~edgeroute.tools.sim.replica.RouterReplica`, give the same calls (target, start,
 timeout, end, outcome), hedges, escalations and answers, the same lessons, and leave the
-same breakers and estimators. A rule changed on either side alone fails here.
+same breakers and estimators; the same probe outcomes through the router's prober and the
+simulator's leave the same too. A rule changed on either side alone fails here.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 from edgeroute.config import CloudDeployment, RouterSettings
 from edgeroute.tools.sim.execute import Limits, Request, run_plan
 from edgeroute.tools.sim.replica import OUTCOMES, RouterReplica, VirtualClock
-from edgeroute.tools.sim.synthetic import Scenario, Topology, build_topology
+from edgeroute.tools.sim.synthetic import DOWN, HANG, Scenario, Topology, build_topology
 from edgeroute.tools.sim.world import FAILED, OK, TIMEOUT, Call, World
 from router.breaker import Breakers
 from router.calls import Attempt
@@ -282,3 +283,89 @@ def test_the_simulator_runs_a_plan_as_the_executor_does(name: str) -> None:
         assert (r.answer, r.answered_ms, r.hedged, r.escalated) == (
             s.answer, s.answered_ms, s.hedged, s.escalated), f"request {i}: result"
     assert real_held == sim_held
+
+
+PROBES: tuple[tuple[float, Step], ...] = (
+    (1.5, Step("fail", 3.0)),
+    (2.0, HANGS),
+    (4.0, answers(8.0)),
+    (6.0, answers(9.0)),
+    (8.0, Step("fail", 2.0)),
+    (9.0, answers(7.0)),
+)
+"""A target whose breaker is open: a refused probe, a hung one, one that answers (the
+half-open trial follows), one while all is well, a refused one, one that answers."""
+
+
+def _open(est: TargetEstimator, breakers: Breakers) -> None:
+    for _ in range(PolicyDocument().breaker.consecutive_failures):
+        permit = breakers[A].acquire()
+        assert permit is not None
+        permit.failure("HTTP 503")
+        est.observe_failure("HTTP 503", 3.0)
+
+
+def probe_real() -> list[dict[str, Any]]:
+    """:data:`PROBES` through the router's prober (``TargetSet.probe``)."""
+    steps = iter(PROBES)
+
+    class Probed(FakeTransport):
+        async def probe(self, timeout_s: float) -> None:
+            self.step = next(steps)[1]
+            if self.step.ms is None:
+                await asyncio.Event().wait()
+            await asyncio.sleep((self.step.ms or 0.0) / 1000)
+            if self.step.kind == "fail":
+                raise TargetUnavailable(self.name, "connection refused")
+
+    async def trial(transport: FakeTransport, x: np.ndarray, timeout_s: float) -> Reply:
+        assert isinstance(transport, Probed) and transport.step.ms is not None
+        await asyncio.sleep(transport.step.ms / 1000)
+        return reply_for(x, server_ms=SERVICE_MS)
+
+    async def main() -> list[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        est = TargetEstimator(name=A, prior_latency_ms=RouterSettings().prior_latency_ms,
+                              settings=EstimatorSettings(
+                                  refresh_interval_s=SCENARIO.refresh_interval_s,
+                                  probe_interval_s=SCENARIO.probe_interval_s,
+                                  concurrency=CONCURRENCY), clock=loop.time)
+        target = fake_target(Probed(A, trial), estimator=est)
+        targets = TargetSet([target], clock=loop.time)
+        targets.breakers = Breakers(PolicyDocument().breaker, clock=loop.time)
+        _open(est, targets.breakers)
+        found = []
+        for at_s, _ in PROBES:
+            await asyncio.sleep(at_s - loop.time())
+            await targets.probe(target)
+            found.append(learned([], {A: est}, targets.breakers)[1][A])
+        return found
+
+    return run_virtual(main)
+
+
+def probe_sim() -> list[dict[str, Any]]:
+    """:data:`PROBES` through the simulator's replica (``probe_result``, at each probe's end)."""
+    clock = VirtualClock()
+    topo = build_topology(SCENARIO)
+    topo.concurrency[:2] = CONCURRENCY
+    replica = RouterReplica(0, SCENARIO, topo, PolicyDocument(), clock)
+    est = replica.estimators[0]
+    _open(est, replica.breakers)
+    found = []
+    for at_s, step in PROBES:
+        took_ms = 1000.0 if step.ms is None else step.ms
+        clock.now = at_s + took_ms / 1000
+        status = HANG if step.ms is None else DOWN if step.kind == "fail" else 0
+        replica.probe_result(0, status, took_ms)
+        found.append(learned([], {A: est}, replica.breakers)[1][A])
+    return found
+
+
+def test_the_simulator_probes_as_the_router_s_prober_does() -> None:
+    real, sim = probe_real(), probe_sim()
+    assert [s["breaker"][0] for s in real] == [
+        "open", "open", "closed", "closed", "closed", "closed"], "the scripted story"
+    assert not real[4]["answering"] and real[5]["answering"], "a trial after a failure"
+    for i, (r, s) in enumerate(zip(real, sim, strict=True)):
+        assert r == s, f"after probe {i}"
