@@ -315,7 +315,9 @@ def test_a_targets_calls_in_flight_are_counted_once_and_bounded_by_that_count() 
         deadline = time.monotonic() + 5.0
         runs = [asyncio.create_task(executor.run(plan_of("edge-a", "cloud"), X, deadline))
                 for _ in range(2)]
-        for _ in range(20):
+        for _ in range(100):
+            if fake_of(held).in_progress == 2:
+                break
             await asyncio.sleep(0)
         seen["counted"] = held.estimator.in_flight
         seen["shown"] = executor.snapshot()["admission"]["per_target"]["edge-a"]
