@@ -126,7 +126,7 @@ def _target_action(service: RoutingService, name: str, action: str,
     log.info("target %s: %s", name, action)
     return JSONResponse({"target": name, "action": action, "replica": replica,
                          "drained": name in service.drained,
-                         "in_flight": service.executor.limits.per_target.get(name, 0)})
+                         "in_flight": service.targets.in_flight(name)})
 
 
 def remove_target(models: ModelServices, syncs: Sequence[FleetSync], name: str, *,

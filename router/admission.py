@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from router.lag import LoopLag
 from router.policy import AdmissionSettings
@@ -136,11 +136,32 @@ class DeadlineAdmission:
         }
 
 
+class InFlightCounts(Protocol):
+    """Where the calls in flight at each target are counted (one count per target)."""
+
+    def in_flight(self, target: str) -> int: ...
+    def in_flight_counts(self) -> dict[str, int]: ...
+
+
+class _Uncounted:
+    def in_flight(self, target: str) -> int:
+        return 0
+
+    def in_flight_counts(self) -> dict[str, int]:
+        return {}
+
+
 class InFlightLimits:
-    def __init__(self, settings: AdmissionSettings | None = None) -> None:
+    """The replica's bound on requests it runs at once, and the bound on its calls to each
+    target. The calls in flight at a target are counted once, by ``counts`` (the target's
+    estimator, :meth:`router.targets.TargetSet.in_flight`): this reads that count and keeps
+    none of its own."""
+
+    def __init__(self, settings: AdmissionSettings | None = None,
+                 counts: InFlightCounts | None = None) -> None:
         self.settings = settings or AdmissionSettings()
+        self.counts = counts or _Uncounted()
         self.in_flight = 0
-        self.per_target: dict[str, int] = {}
         self.shed = 0
         self.saturated: dict[str, int] = {}
         """Times each target was skipped for being at its bound."""
@@ -159,24 +180,22 @@ class InFlightLimits:
         self.in_flight = max(self.in_flight - 1, 0)
 
     def has_room(self, target: str) -> bool:
-        return self.per_target.get(target, 0) < self.settings.max_in_flight_per_target
+        return self.counts.in_flight(target) < self.settings.max_in_flight_per_target
 
     def try_claim(self, target: str) -> bool:
+        """Whether a call to ``target`` is within its bound (counted as saturated if not); the
+        claim itself is counted where the calls in flight are."""
         if not self.has_room(target):
             self.saturated[target] = self.saturated.get(target, 0) + 1
             return False
-        self.per_target[target] = self.per_target.get(target, 0) + 1
         return True
-
-    def release(self, target: str) -> None:
-        self.per_target[target] = max(self.per_target.get(target, 0) - 1, 0)
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "in_flight": self.in_flight,
             "max_in_flight": self.settings.max_in_flight,
             "shed": self.shed,
-            "per_target": dict(self.per_target),
+            "per_target": self.counts.in_flight_counts(),
             "max_in_flight_per_target": self.settings.max_in_flight_per_target,
             "saturated": dict(self.saturated),
         }

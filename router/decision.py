@@ -3,7 +3,7 @@
 :func:`decide` is one engine for every named policy (RouteLLM keeps a random
 router beside every clever one; the benchmarks compare arms in one run):
 
-* ``risk-optimal`` (see DESIGN.md, "The decision"): enumerate plans over the
+* ``risk-optimal`` (``docs/policies.md``): enumerate plans over the
   targets a plan may start on (policy, quality, breaker not open): each
   target alone with ordered fallbacks, each hedged by another target, and
   each small model cascading to a large one (``quality=any``). Take the

@@ -141,6 +141,9 @@ class TargetEstimator:
         """Running replicas of the deployment behind the target; ``None``: not tracked."""
         self.cold_starts = 0
         self.in_flight = 0
+        """This replica's calls in flight at the target, from their claim until they end: the
+        one count that the decision reads as queueing, the per-target bound limits
+        (:class:`router.admission.InFlightLimits`) and the prober waits on."""
         self.successes = 0
         self.failures = 0
         self._failing = False

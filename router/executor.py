@@ -137,7 +137,7 @@ class Executor:
         self.retry = retry or RetrySettings()
         self.breakers = breakers or Breakers(breaker, clock=clock)
         self.budget = RetryBudget(self.retry, clock=clock)
-        self.limits = InFlightLimits(admission)
+        self.limits = InFlightLimits(admission, targets)
         self.min_attempt_s = min_attempt_ms / 1000
         self.grace_s = cancel_grace_ms / 1000
         self._clock = clock
@@ -298,11 +298,10 @@ class Executor:
             return None
         permit = self.breakers[name].acquire()
         if permit is None:
-            self.limits.release(name)
             req.skipped[name] = BREAKER_OPEN
             return None
         req.skipped.pop(name, None)
-        return Claim(target, permit, self.limits)
+        return Claim.take(target, permit)
 
     def _note_failure(self, req: _Request, error: TargetError) -> None:
         req.tried[error.target] = error

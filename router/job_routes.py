@@ -87,7 +87,7 @@ def service_lanes(service: RoutingService, settings: JobSettings, record: JobRec
         mine = own.get(target.name, 0)
         if target.tier == "edge":
             per_call, capacity = 1, 1
-            online = service.executor.limits.per_target.get(target.name, 0) - mine
+            online = service.executor.limits.counts.in_flight(target.name) - mine
             free = capacity - mine if online <= settings.edge_idle_in_flight else 0
         else:
             per_call = max(settings.cloud_chunk_rows // record.chunk_rows, 1)

@@ -192,8 +192,10 @@ class RoutingService:
 
     def reset(self, name: str, estimator: TargetEstimator) -> Target:
         """Forget what was learned about ``name``: a fresh estimator and a closed breaker, as
-        for a worker that joined anew; raises ``KeyError`` if unknown."""
+        for a worker that joined anew (its calls in flight still count); raises ``KeyError``
+        if unknown."""
         target = self._known(name)
+        estimator.in_flight = target.estimator.in_flight
         target.estimator = estimator
         self.breakers.forget(name)
         self._breaker_closed(name)
@@ -369,7 +371,7 @@ class RoutingService:
             view["available"] = view["estimates"]["available"] = self.available(t)
             view["traffic_share"] = round(shares.get(t.name, 0.0), 4)
             view["drained"] = t.name in self.drained
-            view["in_flight"] = self.executor.limits.per_target.get(t.name, 0)
+            view["in_flight"] = t.estimator.in_flight
             targets.append(view)
         executor = self.executor.snapshot()
         executor["admission"].update(self.admission.snapshot())

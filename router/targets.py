@@ -15,15 +15,22 @@ from typing import Any
 from edgeroute import contract
 from edgeroute.config import LinkProfile, Quality, Tier
 from edgeroute.signature import Batch, blank_batch
-from router.breaker import Breakers
+from router.breaker import Breakers, CircuitBreaker
 from router.estimator import TargetEstimator
 from router.lag import LoopLag, late
 from router.link import Link, LinkedTransport
 from router.policy import TierPrices
+from router.probing import (
+    PROBE_LOOP_S,
+    PROBE_TIMEOUT_S,
+    due,
+    learn_probe,
+    learn_trial,
+    wants_trial,
+)
 from router.transport import TargetError, TargetTimeout, Transport
 from router.view import TargetView
 
-PROBE_TIMEOUT_S = 1.0
 TRIAL_ROW = blank_batch(contract.SIGNATURE)
 """The trial call's input for the bundled model; a target of another model has its own."""
 MAINTAIN_S = 0.1
@@ -102,12 +109,9 @@ class TargetSet:
     """All targets of one router replica, and the probe loop that keeps idle ones measured.
 
     Probing is bounded: at most one probe per target per probe interval, only
-    for targets idle that long, each with its own timeout. Probes also tell the
-    breakers when an ejected target answers again (so a restarted worker is
-    tried at once instead of after its whole ejection), and never wake a
-    deployment that has scaled to zero. A probe during which the router's own
-    loop ran late (``lag``, :func:`router.lag.late`) teaches no network time, and
-    its timeout is not a failure.
+    for targets idle that long, each with its own timeout. What is probed, what
+    a probe teaches and when a trial call follows are the rules of
+    :mod:`router.probing`, which the simulator follows too.
     """
 
     def __init__(
@@ -141,6 +145,15 @@ class TargetSet:
         self.targets = {**self.targets, target.name: target}
         self.generation += 1
 
+    def in_flight(self, name: str) -> int:
+        """Calls in flight at ``name`` (its estimator's count; 0 if unknown)."""
+        target = self.targets.get(name)
+        return target.estimator.in_flight if target is not None else 0
+
+    def in_flight_counts(self) -> dict[str, int]:
+        """Calls in flight at each target."""
+        return {n: t.estimator.in_flight for n, t in self.targets.items()}
+
     def remove(self, name: str) -> Target | None:
         """Stop offering a target to new decisions; calls already made to it finish."""
         target = self.targets.get(name)
@@ -150,45 +163,32 @@ class TargetSet:
         return target
 
     async def probe(self, target: Target) -> bool:
+        """Probe ``target`` once, then make a trial call if :func:`router.probing.wants_trial`;
+        whether it answered."""
         started = self._clock()
+        breaker = self.breakers[target.name] if self.breakers is not None else None
         try:
             await asyncio.wait_for(target.transport.probe(PROBE_TIMEOUT_S), PROBE_TIMEOUT_S)
         except (TargetError, asyncio.TimeoutError) as exc:
-            if isinstance(exc, asyncio.TimeoutError | TargetTimeout) and self._late(started):
-                return False
-            target.estimator.observe_failure(f"probe: {_reason(exc)}",
-                                             (self._clock() - started) * 1000)
-            if self.breakers is not None:
-                self.breakers[target.name].probe_failed()
-            return False
-        if not self._late(started):
-            target.estimator.observe_probe((self._clock() - started) * 1000)
-        if self.breakers is not None:
-            self.breakers[target.name].probe_succeeded()
-            await self._trial(target)
+            return learn_probe(target.estimator, breaker, answered=False,
+                               elapsed_ms=self._ms_since(started), router_late=self._late(started),
+                               timed_out=isinstance(exc, asyncio.TimeoutError | TargetTimeout),
+                               reason=_reason(exc))
+        learn_probe(target.estimator, breaker, answered=True, elapsed_ms=self._ms_since(started),
+                    router_late=self._late(started))
+        if breaker is not None and wants_trial(target.estimator, breaker):
+            await self._trial(target, breaker)
         return True
+
+    def _ms_since(self, started: float) -> float:
+        return (self._clock() - started) * 1000
 
     def _late(self, started: float) -> bool:
         own_s = self.lag.max_since(started) if self.lag is not None else 0.0
-        return late(own_s * 1000, (self._clock() - started) * 1000)
+        return late(own_s * 1000, self._ms_since(started))
 
-    async def _trial(self, target: Target) -> None:
-        """Make a trial call of an idle target with a blank row: the half-open trial, or, with
-        the breaker closed, a call to a target whose last inference failed.
-
-        A half-open breaker closes on a successful call, but a target that is only ever a
-        fallback (a restarted backup site) may get none: it would keep one trial slot and
-        fail requests that need it. The prober makes the trial instead. The closed-breaker
-        trial (at most one per probe interval, only while idle) finds out whether a target
-        that passes health checks answers inferences, so that ``/v1/targets`` does not call
-        a worker available while it answers every inference 503, nor unavailable once it
-        serves again."""
-        assert self.breakers is not None
-        breaker = self.breakers[target.name]
-        state = breaker.state
-        if target.estimator.in_flight or not (
-                state == "half_open" or (state == "closed" and not target.estimator.answering)):
-            return
+    async def _trial(self, target: Target, breaker: CircuitBreaker) -> None:
+        """Make a trial call of an idle target with a blank row (:mod:`router.probing`)."""
         permit = breaker.acquire()
         if permit is None:
             return
@@ -197,23 +197,18 @@ class TargetSet:
             await asyncio.wait_for(target.transport.infer(target.trial, PROBE_TIMEOUT_S),
                                    PROBE_TIMEOUT_S)
         except (TargetError, asyncio.TimeoutError) as exc:
-            permit.failure(f"trial: {_reason(exc)}")
-            target.estimator.observe_failure(f"trial: {_reason(exc)}",
-                                             (self._clock() - started) * 1000)
+            learn_trial(permit, target.estimator, answered=False,
+                        elapsed_ms=self._ms_since(started), reason=_reason(exc))
             return
         except BaseException:
             permit.release()
             raise
-        permit.success((self._clock() - started) * 1000)
-        target.estimator.answered()
+        learn_trial(permit, target.estimator, answered=True, elapsed_ms=self._ms_since(started))
 
     def due(self) -> list[Target]:
         now = self._clock()
-        return [
-            t for t in self.targets.values()
-            if t.estimator.needs_probe(now)
-            and not (t.scales_to_zero and not t.estimator.replicas)
-        ]
+        return [t for t in self.targets.values()
+                if due(t.estimator, now, scales_to_zero=t.scales_to_zero)]
 
     async def probe_due(self) -> None:
         await asyncio.gather(*(self.probe(t) for t in self.due()))
@@ -228,7 +223,7 @@ class TargetSet:
             if self.on_tick is not None and self._clock() - ticked >= self.probe_interval_s:
                 ticked = self._clock()
                 self.on_tick()
-            await asyncio.sleep(min(self.probe_interval_s / 4, MAINTAIN_S))
+            await asyncio.sleep(min(self.probe_interval_s / 4, PROBE_LOOP_S))
 
     async def aclose(self) -> None:
         await asyncio.gather(*(t.transport.aclose() for t in self.targets.values()))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import selectors
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,50 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock starts at 0 and moves only when nothing is ready to run: it
+    then jumps to the next timer. ``asyncio.sleep``, ``wait_for`` and ``wait`` timeouts take
+    no real time, and their order is exact. Nothing here may wait on real I/O."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        super().__init__(_JumpingSelector(self))
+
+    def time(self) -> float:
+        return self.now
+
+
+class _JumpingSelector(selectors.SelectSelector):
+    def __init__(self, loop: VirtualTimeLoop) -> None:
+        super().__init__()
+        self._loop = loop
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        ready = super().select(0)
+        if ready or timeout == 0:
+            return ready
+        if timeout is None:
+            raise RuntimeError("virtual time: nothing is scheduled and nothing is ready")
+        self._loop.now += timeout
+        return []
+
+
+def run_virtual(main: Callable[[], Awaitable[T]]) -> T:
+    """Run ``main()`` on a fresh :class:`VirtualTimeLoop`; fail if it leaves tasks behind."""
+
+    async def checked() -> T:
+        result = await main()
+        leaked = asyncio.all_tasks() - {asyncio.current_task()}
+        assert not leaked, f"leaked tasks: {leaked}"
+        return result
+
+    loop = VirtualTimeLoop()
+    try:
+        return loop.run_until_complete(checked())
+    finally:
+        loop.close()
 
 
 @dataclass

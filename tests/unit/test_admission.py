@@ -298,3 +298,37 @@ def test_a_probe_the_router_itself_made_late_is_not_a_failure() -> None:
 
     assert probed(0.0) == 1
     assert probed(0.05) == 0
+
+
+def test_a_targets_calls_in_flight_are_counted_once_and_bounded_by_that_count() -> None:
+    """With room for two calls at edge-a, two requests held there fill it: its estimator
+    counts both (the queue the next decision predicts), the admission snapshot and
+    ``/v1/targets`` show the same two, and a third request spills to the fallback.
+    Once they answer, every count is back to zero."""
+    gate = asyncio.Event()
+    held = fake_target(FakeTransport("edge-a", gated(gate)))
+    spare = fake_target(FakeTransport("cloud"), tier="cloud", quality="large")
+    executor = executor_for(held, spare, admission=AdmissionSettings(max_in_flight_per_target=2))
+    seen: dict[str, object] = {}
+
+    async def main() -> list[str]:
+        deadline = time.monotonic() + 5.0
+        runs = [asyncio.create_task(executor.run(plan_of("edge-a", "cloud"), X, deadline))
+                for _ in range(2)]
+        for _ in range(100):
+            if fake_of(held).in_progress == 2:
+                break
+            await asyncio.sleep(0)
+        seen["counted"] = held.estimator.in_flight
+        seen["shown"] = executor.snapshot()["admission"]["per_target"]["edge-a"]
+        seen["room"] = executor.allows("edge-a")
+        third = await executor.run(plan_of("edge-a", "cloud"), X, deadline)
+        gate.set()
+        served = await asyncio.gather(*runs)
+        return [s.target.name for s in (*served, third)]
+
+    assert run_async(main) == ["edge-a", "edge-a", "cloud"]
+    assert seen == {"counted": 2, "shown": 2, "room": False}
+    assert executor.limits.saturated == {"edge-a": 1}
+    assert held.estimator.in_flight == spare.estimator.in_flight == 0
+    assert executor.snapshot()["admission"]["per_target"] == {"edge-a": 0, "cloud": 0}

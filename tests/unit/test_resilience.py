@@ -1,6 +1,6 @@
-"""Many requests through one executor on a fake clock: everything failing (scenario 4), a
-flapping edge (scenario 7) and overload (scenario 6) of DESIGN.md, with the figures a
-user would notice: attempts per request, errors, how fast excess is refused."""
+"""Many requests through one executor on a fake clock: everything failing, a flapping edge
+and overload (the failure scenarios ``tests/chaos`` runs on the real stack), with the
+figures a user would notice: attempts per request, errors, how fast excess is refused."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ import numpy as np
 
 from edgeroute.config import RouterSettings
 from edgeroute.tools.sim.execute import Limits, Outcome, Request, run_plan
-from edgeroute.tools.sim.replica import PROBE_LOOP_S, RouterReplica, VirtualClock
+from edgeroute.tools.sim.replica import RouterReplica, VirtualClock
 from edgeroute.tools.sim.synthetic import Scenario, Topology, build_topology
 from edgeroute.tools.sim.tally import Tally, percentiles_us
 from edgeroute.tools.sim.trace import Chunk, chunks
@@ -48,6 +48,7 @@ from router.cost import marginal_cost_usd
 from router.decision import RequestQuality, decide
 from router.plan import Decision
 from router.policy import PolicyDocument
+from router.probing import PROBE_LOOP_S
 
 FEEDBACK, PROBE_ROUND, PROBE_END = 0, 1, 2
 ORACLE = "oracle"

@@ -14,10 +14,11 @@ The executor's rules, over the drawn latencies of one request:
   budget allowing; the first answer wins and the other call is cancelled;
 * an answer from a small model below the cascade threshold is escalated when
   the deadline leaves the escalation target its upper time
-  (:meth:`router.plan.Plan.escalation_fits`); if the escalation fails, the
-  small answer is returned;
-* each call carries its plan, whose :meth:`router.plan.Plan.overdue` decides
-  what a timeout teaches (:meth:`RouterReplica.feedback`).
+  (:meth:`router.plan.Plan.escalation_fits`), with the plan's timeout like
+  any other call; if the escalation fails, the small answer is returned;
+* each call carries its plan and its timeout, from which the outcome
+  classifier shared with the router (:mod:`router.lessons`) decides what it
+  teaches (:meth:`RouterReplica.feedback`).
 
 Differences, on purpose: a target already tried is not retried after a
 backoff (the retry budget makes that rare, and it never turns a miss into a
@@ -93,7 +94,7 @@ class _Run:
         i = req.candidates.index(target)
         made = self.world.call(target, req.arrival_ms, start_ms, timeout_ms, req.network_ms[i],
                                req.service_ms[i], req.deadline_ms)
-        made.permit, made.plan = permit, self.plan
+        made.permit, made.plan, made.timeout_ms = permit, self.plan, timeout_ms
         self.calls.append(made)
         self.tried.add(target)
         return made
@@ -177,7 +178,7 @@ def _escalate(run: _Run, plan: Plan, target: int, out: Outcome) -> None:
     permit = run.hooks.claim(target)
     if permit is None:
         return
-    upper = run.call(target, answer.end_ms, permit, left)
+    upper = run.call(target, answer.end_ms, permit, run.timeout_ms(target, answer.end_ms))
     if upper.outcome == OK:
         out.answer, out.escalated = upper, True
     out.answered_ms = upper.end_ms

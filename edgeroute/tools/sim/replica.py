@@ -4,15 +4,12 @@ A :class:`RouterReplica` holds what one replica of the real router holds: a
 :class:`~router.estimator.TargetEstimator` per target (1,000 sites and the
 cloud), the :class:`~router.breaker.Breakers`, the
 :class:`~router.budget.RetryBudget` and the baseline state. The objects are
-the router's own; only their clock is virtual. What each call teaches them
-follows ``router.calls.Caller``: an answer is a success for the breaker and an
-observation of network, queue and service time for the estimator (and of the
-small model's confidence); a refusal is a failure; a timeout counts as one
-only when overdue by its plan's times (:meth:`router.plan.Plan.overdue`); a
-cancelled hedge loser is a slow call only when overdue. Probes follow
-``router.targets.TargetSet``: every idle target once per probe interval, the
-whole round awaited before the next, a half-open breaker's trial call made by
-the prober.
+the router's own; only their clock is virtual. What each call teaches them is
+decided by the router's own outcome classifier (:func:`router.lessons.learn`,
+as :class:`router.calls.Caller` uses it), and probes follow the router's own
+prober rules (:mod:`router.probing`): every due target once per round, the
+whole round awaited before the next, a trial call by the prober when its
+rules ask for one (it answers when the probe did, in the probe's time).
 """
 
 from __future__ import annotations
@@ -30,12 +27,14 @@ from router.budget import RetryBudget
 from router.decision import BaselineState
 from router.estimator import TargetEstimator
 from router.latency import EstimatorSettings
+from router.lessons import Ended, Lesson, Outcome, learn
 from router.policy import PolicyDocument
+from router.probing import PROBE_TIMEOUT_S, due, learn_probe, learn_trial, wants_trial
 from router.view import TargetView
 
-PROBE_TIMEOUT_MS = 1000.0
-PROBE_LOOP_S = 0.1
-"""``router.targets.MAINTAIN_S``: the probe loop's pause between rounds."""
+PROBE_TIMEOUT_MS = PROBE_TIMEOUT_S * 1000
+OUTCOMES: dict[int, Outcome] = {OK: "success", FAILED: "failure", TIMEOUT: "timeout",
+                                CANCELLED: "cancelled"}
 
 
 class VirtualClock:
@@ -122,41 +121,31 @@ class RouterReplica:
             call.ahead = est.in_flight
             est.in_flight += 1
 
-    def feedback(self, call: Call, confidence: float) -> None:
+    def feedback(self, call: Call, confidence: float) -> Lesson:
         """What the call taught, delivered when it ended (the clock reads its end)."""
         est = self.estimators[call.target]
         est.in_flight -= 1
         permit = call.permit
         assert isinstance(permit, Permit)
-        outcome, total = call.outcome, call.total_ms
-        if outcome == OK:
-            permit.success(total)
-            est.observe_success(total, call.service_ms, call.wait_ms, 1, call.ahead)
-            if est.quality == "small":
-                est.observe_confidence(confidence)
-        elif outcome == FAILED:
-            est.observe_failure("refused", total)
-            permit.failure("refused")
-        elif call.plan is None or call.plan.overdue(self.names[call.target], total):
-            if outcome == TIMEOUT:
-                permit.failure("timeout")
-                est.observe_failure("timeout", total)
-            else:
-                permit.slow("abandoned")
-        else:
-            assert outcome in (TIMEOUT, CANCELLED)
-            permit.release()
+        ended = Ended(self.names[call.target], OUTCOMES[call.outcome], call.total_ms,
+                      call.timeout_ms, behind_own=call.ahead >= est.settings.concurrency,
+                      busy=call.busy, server_ms=call.service_ms, queue_ms=call.wait_ms)
+        lesson = learn(ended, call.plan, permit, est, ahead=call.ahead)
+        if call.outcome == OK and est.quality == "small":
+            est.observe_confidence(confidence)
+        return lesson
 
     def probe_round(self) -> list[tuple[float, int, int, float]]:
-        """Probe every idle target: ``(duration_s, target, status, rtt_ms)`` for each."""
+        """Probe every due target: ``(duration_s, target, status, rtt_ms)`` for each."""
         now = self.clock.now
-        due = [i for i, e in enumerate(self.estimators) if e.needs_probe(now)]
-        if not due:
+        due_now = [i for i, e in enumerate(self.estimators) if due(e, now)]
+        if not due_now:
             return []
         topo = self.topo
-        rtt = self._probe_rng.lognormal(np.log(topo.rtt_median_ms[due]), topo.rtt_sigma[due])
+        rtt = self._probe_rng.lognormal(np.log(topo.rtt_median_ms[due_now]),
+                                        topo.rtt_sigma[due_now])
         found = []
-        for target, ms in zip(due, rtt.tolist(), strict=True):
+        for target, ms in zip(due_now, rtt.tolist(), strict=True):
             status = topo.status(target, now)
             took = PROBE_TIMEOUT_MS if status == HANG else ms
             found.append((took / 1000.0, target, status, ms))
@@ -167,13 +156,13 @@ class RouterReplica:
         est, breaker = self.estimators[target], self.breaker_of[target]
         if status in (DOWN, HANG):
             self.probe_failures += 1
-            took = PROBE_TIMEOUT_MS if status == HANG else rtt_ms
-            est.observe_failure("probe failed", took)
-            breaker.probe_failed()
+            hung = status == HANG
+            learn_probe(est, breaker, answered=False,
+                        elapsed_ms=PROBE_TIMEOUT_MS if hung else rtt_ms, timed_out=hung,
+                        reason="no answer" if hung else "connection refused")
             return
-        est.observe_probe(rtt_ms)
-        breaker.probe_succeeded()
-        if breaker.state == "half_open" and not est.in_flight:
+        learn_probe(est, breaker, answered=True, elapsed_ms=rtt_ms)
+        if wants_trial(est, breaker):
             permit = breaker.acquire()
             if permit is not None:
-                permit.success(rtt_ms)
+                learn_trial(permit, est, answered=True, elapsed_ms=rtt_ms)

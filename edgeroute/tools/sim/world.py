@@ -28,14 +28,19 @@ OK, FAILED, TIMEOUT, CANCELLED = 0, 1, 2, 3
 class Call:
     """One upstream call of one request; times are ms from the request's arrival."""
 
-    __slots__ = ("ahead", "end_ms", "outcome", "permit", "plan", "served", "service_ms",
-                 "start_ms", "target", "total_ms", "wait_ms")
+    __slots__ = ("ahead", "busy", "end_ms", "outcome", "permit", "plan", "served", "service_ms",
+                 "start_ms", "target", "timeout_ms", "total_ms", "wait_ms")
 
     def __init__(self, target: int, start_ms: float, end_ms: float, outcome: int,
-                 wait_ms: float = 0.0, service_ms: float = 0.0, served: bool = False) -> None:
+                 wait_ms: float = 0.0, service_ms: float = 0.0, served: bool = False,
+                 busy: bool = False) -> None:
         self.target, self.start_ms, self.end_ms, self.outcome = target, start_ms, end_ms, outcome
         self.wait_ms, self.service_ms, self.served = wait_ms, service_ms, served
+        self.busy = busy
+        """Refused because the site's queue is full (a 503 with ``Retry-After``)."""
         self.total_ms = end_ms - start_ms
+        self.timeout_ms = float("inf")
+        """The timeout the call was sent with."""
         self.permit: object | None = None
         """The breaker permit the call holds (router arms only)."""
         self.plan: Plan | None = None
@@ -109,7 +114,9 @@ class World:
         wait = self._admit(target, arrival_ms + start_ms + network_ms / 2, service_ms,
                            arrival_ms + deadline_ms)
         if wait is None:
-            return Call(target, start_ms, start_ms + min(network_ms, timeout_ms), FAILED)
+            if network_ms > timeout_ms:
+                return Call(target, start_ms, start_ms + timeout_ms, TIMEOUT)
+            return Call(target, start_ms, start_ms + network_ms, FAILED, busy=True)
         total = network_ms + wait + service_ms
         if wait < 0.0:
             return Call(target, start_ms, start_ms + timeout_ms, TIMEOUT)
