@@ -153,8 +153,8 @@ def _calibration_goal(mine: Mapping[str, Any] | None) -> Goal:
     measured = "-" if worst is None else (
         f"worst class {worst[0]} ms: predicted {worst[1]['predicted_p_miss']:.1%}, "
         f"observed {worst[1]['observed_miss']:.1%} ({worst[1]['gap_points']:+.1f} points)")
-    return Goal("calibration at the client", f"|observed - predicted P(miss)| <= "
-                f"{CALIBRATION_POINTS:g} points, every deadline class", measured,
+    return Goal("calibration at the client", f"observed miss within {CALIBRATION_POINTS:g} "
+                "points of predicted P(miss), every deadline class", measured,
                 None if worst is None else abs(worst[1]["gap_points"]) <= CALIBRATION_POINTS)
 
 
