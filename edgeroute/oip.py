@@ -111,8 +111,13 @@ def datatype_of(array: np.ndarray) -> str:
         raise OIPError(f"unsupported dtype {array.dtype}") from None
 
 
-def error_body(message: str) -> bytes:
-    return json.dumps({"error": message}).encode()
+def error_body(message: str, parameters: Mapping[str, Any] | None = None) -> bytes:
+    """The OIP error object; ``parameters``, when given, ride beside ``error`` as in a
+    response (clients that know only ``error`` ignore them)."""
+    document: dict[str, Any] = {"error": message}
+    if parameters:
+        document["parameters"] = dict(parameters)
+    return json.dumps(document).encode()
 
 
 def _lower(headers: Mapping[str, str]) -> dict[str, str]:

@@ -70,10 +70,13 @@ def answer(error: Exception) -> Answer:
 
 
 def error_reply(error: Exception) -> Response:
-    """The JSON error response (``{"error": message}``) for ``error``."""
+    """The JSON error response (``{"error": message}``) for ``error``; a request a plan ran
+    for also carries that plan's ``parameters.predicted_p_miss``."""
     found = answer(error)
     headers = {} if found.retry_after_s is None else {
         "retry-after": retry_after_header(found.retry_after_s)}
     message = error.message if isinstance(error, OIPError) else str(error)
-    return Response(error_body(message), status_code=found.status, media_type=JSON_CONTENT,
-                    headers=headers)
+    predicted = getattr(error, "predicted_p_miss", None)
+    parameters = None if predicted is None else {"predicted_p_miss": round(predicted, 5)}
+    return Response(error_body(message, parameters), status_code=found.status,
+                    media_type=JSON_CONTENT, headers=headers)

@@ -176,7 +176,8 @@ class Executor:
         """Serve ``x`` by ``deadline_at`` (this clock) by ``plan``; ``on_sent``: a call went."""
         if not self.limits.try_enter():
             raise Shed(f"router at its bound of {self.limits.settings.max_in_flight} requests",
-                       retry_after_s=self.limits.settings.shed_retry_after_s, scope="router")
+                       retry_after_s=self.limits.settings.shed_retry_after_s, scope="router",
+                       predicted_p_miss=plan.p_miss)
         req = _Request(plan, x, deadline_at, self._clock(), _chain(plan), on_sent=on_sent)
         try:
             self.budget.record_request()
@@ -347,15 +348,17 @@ class Executor:
         skipped = set(req.skipped.values())
         if req.calls == 0 and skipped == {SATURATED} and not passed:
             return Shed("every target of the plan is at its in-flight bound",
-                        retry_after_s=self.limits.settings.shed_retry_after_s, scope="target")
+                        retry_after_s=self.limits.settings.shed_retry_after_s, scope="target",
+                        predicted_p_miss=req.plan.p_miss)
         detail = "; ".join(req.errors) or ", ".join(
             f"{name}: {why}" for name, why in req.skipped.items()
         )
         what = "deadline exceeded" if passed else "no target could serve the request"
         return NotServed(f"{what} after {req.calls} attempt(s): "
                          f"{detail + '; ' if detail else ''}plan {req.plan.describe()}",
-                         attempts=req.calls,
-                         deadline_passed=passed, retry_after_s=self._retry_after(req, now))
+                         attempts=req.calls, deadline_passed=passed,
+                         retry_after_s=self._retry_after(req, now),
+                         predicted_p_miss=req.plan.p_miss)
 
     def _retry_after(self, req: _Request, now: float) -> float:
         """The longest ``Retry-After`` a target asked for; else, when every target was

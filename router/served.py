@@ -40,17 +40,22 @@ class NotServed(Exception):
     when trying again is worth it."""
 
     def __init__(self, message: str, *, attempts: int, deadline_passed: bool,
-                 retry_after_s: float = 1.0) -> None:
+                 retry_after_s: float = 1.0, predicted_p_miss: float | None = None) -> None:
         super().__init__(message)
         self.attempts = attempts
         self.deadline_passed = deadline_passed
         self.retry_after_s = retry_after_s
+        self.predicted_p_miss = predicted_p_miss
+        """The P(miss) of the plan that ran, if one did: the answer carries it, so that a
+        client can set what it observed against what was predicted."""
 
 
 class Shed(NotServed):
     """Refused for load before any upstream call, at once."""
 
     def __init__(self, message: str, *, retry_after_s: float,
-                 scope: Literal["router", "target", "late"]) -> None:
-        super().__init__(message, attempts=0, deadline_passed=False, retry_after_s=retry_after_s)
+                 scope: Literal["router", "target", "late"],
+                 predicted_p_miss: float | None = None) -> None:
+        super().__init__(message, attempts=0, deadline_passed=False, retry_after_s=retry_after_s,
+                         predicted_p_miss=predicted_p_miss)
         self.scope = scope

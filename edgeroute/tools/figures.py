@@ -49,16 +49,40 @@ CLIENT_LAG_WARNING_MS = 50.0
 
 
 def attained_slo(outcome: Outcome) -> bool:
-    return (
-        outcome.ok
-        and outcome.latency_ms <= outcome.deadline_ms
-        and (outcome.quality != "high" or outcome.tier == "cloud")
-    )
+    return on_time(outcome) and (outcome.quality != "high" or outcome.tier == "cloud")
 
 
 def useful(outcome: Outcome) -> bool:
     """On time, by the model asked for, and right."""
     return attained_slo(outcome) and outcome.predicted == outcome.label
+
+
+def on_time(outcome: Outcome) -> bool:
+    """Answered within the deadline at the client: what a plan's P(miss) predicts."""
+    return outcome.ok and outcome.latency_ms <= outcome.deadline_ms
+
+
+def calibration(outcomes: Sequence[Outcome]) -> dict[str, dict[str, Any]]:
+    """Per deadline class: the mean P(miss) the router predicted for the requests a plan
+    ran for, beside the share of them the client saw miss their deadline (no answer in
+    time); ``gap_points``: observed less predicted, in percentage points. Requests refused
+    before any decision carry no prediction and are counted apart (``unplanned``)."""
+    classes: dict[float, list[Outcome]] = {}
+    for outcome in outcomes:
+        classes.setdefault(outcome.deadline_ms, []).append(outcome)
+    found = {}
+    for deadline, group in sorted(classes.items()):
+        planned = [o for o in group if o.predicted_p_miss is not None]
+        predicted = _ratio(sum(o.predicted_p_miss or 0.0 for o in planned), len(planned))
+        observed = _ratio(sum(not on_time(o) for o in planned), len(planned))
+        found[f"{deadline:g}"] = {
+            "requests": len(group), "planned": len(planned),
+            "unplanned": len(group) - len(planned),
+            "predicted_p_miss": predicted, "observed_miss": observed,
+            "gap_points": (None if predicted is None or observed is None
+                           else (observed - predicted) * 100),
+        }
+    return found
 
 
 def _percentiles(values: Sequence[float]) -> dict[str, float | None]:
@@ -104,6 +128,7 @@ def figures(outcomes: Sequence[Outcome], duration_s: float) -> dict[str, Any]:
         "duration_s": duration_s,
         "achieved_rps": _ratio(n, duration_s),
         "goodput_rps": _ratio(len(ok), duration_s),
+        "calibration": calibration(outcomes),
     }
 
 

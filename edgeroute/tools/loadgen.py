@@ -66,6 +66,9 @@ class Outcome:
     escalated: bool = False
     model: str = MODEL_NAME
     """The model the request was for."""
+    predicted_p_miss: float | None = None
+    """The P(miss) of the plan the router ran for it (from the answer's or the error's
+    ``parameters``); ``None``: no plan ran (refused before a decision, or no answer)."""
 
     @property
     def ok(self) -> bool:
@@ -124,33 +127,40 @@ def bundled_rows(models: Sequence[str]) -> dict[str, ModelRows]:
     return {"wine": ModelRows(split.x_test, split.y_test, wine.INPUT, wine.LABEL)}
 
 
-def _failure(p: Planned, latency_ms: float, status: int, error: str, lag_ms: float) -> Outcome:
+def _failure(p: Planned, latency_ms: float, status: int, error: str, lag_ms: float,
+             predicted_p_miss: float | None = None) -> Outcome:
     return Outcome(p.phase, p.at_s, latency_ms, status, p.deadline_ms, p.quality, p.label,
                    None, None, None, 0.0, 0, False, False, None, _truncate(error), lag_ms,
-                   p.seq, model=p.model)
+                   p.seq, model=p.model, predicted_p_miss=predicted_p_miss)
 
 
-def _error_of(response: httpx.Response) -> str:
+def _error_of(response: httpx.Response) -> tuple[str, float | None]:
+    """The error's message, and the P(miss) of the plan that ran for it, if it says."""
     try:
         document = response.json()
     except ValueError:
         document = None
     if isinstance(document, dict) and "error" in document:
-        return _truncate(str(document["error"]))
-    return _truncate(response.text) or f"HTTP {response.status_code}"
+        parameters = document.get("parameters")
+        predicted = parameters.get("predicted_p_miss") if isinstance(parameters, dict) else None
+        return (_truncate(str(document["error"])),
+                float(predicted) if isinstance(predicted, (int, float)) else None)
+    return _truncate(response.text) or f"HTTP {response.status_code}", None
 
 
 def _parse(p: Planned, response: httpx.Response, latency_ms: float, lag_ms: float,
            label_output: str = OUTPUT_LABEL) -> Outcome:
     """One HTTP response as an Outcome; a malformed 200 keeps its status but is not ok."""
     if response.status_code != 200:
-        return _failure(p, latency_ms, response.status_code, _error_of(response), lag_ms)
+        error, predicted = _error_of(response)
+        return _failure(p, latency_ms, response.status_code, error, lag_ms, predicted)
     try:
         decoded = decode_response(response.content, response.headers)
         labels = [t.data for t in decoded.outputs if t.name == label_output]
         params: dict[str, Any] = dict(decoded.parameters)
         upstream = params.get("upstream_ms")
         decision = params.get("decision_us")
+        predicted = params.get("predicted_p_miss")
         return Outcome(
             p.phase, p.at_s, latency_ms, 200, p.deadline_ms, p.quality, p.label,
             int(np.asarray(labels[0]).reshape(-1)[0]),
@@ -159,7 +169,7 @@ def _parse(p: Planned, response: httpx.Response, latency_ms: float, lag_ms: floa
             bool(params.get("hedged", False)),
             None if upstream is None else float(upstream), None, lag_ms, p.seq,
             None if decision is None else float(decision), bool(params.get("escalated", False)),
-            p.model,
+            p.model, None if predicted is None else float(predicted),
         )
     except (OIPError, KeyError, IndexError, TypeError, ValueError) as exc:
         return _failure(p, latency_ms, 200, f"malformed response: {exc!r}", lag_ms)

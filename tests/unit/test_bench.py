@@ -17,11 +17,13 @@ SCENARIOS = Path(__file__).resolve().parents[2] / "infra" / "scenarios"
 
 
 def outcome(seq: int, *, latency_ms: float = 10.0, cost: float = 1e-6, status: int = 200,
-            tier: str = "edge", quality: str = "any", deadline_ms: float = 100.0) -> Outcome:
+            tier: str = "edge", quality: str = "any", deadline_ms: float = 100.0,
+            predicted_p_miss: float | None = None) -> Outcome:
     ok = status == 200
     return Outcome("p", seq * 0.1, latency_ms, status, deadline_ms, quality, 3, 3 if ok else None,
                    tier if ok else None, tier if ok else None, cost if ok else 0.0, 1, False,
-                   False, None, None if ok else "failed", 0.0, seq)
+                   False, None, None if ok else "failed", 0.0, seq,
+                   predicted_p_miss=predicted_p_miss)
 
 
 @pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.yaml")), ids=lambda p: p.stem)
@@ -145,3 +147,23 @@ def test_hedging_effect_compares_p99_and_extra_calls() -> None:
     assert effect["p99_cut"] == pytest.approx(500 / 45, rel=0.05)
     assert effect["extra_requests"] == pytest.approx(0.02)
     assert effect["hedged_share"] == pytest.approx(0.02)
+
+
+def test_calibration_sets_each_deadline_class_prediction_against_what_the_client_saw() -> None:
+    tight = [outcome(i, latency_ms=30.0, deadline_ms=50.0, predicted_p_miss=0.1)
+             for i in range(8)]
+    tight += [outcome(8, latency_ms=60.0, deadline_ms=50.0, predicted_p_miss=0.1),
+              outcome(9, status=504, latency_ms=50.0, deadline_ms=50.0, predicted_p_miss=0.1),
+              outcome(10, status=503, deadline_ms=50.0)]
+    loose = [outcome(20 + i, deadline_ms=500.0, predicted_p_miss=0.002) for i in range(10)]
+    found = figures(tight + loose, 1.0)["calibration"]
+    assert found["50"]["planned"] == 10 and found["50"]["unplanned"] == 1
+    assert found["50"]["predicted_p_miss"] == pytest.approx(0.1)
+    assert found["50"]["observed_miss"] == pytest.approx(0.2), "a late 200 is a miss too"
+    assert found["50"]["gap_points"] == pytest.approx(10.0)
+    assert found["500"]["gap_points"] == pytest.approx(-0.2)
+    checked = {g.name: g for g in goals({"default": figures(tight + loose, 1.0)})}
+    assert checked["calibration at the client"].met is False
+    assert "50 ms" in checked["calibration at the client"].measured
+    assert {g.name: g for g in goals({"default": figures(loose, 1.0)})}[
+        "calibration at the client"].met is True

@@ -46,6 +46,15 @@ def test_each_failure_gets_its_status_retry_after_and_message(
     assert body["error"] == (error.message if isinstance(error, OIPError) else str(error))
 
 
+def test_a_failure_a_plan_ran_for_carries_the_plans_prediction() -> None:
+    """So that a client can set what it observed against what the router predicted."""
+    _, _, body = reply_of(NotServed("deadline exceeded", attempts=2, deadline_passed=True,
+                                    predicted_p_miss=0.0123456))
+    assert body["parameters"] == {"predicted_p_miss": 0.01235}
+    _, _, body = reply_of(Shed("router at its bound", retry_after_s=1.0, scope="router"))
+    assert "parameters" not in body, "refused before any plan: nothing was predicted"
+
+
 def test_no_domain_error_carries_an_http_status() -> None:
     for kind in ROUTER_ERRORS:
         if kind is not OIPError:

@@ -50,12 +50,14 @@ def fake_router(data: Split, *, delay_s: float = 0.0, fail_label: int | None = N
         if delay_s:
             await asyncio.sleep(delay_s)
         if label == fail_label:
-            return httpx.Response(503, json={"error": "overloaded"}, headers={"Retry-After": "1"})
+            return httpx.Response(503, json={"error": "overloaded",
+                                             "parameters": {"predicted_p_miss": 0.25}},
+                                  headers={"Retry-After": "1"})
         probabilities = np.eye(10, dtype=np.float32)[[label]]
         edge = label % 2 == 0
         params = {"target": "edge-a" if edge else "cloud", "tier": "edge" if edge else "cloud",
                   "cost_usd": 1e-6, "attempts": 1, "fallback": False, "hedged": False,
-                  "upstream_ms": 1.0, "model_version": "1"}
+                  "upstream_ms": 1.0, "model_version": "1", "predicted_p_miss": 0.01}
         body, headers = encode_response(InferResponse(
             "digits", output_tensors(probabilities, np.array([label])), "1", None, params))
         return httpx.Response(200, content=body, headers=headers)
@@ -118,8 +120,10 @@ def test_outcomes_record_answers_failures_and_placement(data: Split) -> None:
     for outcome in result.outcomes:
         if outcome.label == 3:
             assert (outcome.status, outcome.error, outcome.ok) == (503, "overloaded", False)
+            assert outcome.predicted_p_miss == 0.25, "the error's parameters are kept"
         else:
             assert outcome.ok and outcome.predicted == outcome.label
+            assert outcome.predicted_p_miss == 0.01
             assert outcome.target == ("edge-a" if outcome.label % 2 == 0 else "cloud")
             assert outcome.cost_usd == pytest.approx(1e-6) and outcome.upstream_ms == 1.0
     assert result.phases == (("warm", 0.0, 0.3), ("hot", 0.3, 0.6))

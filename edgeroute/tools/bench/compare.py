@@ -116,6 +116,7 @@ def goals(overall: Mapping[str, Mapping[str, Any]], *, router: str = "default",
         None if att is None or not oracle_att else att >= 0.95 * oracle_att))
 
     result.append(_gap_goal(overall, mine, best))
+    result.append(_calibration_goal(mine))
     if hedging is not None:
         result.append(_hedging_goal(hedging))
     if overhead is not None:
@@ -138,6 +139,23 @@ def _gap_goal(overall: Mapping[str, Mapping[str, Any]], mine: Mapping[str, Any] 
         f" vs oracle {_fmt(_attainment(best), '.1%')})")
     return Goal("cost gap to the oracle", ">= 70% of the best static baseline's gap closed",
                 measured, None if closed is None else closed >= 0.70)
+
+
+CALIBRATION_POINTS = 2.0
+
+
+def _calibration_goal(mine: Mapping[str, Any] | None) -> Goal:
+    """Predicted P(miss) against what the client saw, every deadline class the router
+    planned for (:func:`edgeroute.tools.figures.calibration`)."""
+    classes = {d: c for d, c in ((mine or {}).get("calibration") or {}).items()
+               if c.get("gap_points") is not None}
+    worst = max(classes.items(), key=lambda kv: abs(kv[1]["gap_points"]), default=None)
+    measured = "-" if worst is None else (
+        f"worst class {worst[0]} ms: predicted {worst[1]['predicted_p_miss']:.1%}, "
+        f"observed {worst[1]['observed_miss']:.1%} ({worst[1]['gap_points']:+.1f} points)")
+    return Goal("calibration at the client", f"observed miss within {CALIBRATION_POINTS:g} "
+                "points of predicted P(miss), every deadline class", measured,
+                None if worst is None else abs(worst[1]["gap_points"]) <= CALIBRATION_POINTS)
 
 
 def _hedging_goal(hedging: Mapping[str, Any]) -> Goal:

@@ -150,6 +150,24 @@ def _model_rows(summary: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
+CALIBRATION_COLUMNS = ("arm", "deadline ms", "planned", "refused unplanned",
+                       "predicted P(miss)", "observed miss", "gap (points)")
+
+
+def _calibration_rows(summary: Mapping[str, Any]) -> list[list[str]]:
+    """Each arm's predicted P(miss) against what the client saw, per deadline class."""
+    rows = []
+    for name, arm in summary["arms"].items():
+        if name == ORACLE:
+            continue
+        for deadline, c in (arm["overall"].get("calibration") or {}).items():
+            gap = c["gap_points"]
+            rows.append([name, deadline, str(c["planned"]), str(c["unplanned"]),
+                         _n(c["predicted_p_miss"], ".1%"), _n(c["observed_miss"], ".1%"),
+                         "-" if gap is None else f"{gap:+.1f}"])
+    return rows
+
+
 def _goal_rows(summary: Mapping[str, Any]) -> list[list[str]]:
     verdict = {True: "met", False: "MISSED", None: "n/a"}
     return [[g["name"], g["target"], g["measured"], verdict[g["met"]]] for g in summary["goals"]]
@@ -197,6 +215,11 @@ def markdown(summary: Mapping[str, Any], plots: Mapping[str, str]) -> str:
           if len(s["mix"].get("models") or {}) > 1 else []),
         "## Goals", "", _md_table(("goal", "target", "measured", "verdict"), _goal_rows(summary)),
         "",
+        "## Calibration at the client", "",
+        "Per deadline class: the mean P(miss) the router predicted for the requests a plan ran "
+        "for, against the share of them the client saw miss the deadline. A request refused "
+        "before any decision (the router's own admission) carries no prediction.", "",
+        _md_table(CALIBRATION_COLUMNS, _calibration_rows(summary)), "",
     ]
     if summary["overhead"].get("hop") or summary["overhead"].get("throughput"):
         parts += ["## Overhead", "", _md_table(("measure", "direct", "routed", "added"),
@@ -309,7 +332,7 @@ def _plot_timeline(summary: Mapping[str, Any], arms: Mapping[str, ArmRun], path:
 REQUEST_FIELDS = ("seq", "model", "phase", "scheduled_s", "latency_ms", "status",
                   "deadline_ms", "quality", "label", "predicted", "target", "tier", "cost_usd",
                   "attempts", "fallback", "hedged", "escalated", "upstream_ms", "decision_us",
-                  "send_lag_ms", "error")
+                  "predicted_p_miss", "send_lag_ms", "error")
 
 
 def write_requests(arms: Mapping[str, ArmRun], path: Path) -> None:

@@ -230,7 +230,8 @@ class _Recorder:
         r = self.requests[i]
         base = {"phase": r.phase, "scheduled_s": r.at_s, "deadline_ms": r.deadline_ms,
                 "quality": r.quality, "label": r.label, "seq": r.seq, "cost_usd": cost_usd,
-                "model": r.model}
+                "model": r.model,
+                "predicted_p_miss": decision.plan.p_miss if decision.plan is not None else None}
         self.outcomes.setdefault(arm, []).append(self._outcome(decision, out, r, base))
 
     def _outcome(self, decision: Decision, out: PlanOutcome | None, r: Planned,
