@@ -45,6 +45,7 @@ from edgeroute.http import (
 )
 from edgeroute.models.runtime import OnnxModel
 from edgeroute.oip import (
+    EXTENSIONS,
     InferResponse,
     OIPError,
     Tensor,
@@ -66,8 +67,6 @@ from edgeroute.signature import (
 )
 
 SERVER_NAME = "edgeroute-edge"
-EXTENSIONS = ["binary_tensor_data", "parameters", "statistics", "model_configuration"]
-"""The OIP/Triton extensions the worker serves (listed in its server metadata)."""
 GZIP_MIN_BYTES = 512
 """Inference answers at least this long are gzipped when the caller's ``Accept-Encoding``
 asks (other answers never are, as with Triton)."""
@@ -244,7 +243,7 @@ def create_app(worker: EdgeWorker, agent: FleetAgent | None = None) -> Starlette
 
     async def server_metadata(_: Request) -> Response:
         return JSONResponse({"name": SERVER_NAME, "version": worker.model.version,
-                             "extensions": EXTENSIONS})
+                             "extensions": list(EXTENSIONS)})
 
     def model_route(answer: Callable[[Hosted], dict[str, Any]]) -> Callable[..., Any]:
         """A model route: 404 in OIP form for another model or a version not served."""

@@ -26,6 +26,8 @@ import numpy as np
 HEADER_LENGTH = "inference-header-content-length"
 JSON_CONTENT = "application/json"
 BINARY_CONTENT = "application/octet-stream"
+EXTENSIONS = ("binary_tensor_data", "parameters", "statistics", "model_configuration")
+"""The OIP/Triton extensions the router and every edge worker serve (their server metadata)."""
 
 DATATYPES: Mapping[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),

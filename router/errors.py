@@ -76,7 +76,7 @@ def error_reply(error: Exception) -> Response:
     headers = {} if found.retry_after_s is None else {
         "retry-after": retry_after_header(found.retry_after_s)}
     message = error.message if isinstance(error, OIPError) else str(error)
-    predicted = getattr(error, "predicted_p_miss", None)
+    predicted = error.predicted_p_miss if isinstance(error, NotServed) else None
     parameters = None if predicted is None else {"predicted_p_miss": round(predicted, 5)}
     return Response(error_body(message, parameters), status_code=found.status,
                     media_type=JSON_CONTENT, headers=headers)

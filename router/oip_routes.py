@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from edgeroute import contract
 from edgeroute.config import RouterSettings
 from edgeroute.http import error_response
-from edgeroute.oip import OIPError
+from edgeroute.oip import EXTENSIONS, OIPError
 from edgeroute.signature import (
     SIGNATURE_VERSION,
     check_version,
@@ -31,8 +31,6 @@ from edgeroute.signature import metadata as signature_metadata
 from router.models import ModelService, ModelServices
 from router.openapi import INFER_OPENAPI
 
-EXTENSIONS = ["binary_tensor_data", "parameters", "statistics", "model_configuration"]
-"""The OIP/Triton extensions the router serves (listed in its server metadata)."""
 VERSIONED = "/v2/models/{model}/versions/{version}"
 
 routes = APIRouter()
@@ -73,7 +71,7 @@ class OIPRoutes:
 
     @routes.get("/v2")
     async def server_metadata(self) -> dict[str, Any]:
-        return {"name": "edgeroute", "version": "0.1.0", "extensions": EXTENSIONS}
+        return {"name": "edgeroute", "version": "0.1.0", "extensions": list(EXTENSIONS)}
 
     @routes.get("/v2/models/stats")
     async def all_statistics(self) -> Response:

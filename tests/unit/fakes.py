@@ -75,18 +75,19 @@ class _JumpingSelector(selectors.SelectSelector):
         return []
 
 
+async def _leaving_no_task(main: Callable[[], Awaitable[T]]) -> T:
+    """``main()``'s result; fails if it leaves tasks behind."""
+    result = await main()
+    leaked = asyncio.all_tasks() - {asyncio.current_task()}
+    assert not leaked, f"leaked tasks: {leaked}"
+    return result
+
+
 def run_virtual(main: Callable[[], Awaitable[T]]) -> T:
     """Run ``main()`` on a fresh :class:`VirtualTimeLoop`; fail if it leaves tasks behind."""
-
-    async def checked() -> T:
-        result = await main()
-        leaked = asyncio.all_tasks() - {asyncio.current_task()}
-        assert not leaked, f"leaked tasks: {leaked}"
-        return result
-
     loop = VirtualTimeLoop()
     try:
-        return loop.run_until_complete(checked())
+        return loop.run_until_complete(_leaving_no_task(main))
     finally:
         loop.close()
 
@@ -234,14 +235,7 @@ def fake_target(
 
 def run_async(main: Callable[[], Awaitable[T]]) -> T:
     """Run ``main()`` on a fresh event loop and fail if it leaves tasks behind."""
-
-    async def checked() -> T:
-        result = await main()
-        leaked = asyncio.all_tasks() - {asyncio.current_task()}
-        assert not leaked, f"leaked tasks: {leaked}"
-        return result
-
-    return asyncio.run(checked())
+    return asyncio.run(_leaving_no_task(main))
 
 
 def fake_of(target: Target) -> FakeTransport:
