@@ -11,10 +11,11 @@ routes (JSON and binary tensors; gzip or deflate bodies), the model routes of
 changes a target's emulated link (all four need the admin token:
 :mod:`router.admin`), and the edge fleet: ``PUT``/``DELETE /v1/fleet/{name}``
 (join or heartbeat, leave; fleet token) and ``GET /v1/fleet``
-(:mod:`router.fleet`, :mod:`router.fleet_actor`). Every error, the framework's
-own included, is an OIP ``{"error": ...}`` body; answers are gzipped when the
-caller's ``Accept-Encoding`` asks. Batch jobs (``/v1/jobs``): :mod:`router.job_routes`. The
-status page, ``GET /ui`` and ``GET /v1/metrics/summary``, is :mod:`router.ui`'s.
+(:mod:`router.fleet`, :mod:`router.fleet_actor`). Every error, the framework's own
+included, is an OIP ``{"error": ...}`` body; answers are gzipped when the caller's
+``Accept-Encoding`` asks. Batch jobs (``/v1/jobs``): :mod:`router.job_routes`. The status
+page, ``GET /ui`` and ``GET /v1/metrics/summary``, is :mod:`router.ui`'s. Ahead of all
+this, the replica's HTTP server runs :mod:`router.frontdoor`, which this configures.
 """
 
 import asyncio
@@ -50,7 +51,7 @@ from edgeroute.oip import (
     select_outputs,
 )
 from edgeroute.signature import check_inputs
-from router import admin, job_routes
+from router import admin, frontdoor, job_routes
 from router.admin import bearer_ok, refuse_non_admin
 from router.build import build_targets, fleet_syncs, target_estimator
 from router.cache import directives
@@ -160,6 +161,8 @@ class Router(OIPRoutes, job_routes.JobRoutes, StatusPage):
                       self.policies.view()["rejected"])
             return
         self.models.apply_policy(policy)
+        # Through the module: Serve ships this class by value, with copies of its globals.
+        frontdoor.DOOR.configure(policy.admission)
         log.info("policy %s in force", self.policies.view()["sha256"])
 
     def _ensure_background(self) -> None:
@@ -210,7 +213,7 @@ class Router(OIPRoutes, job_routes.JobRoutes, StatusPage):
 
     @app.post("/v2/models/{model}/infer", openapi_extra=INFER_OPENAPI)
     async def infer(self, model: str, request: Request) -> Response:
-        received = time.monotonic()
+        received = request.scope.get(frontdoor.ARRIVED) or time.monotonic()
         self._ensure_background()
         # Serve's proxy takes the client's x-request-id (or makes one), logs it and returns
         # it on the response; the same id goes on to the targets.
@@ -276,8 +279,9 @@ class Router(OIPRoutes, job_routes.JobRoutes, StatusPage):
     async def list_targets(self, request: Request) -> Response:
         self._ensure_background()
         refused = refuse_non_admin(request, self.admin_token, self.ops_token, view=True)
-        return refused or JSONResponse({**self.models.snapshot(), "replica": self.replica,
-                                        "policy": admin.policy_summary(self.policies)})
+        return refused or JSONResponse({
+            **self.models.snapshot(), "replica": self.replica,
+            "front_door": frontdoor.DOOR.snapshot(), "policy": admin.policy_summary(self.policies)})
 
     @app.post("/v1/targets/{name}/{action}")
     async def target_action(self, name: str, action: str, request: Request) -> Response:
@@ -387,13 +391,8 @@ def build_app(config: StackConfig) -> Any:
             ray_actor_options={"num_cpus": cloud_cfg.num_cpus, "num_gpus": cloud_cfg.num_gpus,
                                "resources": cloud_cfg.resources},
             max_ongoing_requests=max(cloud_cfg.max_batch_size * 4, 16),
-        ).bind(
-            model=model,
-            threads=cloud_cfg.threads,
-            use_gpu=cloud_cfg.num_gpus > 0,
-            max_batch_size=cloud_cfg.max_batch_size,
-            batch_wait_timeout_ms=cloud_cfg.batch_wait_timeout_ms,
-            sha256=entry.cloud_sha256,
-        )
+        ).bind(model=model, threads=cloud_cfg.threads, use_gpu=cloud_cfg.num_gpus > 0,
+               max_batch_size=cloud_cfg.max_batch_size,
+               batch_wait_timeout_ms=cloud_cfg.batch_wait_timeout_ms, sha256=entry.cloud_sha256)
     return Router.options(num_replicas=config.router.num_replicas).bind(
         config.model_dump(mode="json"), clouds)

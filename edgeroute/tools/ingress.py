@@ -18,6 +18,9 @@ from pathlib import Path
 from edgeroute.config import StackConfig
 
 HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
+FRONT_DOOR_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+FRONT_DOOR = "router.frontdoor:middlewares"
+"""Serve's HTTP callback: the router replica's front door (:mod:`router.frontdoor`)."""
 LOCAL_DRAINING_S = 2.0
 
 
@@ -41,11 +44,14 @@ def ingress_env(config: StackConfig, ports: tuple[int, int] | None = None) -> di
     draining period so that HAProxies on other nodes stop sending to it first; Serve's
     30 s default is for clusters, and here it would hold every stop for 30 s while the
     HAProxy on this same machine takes its new configuration in well under a second.
+    Each router replica's HTTP server runs the front door (:mod:`router.frontdoor`) ahead
+    of Serve's request machinery.
     """
     if config.ingress == "proxy":
         return {HAPROXY_ENV: "0"}
     threads = min(2, os.cpu_count() or 1)
-    env = {HAPROXY_ENV: "1", "RAY_SERVE_HAPROXY_NBTHREAD": str(threads),
+    env = {HAPROXY_ENV: "1", FRONT_DOOR_ENV: FRONT_DOOR,
+           "RAY_SERVE_HAPROXY_NBTHREAD": str(threads),
            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(LOCAL_DRAINING_S)}
     if ports is not None:
         env["RAY_SERVE_HAPROXY_STATS_PORT"], env["RAY_SERVE_HAPROXY_METRICS_PORT"] = map(
@@ -53,7 +59,7 @@ def ingress_env(config: StackConfig, ports: tuple[int, int] | None = None) -> di
     return env
 
 
-INGRESS_VARS = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_HAPROXY_NBTHREAD",
+INGRESS_VARS = ("RAY_SERVE_ENABLE_HA_PROXY", FRONT_DOOR_ENV, "RAY_SERVE_HAPROXY_NBTHREAD",
                 "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S",
                 "RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
 """Every variable :func:`ingress_env` may set (the stack restores them when it stops)."""

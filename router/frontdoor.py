@@ -1,0 +1,233 @@
+"""The router replica's front door: refuse at once what the replica cannot finish in time.
+
+A router replica behind HAProxy runs its own HTTP server, and every request passes
+Serve's request machinery (request metadata, metrics, access log, the hop to the
+thread that runs the router) and the web framework before the router's own admission
+(:class:`router.admission.DeadlineAdmission`) sees it. Each of those steps costs the
+replica's one core a little; under a herd, the requests at the back of the line wait
+for all of them, and a refusal that the router makes within a millisecond of the
+request reaching it reaches the client hundreds of milliseconds after it was sent.
+
+:class:`FrontDoor` is a raw ASGI layer ahead of all that, installed as Serve's HTTP
+callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=router.frontdoor:middlewares``, which
+:func:`edgeroute.tools.ingress.ingress_env` sets). For each OIP infer request it
+
+* stamps the request's arrival (the ASGI scope's ``edgeroute.arrived``): the router
+  counts its deadline from there, so the time spent in Serve's machinery and the
+  framework is the router's own and no target's;
+* reads the request's ``parameters.deadline_ms`` and refuses it with 503 and
+  ``Retry-After`` when the replica's committed work, the requests it has admitted and
+  not answered times what one request costs it (:class:`RequestCost`, measured), would
+  leave less than ``min_start_left_ms`` of the deadline (the policy's
+  ``admission`` section).
+
+What the door cannot judge it passes on untouched, for the router to answer: a
+request with no deadline of its own (its caller's policy gives it one), a body that is
+compressed, binary (the binary tensor extension), over :data:`MAX_PEEK_BYTES` or not
+JSON, and every other route. The door acts only in a process where a router has
+registered its settings (:meth:`Door.configure`): behind Serve's Python proxy the
+callback runs in the proxy's process, where it passes everything on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from edgeroute.http import retry_after_header
+from edgeroute.oip import JSON_CONTENT, error_body
+from router.context import REQUEST_ID_HEADER, pick_request_id
+from router.policy import AdmissionSettings
+
+Clock = Callable[[], float]
+
+ARRIVED = "edgeroute.arrived"
+"""The ASGI scope key of the request's arrival at the door (``time.monotonic``)."""
+INFER_PATH = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
+MAX_PEEK_BYTES = 64 * 1024
+"""The largest body the door reads for its deadline; a larger one is passed on unread."""
+PRIOR_COST_S = 0.004
+"""What one routed request costs a router replica's process in CPU before any is measured:
+one replica on this project's 2-core reference machine routes 200-250 requests a second at
+saturation (``python -m benchmarks.ingress``), about 4-5 ms each."""
+WINDOW_S = 0.5
+BUSY_REQUESTS = 25
+""":class:`RequestCost` learns only from windows of at least ``WINDOW_S`` in which at least
+this many requests ended (50 a second): at lower rates the process's background work (probes,
+the lag ticker, Serve's own reporting) would be charged to the few requests."""
+SMOOTHING = 0.3
+MIN_COST_S, MAX_COST_S = 0.0002, 0.05
+
+
+class RequestCost:
+    """The replica process's CPU time per request ended, measured over busy windows and
+    smoothed (``SMOOTHING`` of each new window)."""
+
+    def __init__(self, *, cpu: Clock = time.process_time, clock: Clock = time.monotonic,
+                 prior_s: float = PRIOR_COST_S) -> None:
+        self._cpu, self._clock = cpu, clock
+        self.cost_s = prior_s
+        self.measured = False
+        self._start, self._cpu_start, self._ended = clock(), cpu(), 0
+
+    def ended(self) -> None:
+        """A request ended; closes the window when it has lasted ``WINDOW_S``."""
+        self._ended += 1
+        now = self._clock()
+        if now - self._start < WINDOW_S:
+            return
+        cpu = self._cpu()
+        if self._ended >= BUSY_REQUESTS * (now - self._start) / WINDOW_S:
+            sample = min(max((cpu - self._cpu_start) / self._ended, MIN_COST_S), MAX_COST_S)
+            self.cost_s = sample if not self.measured else (
+                SMOOTHING * sample + (1 - SMOOTHING) * self.cost_s)
+            self.measured = True
+        self._start, self._cpu_start, self._ended = now, cpu, 0
+
+
+class Door:
+    """What the front door knows in one process: the router's settings, the requests it let
+    in and that have not ended, and what a request costs."""
+
+    def __init__(self, *, clock: Clock = time.monotonic, cost: RequestCost | None = None) -> None:
+        self.clock = clock
+        self.cost = cost or RequestCost(clock=clock)
+        self.settings: AdmissionSettings | None = None
+        self.in_progress = 0
+        self.let_in = 0
+        self.shed = 0
+
+    def configure(self, settings: AdmissionSettings) -> None:
+        """The router in this process takes its policy's admission settings (each policy)."""
+        self.settings = settings
+
+    def own_delay_s(self) -> float:
+        """The replica's work committed ahead of a request arriving now."""
+        return self.in_progress * self.cost.cost_s
+
+    def refusal(self, deadline_ms: float) -> str | None:
+        """Why a request with ``deadline_ms`` cannot be finished in time, or ``None``."""
+        assert self.settings is not None
+        delay_ms = self.own_delay_s() * 1000
+        if deadline_ms - delay_ms >= self.settings.min_start_left_ms:
+            return None
+        return (f"the router cannot start the request in time: the {self.in_progress} "
+                f"requests ahead of it need about {delay_ms:.0f} ms of its time "
+                f"({self.cost.cost_s * 1000:.1f} ms each), the deadline is {deadline_ms:g} ms")
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"in_progress": self.in_progress, "let_in": self.let_in, "shed": self.shed,
+                "cost_ms": round(self.cost.cost_s * 1000, 3), "measured": self.cost.measured}
+
+
+DOOR = Door()
+"""The door of this process (one router replica per process)."""
+
+
+def deadline_of(body: bytes) -> float | None:
+    """``parameters.deadline_ms`` of a JSON infer body when it is a positive finite number,
+    else ``None`` (the router gives the request its deadline, or its 400)."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    params = document.get("parameters") if isinstance(document, dict) else None
+    deadline = params.get("deadline_ms") if isinstance(params, dict) else None
+    if isinstance(deadline, bool) or not isinstance(deadline, int | float):
+        return None
+    return float(deadline) if math.isfinite(deadline) and deadline > 0 else None
+
+
+def _peekable(headers: dict[bytes, bytes]) -> bool:
+    length = headers.get(b"content-length", b"")
+    return (length.isdigit() and int(length) <= MAX_PEEK_BYTES
+            and not headers.get(b"content-encoding")
+            and b"inference-header-content-length" not in headers)
+
+
+class FrontDoor:
+    """The raw ASGI layer (see the module's text)."""
+
+    def __init__(self, app: ASGIApp, door: Door = DOOR) -> None:
+        self.app, self.door = app, door
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        door = self.door
+        if (door.settings is None or scope["type"] != "http" or scope["method"] != "POST"
+                or not INFER_PATH.match(scope["path"])):
+            await self.app(scope, receive, send)
+            return
+        arrived = door.clock()
+        scope[ARRIVED] = arrived
+        headers = dict(scope["headers"])
+        if _peekable(headers):
+            body, message = await _read_body(receive)
+            deadline = deadline_of(body) if message is None else None
+            if deadline is not None and (why := door.refusal(deadline)) is not None:
+                door.shed += 1
+                await _refuse(send, why, headers, door.settings, door.clock() - arrived)
+                return
+            receive = _replay(body, message, receive)
+        door.in_progress += 1
+        door.let_in += 1
+        try:
+            # Refusals first: the requests that arrived with this one and are to be refused
+            # are answered before this one takes the replica's time.
+            await asyncio.sleep(0)
+            await self.app(scope, receive, send)
+        finally:
+            door.in_progress -= 1
+            door.cost.ended()
+
+
+async def _read_body(receive: Receive) -> tuple[bytes, Message | None]:
+    """The request's body, or what it has so far and the message that ended it early (a
+    disconnect), which is handed on to the router as it came."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), message
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks), None
+
+
+def _replay(body: bytes, ended: Message | None, receive: Receive) -> Receive:
+    """A ``receive`` that gives the body read already, then whatever comes next."""
+    pending: list[Message] = [{"type": "http.request", "body": body,
+                               "more_body": ended is not None}]
+    if ended is not None:
+        pending.append(ended)
+
+    async def replayed() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
+
+
+async def _refuse(send: Send, why: str, headers: dict[bytes, bytes],
+                  settings: AdmissionSettings, took_s: float) -> None:
+    rid = pick_request_id(headers.get(REQUEST_ID_HEADER.lower().encode(), b"").decode("latin-1"))
+    body = error_body(why)
+    await send({"type": "http.response.start", "status": 503, "headers": [
+        (b"content-type", JSON_CONTENT.encode()),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", retry_after_header(settings.shed_retry_after_s).encode()),
+        (REQUEST_ID_HEADER.lower().encode(), rid.encode()),
+        (b"server-timing", f"router;dur={took_s * 1000:.3f}".encode()),
+    ]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def middlewares() -> list[Middleware]:
+    """Serve's HTTP callback: the front door, outermost."""
+    return [Middleware(FrontDoor)]

@@ -1,0 +1,218 @@
+"""The router replica's front door (router/frontdoor.py): pure logic and the ASGI layer,
+driven through httpx's ASGI transport (the live path through HAProxy is the herd scenario,
+``tests/chaos/test_herd.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+from typing import Any
+
+import httpx
+import pytest
+from starlette.types import Message, Receive, Scope, Send
+
+from router.frontdoor import (
+    ARRIVED,
+    BUSY_REQUESTS,
+    MAX_PEEK_BYTES,
+    PRIOR_COST_S,
+    WINDOW_S,
+    Door,
+    FrontDoor,
+    RequestCost,
+    deadline_of,
+    middlewares,
+)
+from router.policy import AdmissionSettings
+
+INFER = "/v2/models/digits/infer"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Recorder:
+    """The app behind the door: keeps the scope and the messages it received."""
+
+    def __init__(self) -> None:
+        self.scopes: list[Scope] = []
+        self.bodies: list[bytes] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scopes.append(scope)
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        self.bodies.append(body)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"routed"})
+
+
+def _door(in_progress: int = 0, cost_s: float = 0.004) -> Door:
+    door = Door(cost=RequestCost(prior_s=cost_s))
+    door.configure(AdmissionSettings(min_start_left_ms=20.0, shed_retry_after_s=2.0))
+    door.in_progress = in_progress
+    return door
+
+
+def _post(door: Door, app: Recorder, path: str = INFER, **kwargs: Any) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=FrontDoor(app, door))
+        async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
+            return await client.post(path, **kwargs)
+
+    return asyncio.run(go())
+
+
+def _infer(deadline_ms: Any) -> dict[str, Any]:
+    return {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1], "data": [0.5]}],
+            "parameters": {"deadline_ms": deadline_ms}}
+
+
+def test_a_request_the_committed_work_leaves_no_time_for_is_refused_at_the_door() -> None:
+    """70 requests in progress at 4 ms each is 280 ms of the replica's time: a 300 ms
+    deadline keeps 20 ms (let in), a 299 ms one does not (503, Retry-After, the request's
+    id, the door's own time, an OIP error saying why); the router never sees it."""
+    app = Recorder()
+    door = _door(in_progress=70)
+    assert _post(door, app, json=_infer(300)).status_code == 200
+    refused = _post(door, app, json=_infer(299), headers={"x-request-id": "herd-7"})
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "2"
+    assert refused.headers["x-request-id"] == "herd-7"
+    assert refused.headers["server-timing"].startswith("router;dur=")
+    error = refused.json()["error"]
+    assert "cannot start the request in time" in error and "70 requests ahead" in error
+    assert len(app.bodies) == 1 and (door.shed, door.let_in) == (1, 1)
+    assert door.in_progress == 70  # the one let in has ended
+
+
+def test_the_router_behind_the_door_reads_the_whole_body_and_the_arrival() -> None:
+    clock = Clock()
+    door = _door()
+    door.clock = clock
+    app = Recorder()
+    payload = json.dumps(_infer(250)).encode()
+    assert _post(door, app, content=payload,
+                 headers={"content-type": "application/json"}).text == "routed"
+    assert app.bodies == [payload]
+    assert app.scopes[0][ARRIVED] == clock.now
+
+
+@pytest.mark.parametrize("request_kwargs", [
+    {"json": {"inputs": [], "parameters": {}}},  # no deadline: the caller's policy gives one
+    {"json": {"inputs": [], "parameters": {"deadline_ms": "soon"}}},  # the router's 400
+    {"content": b'{"inputs": [], "parameters": {"deadline_ms": Infinity}}'},
+    {"json": {"inputs": [], "parameters": {"deadline_ms": True}}},
+    {"content": b"{not json", "headers": {"content-type": "application/json"}},
+    {"content": gzip.compress(json.dumps(_infer(1)).encode()),
+     "headers": {"content-encoding": "gzip"}},
+    {"content": json.dumps(_infer(1)).encode() + b"\0\0\0\0",
+     "headers": {"inference-header-content-length": str(len(json.dumps(_infer(1))))}},
+    {"content": json.dumps(_infer(1)).encode().ljust(MAX_PEEK_BYTES + 1)},
+])
+def test_what_the_door_cannot_judge_goes_on_to_the_router_untouched(
+        request_kwargs: dict[str, Any]) -> None:
+    """A replica with far more committed work than any deadline: still, a request without a
+    readable deadline reaches the router with its body as sent."""
+    app = Recorder()
+    door = _door(in_progress=10_000)
+    assert _post(door, app, **request_kwargs).status_code == 200
+    assert len(app.bodies) == 1 and door.shed == 0
+
+
+@pytest.mark.parametrize("path", ["/v2/health/ready", "/v1/targets", "/v2/models/digits"])
+def test_other_routes_pass_the_door(path: str) -> None:
+    app = Recorder()
+    assert _post(_door(in_progress=10_000), app, path=path, json=_infer(1)).status_code == 200
+    assert ARRIVED not in app.scopes[0]
+
+
+def test_a_process_without_a_router_passes_everything_on() -> None:
+    """Behind Serve's Python proxy the callback runs in the proxy's process, where no router
+    configures the door: it neither refuses nor stamps (the proxy's clock is not the
+    router's)."""
+    app = Recorder()
+    door = Door()
+    door.in_progress = 10_000
+    assert _post(door, app, json=_infer(1)).status_code == 200
+    assert ARRIVED not in app.scopes[0] and door.let_in == 0
+
+
+def test_a_disconnect_while_the_door_reads_the_body_reaches_the_router() -> None:
+    door = _door()
+    received: list[Message] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        received.append(await receive())
+        received.append(await receive())
+
+    async def go() -> None:
+        messages: list[Message] = [{"type": "http.request", "body": b'{"para',
+                                    "more_body": True}, {"type": "http.disconnect"}]
+
+        async def receive() -> Message:
+            return messages.pop(0)
+
+        async def send(message: Message) -> None:
+            raise AssertionError("nothing is sent to a client that left")
+
+        scope = {"type": "http", "method": "POST", "path": INFER,
+                 "headers": [(b"content-length", b"40")]}
+        await FrontDoor(app, door)(scope, receive, send)
+
+    asyncio.run(go())
+    assert received == [{"type": "http.request", "body": b'{"para', "more_body": True},
+                        {"type": "http.disconnect"}]
+
+
+def test_deadline_of_reads_only_a_positive_finite_number() -> None:
+    assert deadline_of(json.dumps(_infer(60)).encode()) == 60.0
+    assert deadline_of(json.dumps(_infer(0.5)).encode()) == 0.5
+    for bad in (0, -1, None, "60", [60]):
+        assert deadline_of(json.dumps(_infer(bad)).encode()) is None
+    assert deadline_of(b"[1, 2]") is None
+    assert deadline_of(b'{"parameters": 3}') is None
+    assert deadline_of(b"\xff\xfe") is None
+
+
+def test_request_cost_learns_from_busy_windows_only() -> None:
+    """CPU per request ended: a window with 50 requests a second and 0.2 s of CPU says 4 ms
+    each... A quiet window (a few requests, the CPU spent on background work) teaches
+    nothing."""
+    clock, cpu = Clock(), Clock()
+    cost = RequestCost(cpu=cpu, clock=clock, prior_s=PRIOR_COST_S)
+    # Quiet: 3 requests over a second with 0.3 s of CPU: 100 ms each would be wrong.
+    for _ in range(3):
+        clock.now += 1 / 3
+        cpu.now += 0.1
+        cost.ended()
+    assert (cost.cost_s, cost.measured) == (PRIOR_COST_S, False)
+    # Busy: 2 * BUSY_REQUESTS requests in 2 * WINDOW_S, 2 ms of CPU each.
+    n = 2 * BUSY_REQUESTS
+    for _ in range(n):
+        clock.now += 2 * WINDOW_S / n
+        cpu.now += 0.002
+        cost.ended()
+    assert cost.measured and cost.cost_s == pytest.approx(0.002)
+    # The next busy window at 6 ms each moves it part of the way (smoothing).
+    for _ in range(n):
+        clock.now += 2 * WINDOW_S / n
+        cpu.now += 0.006
+        cost.ended()
+    assert 0.002 < cost.cost_s < 0.006
+
+
+def test_serves_callback_returns_the_door_as_a_starlette_middleware() -> None:
+    (layer,) = middlewares()
+    assert layer.cls is FrontDoor
