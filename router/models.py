@@ -48,6 +48,14 @@ class ModelServices:
             self._stray = self.first.service.metrics.for_model(NO_MODEL)
         return self._stray
 
+    def door_shed(self, name: str, arrived: float) -> None:
+        """A request for ``name`` that arrived at ``arrived`` was refused at the replica's
+        front door (:mod:`router.frontdoor`): counted as a shed request, ``reason="door"``."""
+        metrics = self.metrics_of(name)
+        metrics.shed.record(1, {"reason": "door"})
+        with metrics.tally(arrived) as tally:
+            tally.status = 503
+
     @classmethod
     def digits_only(cls, service: RoutingService) -> ModelServices:
         """One service serving the bundled ``digits`` (an embedded router, tests)."""

@@ -164,8 +164,9 @@ class AdmissionSettings(Frozen):
     """The ``Retry-After`` a shed request is told."""
     min_start_left_ms: float = Field(20.0, ge=0)
     """A request is shed at once unless, after the router's own predicted delay (event-loop
-    lag and the requests admitted before it not yet started), this much of its deadline is
-    left for its first call."""
+    lag and the requests admitted before it not yet started; at the replica's front door,
+    the requests let in and not answered times the CPU each costs), this much of its
+    deadline is left for its first call."""
 
 
 class CacheSettings(Frozen):

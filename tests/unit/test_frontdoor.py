@@ -58,9 +58,11 @@ class Recorder:
         await send({"type": "http.response.body", "body": b"routed"})
 
 
-def _door(in_progress: int = 0, cost_s: float = 0.004) -> Door:
+def _door(in_progress: int = 0, cost_s: float = 0.004,
+          shed: list[tuple[str, float]] | None = None) -> Door:
     door = Door(cost=RequestCost(prior_s=cost_s))
-    door.configure(AdmissionSettings(min_start_left_ms=20.0, shed_retry_after_s=2.0))
+    door.configure(AdmissionSettings(min_start_left_ms=20.0, shed_retry_after_s=2.0),
+                   on_shed=None if shed is None else lambda *refused: shed.append(refused))
     door.in_progress = in_progress
     return door
 
@@ -84,9 +86,11 @@ def test_a_request_the_committed_work_leaves_no_time_for_is_refused_at_the_door(
     deadline keeps 20 ms (let in), a 299 ms one does not (503, Retry-After, the request's
     id, the door's own time, an OIP error saying why); the router never sees it."""
     app = Recorder()
-    door = _door(in_progress=70)
+    shed: list[tuple[str, float]] = []
+    door = _door(in_progress=70, shed=shed)
     assert _post(door, app, json=_infer(300)).status_code == 200
-    refused = _post(door, app, json=_infer(299), headers={"x-request-id": "herd-7"})
+    refused = _post(door, app, path="/v2/models/wine/versions/1/infer", json=_infer(299),
+                    headers={"x-request-id": "herd-7"})
     assert refused.status_code == 503
     assert refused.headers["retry-after"] == "2"
     assert refused.headers["x-request-id"] == "herd-7"
@@ -94,6 +98,7 @@ def test_a_request_the_committed_work_leaves_no_time_for_is_refused_at_the_door(
     error = refused.json()["error"]
     assert "cannot start the request in time" in error and "70 requests ahead" in error
     assert len(app.bodies) == 1 and (door.shed, door.let_in) == (1, 1)
+    assert [model for model, _ in shed] == ["wine"]  # counted as the model's shed request
     assert door.in_progress == 70  # the one let in has ended
 
 
@@ -216,3 +221,24 @@ def test_request_cost_learns_from_busy_windows_only() -> None:
 def test_serves_callback_returns_the_door_as_a_starlette_middleware() -> None:
     (layer,) = middlewares()
     assert layer.cls is FrontDoor
+
+
+def test_a_refusal_at_the_door_is_counted_as_the_models_shed_request() -> None:
+    """``edgeroute_shed_total{reason="door"}`` and a 503 in ``edgeroute_requests_total``,
+    under the model the request named (an unknown one under the shared stray label)."""
+    from router.metrics import MemoryFactory, RouterMetrics
+    from router.models import ModelServices
+    from router.service import RoutingService
+    from router.targets import TargetSet
+    from tests.unit.fakes import FakeTransport, fake_target
+
+    factory = MemoryFactory()
+    svc = RoutingService(TargetSet([fake_target(FakeTransport("edge-a"))]),
+                         metrics=RouterMetrics(factory))
+    models = ModelServices.digits_only(svc)
+    models.door_shed("digits", arrived=0.0)
+    models.door_shed("no-such-model", arrived=0.0)
+    shed = factory.instruments["edgeroute_shed_total"]
+    assert shed.total(reason="door", model="digits") == 1
+    assert shed.total(reason="door") == 2
+    assert factory.instruments["edgeroute_requests_total"].total(status="503") == 2
