@@ -133,3 +133,45 @@ def test_a_two_model_scenario_sends_both_models_and_reports_each() -> None:
     assert split["wine"]["requests"] == len(wine)
     assert sum(f["requests"] for f in split.values()) == len(outcomes)
     assert "## Per model" in markdown(summary, {})
+
+
+def _slow_edges(delay_ms: float) -> Scenario:
+    """The default trace with both edge workers ``delay_ms`` slower than the router's prior
+    for an edge, every request on an 80 ms deadline for any quality."""
+    s = Scenario.load(SCENARIOS / "default.yaml")
+    return s.model_copy(update={
+        "stack": {"edges": [{"name": n, "service_delay_ms": delay_ms}
+                            for n in ("edge-a", "edge-b")]},
+        "mix": s.mix.model_copy(update={"deadlines_ms": ((80.0, 1.0),),
+                                        "high_quality_share": 0.0})})
+
+
+def test_a_cold_router_is_judged_against_itself_warm_on_the_same_requests() -> None:
+    """Edges as fast as the prior: the router that just started does as well as itself on the
+    trace's second pass. Edges 60 ms slower than the prior: the cold router learns it from
+    its first requests' misses, the warm one knows it already, and the goal says so."""
+    from edgeroute.tools.bench.compare import goals
+    from edgeroute.tools.bench.simulated import cold_vs_warm
+
+    steady = cold_vs_warm(_slow_edges(0.0), first=40)
+    assert steady["requests"] == 40 and abs(steady["gap_points"]) <= 3.0
+    slow = cold_vs_warm(_slow_edges(60.0), first=40)
+    assert slow["warm"]["useful_rate"] >= 0.9
+    assert slow["gap_points"] > 20.0
+    verdicts = {g.name: g.met for g in goals({}, cold_warm=slow)}
+    assert verdicts["cold router"] is False
+    assert {g.name: g.met for g in goals({}, cold_warm=steady)}["cold router"] is True
+
+
+def test_the_report_shows_the_cold_and_the_warm_router() -> None:
+    from edgeroute.tools.bench.report import markdown, summarize
+    from edgeroute.tools.bench.simulated import cold_vs_warm
+
+    scenario = Scenario.load(SCENARIOS / "wifi-edge.yaml").quick()
+    cold_warm = cold_vs_warm(scenario, first=50)
+    summary = summarize(scenario, simulate_arms(scenario), {}, wall_s=1.0,
+                        backend="simulator", cold_warm=cold_warm)
+    assert summary["cold_warm"]["cold"] == cold_warm["cold"]
+    text = markdown(summary, {})
+    assert "## Cold router against warm" in text and "| cold |" in text and "| warm |" in text
+    assert any(g["name"] == "cold router" for g in summary["goals"])

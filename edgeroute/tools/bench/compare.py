@@ -88,7 +88,8 @@ def gap_closed(router: float, baseline: float, best: float) -> float | None:
 
 def goals(overall: Mapping[str, Mapping[str, Any]], *, router: str = "default",
           hedging: Mapping[str, Any] | None = None,
-          overhead: Mapping[str, Any] | None = None) -> list[Goal]:
+          overhead: Mapping[str, Any] | None = None,
+          cold_warm: Mapping[str, Any] | None = None) -> list[Goal]:
     """Check the published goals against one run: ``overall`` maps each arm (and
     ``oracle``) to its figures (see :func:`edgeroute.tools.figures.figures`)."""
     mine, cloud, best = overall.get(router), overall.get("always-cloud"), overall.get(ORACLE)
@@ -119,6 +120,8 @@ def goals(overall: Mapping[str, Mapping[str, Any]], *, router: str = "default",
     result.append(_calibration_goal(mine))
     if hedging is not None:
         result.append(_hedging_goal(hedging))
+    if cold_warm is not None:
+        result.append(_cold_goal(cold_warm))
     if overhead is not None:
         result.extend(_overhead_goals(overhead))
     return result
@@ -156,6 +159,18 @@ def _calibration_goal(mine: Mapping[str, Any] | None) -> Goal:
     return Goal("calibration at the client", f"observed miss within {CALIBRATION_POINTS:g} "
                 "points of predicted P(miss), every deadline class", measured,
                 None if worst is None else abs(worst[1]["gap_points"]) <= CALIBRATION_POINTS)
+
+
+COLD_POINTS = 3.0
+
+
+def _cold_goal(cold_warm: Mapping[str, Any]) -> Goal:
+    """A router that just started, on its first requests, against the same router warm."""
+    cold, warm = cold_warm["cold"]["useful_rate"], cold_warm["warm"]["useful_rate"]
+    return Goal("cold router", f"first {cold_warm['requests']} requests after start within "
+                f"{COLD_POINTS:g} points of a warm router's useful answers",
+                f"cold {cold:.1%} vs warm {warm:.1%} ({cold_warm['gap_points']:+.1f} points)",
+                cold_warm["gap_points"] <= COLD_POINTS)
 
 
 def _hedging_goal(hedging: Mapping[str, Any]) -> Goal:

@@ -69,7 +69,10 @@ def _machine() -> dict[str, Any]:
 
 
 def summarize(scenario: Scenario, arms: Mapping[str, ArmRun], overhead: Mapping[str, Any],
-              wall_s: float, backend: str = "real stack") -> dict[str, Any]:
+              wall_s: float, backend: str = "real stack",
+              cold_warm: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The report's figures; ``cold_warm``: the router arm started cold against warm
+    (:func:`edgeroute.tools.bench.simulated.cold_vs_warm`), where it was measured."""
     outcomes = {name: run.result.outcomes for name, run in arms.items()}
     best, picked = oracle(outcomes)
     arm_figures = {name: _group(run.result.outcomes, scenario, run.provisioned_usd)
@@ -85,7 +88,8 @@ def summarize(scenario: Scenario, arms: Mapping[str, ArmRun], overhead: Mapping[
     decision = arm_figures[scenario.arms[0]]["overall"]["decision_us"]
     overhead_figures = {**overhead, "decision_us": decision}
     overall = {name: f["overall"] for name, f in arm_figures.items()}
-    checked = goals(overall, router=scenario.arms[0], hedging=hedging, overhead=overhead_figures)
+    checked = goals(overall, router=scenario.arms[0], hedging=hedging, overhead=overhead_figures,
+                    cold_warm=cold_warm)
     return {
         "scenario": scenario.model_dump(mode="json"),
         "machine": _machine(),
@@ -96,6 +100,7 @@ def summarize(scenario: Scenario, arms: Mapping[str, ArmRun], overhead: Mapping[
                           sorted((*run.result.events, *run.restarts))]
                    for name, run in arms.items()},
         "hedging": hedging,
+        "cold_warm": dict(cold_warm) if cold_warm is not None else None,
         "overhead": overhead_figures,
         "goals": [g.__dict__ for g in checked],
     }
@@ -221,6 +226,15 @@ def markdown(summary: Mapping[str, Any], plots: Mapping[str, str]) -> str:
         "before any decision (the router's own admission) carries no prediction.", "",
         _md_table(CALIBRATION_COLUMNS, _calibration_rows(summary)), "",
     ]
+    if (cw := summary.get("cold_warm")) is not None:
+        parts += ["## Cold router against warm", "",
+                  f"The {cw['arm']} arm's first {cw['requests']} requests on a router that has "
+                  "just started, against the same requests (same draws and faults) on the "
+                  "same router running the trace again right after.", "",
+                  _md_table(("router", "useful answers", "SLO"), [
+                      [name, _n(cw[name]["useful_rate"], ".1%"),
+                       _n(cw[name]["slo_attainment"], ".1%")] for name in ("cold", "warm")]),
+                  ""]
     if summary["overhead"].get("hop") or summary["overhead"].get("throughput"):
         parts += ["## Overhead", "", _md_table(("measure", "direct", "routed", "added"),
                                                _overhead_rows(summary["overhead"])), ""]
@@ -347,10 +361,10 @@ def write_requests(arms: Mapping[str, ArmRun], path: Path) -> None:
 
 
 def write_report(scenario: Scenario, arms: Mapping[str, ArmRun], overhead: Mapping[str, Any],
-                 out: Path, console: Console, wall_s: float,
-                 backend: str = "real stack") -> list[Path]:
+                 out: Path, console: Console, wall_s: float, backend: str = "real stack",
+                 cold_warm: Mapping[str, Any] | None = None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarize(scenario, arms, overhead, wall_s, backend)
+    summary = summarize(scenario, arms, overhead, wall_s, backend, cold_warm)
     best, _ = oracle({n: r.result.outcomes for n, r in arms.items()})
     plots = {"Latency CDF per arm": "cdf.png", "Cost versus attainment": "cost_attainment.png",
              "Timeline per arm": "timeline.png"}

@@ -205,16 +205,19 @@ def run_bench(scenario_path: Path, out_dir: Path | None = None, port: int | None
         this = scenario.with_seed(seed)
         started = time.monotonic()
         try:
+            cold_warm = None
             if simulate:
-                from edgeroute.tools.bench.simulated import simulate_arms
+                from edgeroute.tools.bench.simulated import cold_vs_warm, simulate_arms
                 arms, overhead = simulate_arms(this), dict[str, Any]()
+                cold_warm = cold_vs_warm(this)
             else:
                 arms, overhead = Bench(this, console, port).run()
         except StackError as exc:
             console.print(f"[red]edgeroute bench: {exc}[/red]")
             return 1
         paths = write_report(this, arms, overhead, run_out, console,
-                             wall_s=time.monotonic() - started, backend=backend)
+                             wall_s=time.monotonic() - started, backend=backend,
+                             cold_warm=cold_warm)
         for path in paths:
             console.print(f"wrote {path}")
         summaries.append(json.loads((run_out / "report.json").read_text()))

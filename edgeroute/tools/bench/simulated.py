@@ -32,6 +32,7 @@ rows, so the report, the oracle and the goals are the real benchmark's.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -45,8 +46,9 @@ from edgeroute.contract import MODEL_NAME
 from edgeroute.dataset import Split, digits_split
 from edgeroute.tools.bench.run import ArmRun
 from edgeroute.tools.bench.scenario import Fault, Scenario
+from edgeroute.tools.figures import attained_slo, useful
 from edgeroute.tools.loadgen import LoadResult, Outcome, bundled_rows
-from edgeroute.tools.schedule import Planned, plan
+from edgeroute.tools.schedule import Planned, Schedule, plan
 from edgeroute.tools.sim.engine import ArmSpec, Simulation
 from edgeroute.tools.sim.execute import Outcome as PlanOutcome
 from edgeroute.tools.sim.synthetic import DOWN, HANG, CloudScaling, Topology
@@ -220,19 +222,21 @@ class _Recorder:
     """Turns each settled request into the :class:`Outcome` the client would have seen."""
 
     def __init__(self, requests: Sequence[Planned], names: list[str], models: list[str],
-                 answers: Answers, cloud: int) -> None:
+                 answers: Answers, cloud: int, passes: int = 1) -> None:
         self.requests, self.names, self.models = requests, names, models
         self.answers, self.cloud = answers, cloud
-        self.outcomes: dict[str, list[Outcome]] = {}
+        self.outcomes: list[dict[str, list[Outcome]]] = [{} for _ in range(passes)]
+        """Per pass of the trace: each arm's outcomes."""
 
     def __call__(self, arm: str, i: int, decision: Decision, out: PlanOutcome | None,
                  cost_usd: float) -> None:
-        r = self.requests[i]
+        trip, index = divmod(i, len(self.requests))
+        r = self.requests[index]
         base = {"phase": r.phase, "scheduled_s": r.at_s, "deadline_ms": r.deadline_ms,
                 "quality": r.quality, "label": r.label, "seq": r.seq, "cost_usd": cost_usd,
                 "model": r.model,
                 "predicted_p_miss": decision.plan.p_miss if decision.plan is not None else None}
-        self.outcomes.setdefault(arm, []).append(self._outcome(decision, out, r, base))
+        self.outcomes[trip].setdefault(arm, []).append(self._outcome(decision, out, r, base))
 
     def _outcome(self, decision: Decision, out: PlanOutcome | None, r: Planned,
                  base: dict[str, Any]) -> Outcome:
@@ -294,6 +298,40 @@ def simulate_arms(scenario: Scenario, data: Split | None = None) -> dict[str, Ar
     model mix, each model's requests run in a world of their own (the router keeps
     estimators, breakers and costs per model and target; the edges' capacity is not shared
     between the models here, so contention across models is not modelled)."""
+    (outcomes,), schedule = _passes(scenario, data, passes=1)
+    events = tuple((at, f.name) for at, f in _fault_times(scenario))
+    return {arm: ArmRun(arm, LoadResult(tuple(outcomes[arm]), events, schedule.phases,
+                                        duration_s=scenario.duration_s), 0.0, ())
+            for arm in scenario.arms}
+
+
+COLD_REQUESTS = 300
+"""A cold router is judged on its first this many requests after it starts."""
+
+
+def cold_vs_warm(scenario: Scenario, data: Split | None = None,
+                 first: int = COLD_REQUESTS) -> dict[str, Any]:
+    """The router arm (the scenario's first) on a router that has just started against the
+    same router running the same trace again right after it: the useful-answer rate and
+    SLO attainment of the first ``first`` requests of each pass. The two passes meet the
+    same requests, draws and faults (the second pass's faults shifted with it); the second
+    starts with what the first taught the router, and with the world (queues, cloud
+    replicas) as the first left it."""
+    arm = scenario.arms[0]
+    (cold, warm), _ = _passes(scenario.model_copy(update={"arms": (arm,)}), data, passes=2)
+    passes = {"cold": cold[arm][:first], "warm": warm[arm][:first]}
+    found: dict[str, Any] = {"arm": arm, "requests": min(len(p) for p in passes.values())}
+    for name, outcomes in passes.items():
+        n = max(len(outcomes), 1)
+        found[name] = {"useful_rate": sum(useful(o) for o in outcomes) / n,
+                       "slo_attainment": sum(attained_slo(o) for o in outcomes) / n}
+    found["gap_points"] = 100 * (found["warm"]["useful_rate"] - found["cold"]["useful_rate"])
+    return found
+
+
+def _passes(scenario: Scenario, data: Split | None, passes: int
+            ) -> tuple[list[dict[str, list[Outcome]]], Schedule]:
+    """Each arm's outcomes in each pass of the scenario's trace, in request order."""
     config = scenario.stack_config()
     if len(config.edges) < 2:
         raise ValueError("the simulator path needs at least two edge workers")
@@ -302,31 +340,43 @@ def simulate_arms(scenario: Scenario, data: Split | None = None) -> dict[str, Ar
                     labels={m: r.y for m, r in bundled_rows(scenario.models()).items()})
     if not schedule.requests:
         raise ValueError(f"scenario {scenario.name} sends no request")
-    outcomes: dict[str, list[Outcome]] = {arm: [] for arm in scenario.arms}
+    found: list[dict[str, list[Outcome]]] = [{arm: [] for arm in scenario.arms}
+                                             for _ in range(passes)]
     for k, model in enumerate(scenario.models()):
         requests = tuple(r for r in schedule.requests if r.model == model)
         if requests:
-            for arm, rows in _simulate(scenario, config, requests, _answers_of(model, config),
-                                       [scenario.seed, 7] + ([k] if k else [])).items():
-                outcomes[arm] += rows
-    events = tuple((at, f.name) for at, f in _fault_times(scenario))
-    bounds = schedule.phases
-    return {arm: ArmRun(arm, LoadResult(tuple(sorted(outcomes[arm], key=lambda o: o.seq)),
-                                        events, bounds, duration_s=scenario.duration_s),
-                        0.0, ())
-            for arm in scenario.arms}
+            simulated = _simulate(scenario, config, requests, _answers_of(model, config),
+                                  [scenario.seed, 7] + ([k] if k else []), passes)
+            for into, rows_of in zip(found, simulated, strict=True):
+                for arm, rows in rows_of.items():
+                    into[arm] += rows
+    for into in found:
+        for arm in into:
+            into[arm].sort(key=lambda o: o.seq)
+    return found, schedule
 
 
 def _simulate(scenario: Scenario, config: StackConfig, requests: tuple[Planned, ...],
-              answers: Answers, stream: list[int]) -> dict[str, list[Outcome]]:
-    """Every arm over ``requests`` (of one model) in one simulated world."""
+              answers: Answers, stream: list[int], passes: int = 1
+              ) -> list[dict[str, list[Outcome]]]:
+    """Every arm over ``requests`` (of one model) in one simulated world, ``passes`` times in
+    a row (each pass the same requests, draws and faults, ``duration_s + settle_s`` after the
+    one before); the outcomes of each pass."""
     targets = _targets(scenario, config)
     topology = _topology(scenario, config, targets)
     chunk = _trace(scenario, config, targets, requests, answers, stream)
+    offset_s = scenario.duration_s + scenario.settle_s
+    trace = [dataclasses.replace(chunk, first=p * len(requests),
+                                 arrival_s=[a + p * offset_s for a in chunk.arrival_s])
+             for p in range(passes)]
+    topology = dataclasses.replace(topology, outages={
+        target: tuple((start + p * offset_s, end + p * offset_s, kind)
+                      for p in range(passes) for start, end, kind in spans)
+        for target, spans in topology.outages.items()})
     mix = scenario.mix.deadlines_ms
     sim = SimScenario(
         sites=len(config.edges), neighbours=len(config.edges) - 1,
-        requests=len(requests), rate_rps=len(requests) / scenario.duration_s,
+        requests=passes * len(requests), rate_rps=len(requests) / scenario.duration_s,
         seed=scenario.seed, deadlines_ms=tuple(sorted({d for d, _ in mix})),
         deadline_weights=tuple(1.0 for _ in sorted({d for d, _ in mix})),
         high_quality_share=scenario.mix.high_quality_share, cloud_outage_s=None,
@@ -334,9 +384,8 @@ def _simulate(scenario: Scenario, config: StackConfig, requests: tuple[Planned, 
         chunk_requests=max(len(requests), 1))
     names = list(topology.names())
     models = [*(e.model for e in config.edges), "teacher"]
-    recorder = _Recorder(requests, names, models, answers, topology.cloud)
+    recorder = _Recorder(requests, names, models, answers, topology.cloud, passes)
     Simulation(sim, arms=[ArmSpec(a, a) for a in scenario.arms],
-               doc=scenario.policy_document(), topology=topology, trace=[chunk],
+               doc=scenario.policy_document(), topology=topology, trace=trace,
                record=recorder).run()
     return recorder.outcomes
-
