@@ -125,7 +125,8 @@ class Router(OIPRoutes, job_routes.JobRoutes, StatusPage):
         metrics, lag = RouterMetrics(ServeFactory()), LoopLag()
         self.models = ModelServices([(model, RoutingService(
             build_targets(self.config, handles[name], model), metrics=metrics.for_model(name),
-            min_attempt_ms=self.settings.min_attempt_ms, lag=lag))
+            min_attempt_ms=self.settings.min_attempt_ms, lag=lag,
+            finish_ms=frontdoor.DOOR.finish_ms))
             for name, model in served.items()])
         self.service = self.models.first.service
         """The first model's service: the status page and the edge fleet use it."""
@@ -244,6 +245,7 @@ class Router(OIPRoutes, job_routes.JobRoutes, StatusPage):
                 x, deadline_ms=deadline_ms, received=received, quality=quality, caller=caller,
                 model=served.model.name, cache=directives(request.headers.get("cache-control")))
             tally.tier = routed.metric_tier
+            request.scope[frontdoor.ANSWERED] = time.monotonic()
             reply = routed.reply
             outputs = select_outputs(oip_request, reply.outputs)
         except ROUTER_ERRORS as error:

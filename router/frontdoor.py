@@ -35,7 +35,9 @@ import asyncio
 import json
 import math
 import re
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +55,10 @@ OnShed = Callable[[str, float], None]
 
 ARRIVED = "edgeroute.arrived"
 """The ASGI scope key of the request's arrival at the door (``time.monotonic``)."""
+ANSWERED = "edgeroute.answered"
+"""The ASGI scope key the router sets when it has the request's answer in hand."""
+FINISH_SAMPLES = 256
+""":meth:`Door.finish_ms` is the median of this many last requests' finishing times."""
 INFER_PATH = re.compile(r"^/v2/models/(?P<model>[^/]+)(/versions/[^/]+)?/infer$")
 MAX_PEEK_BYTES = 64 * 1024
 """The largest body the door reads for its deadline; a larger one is passed on unread."""
@@ -107,11 +113,23 @@ class Door:
         self.in_progress = 0
         self.let_in = 0
         self.shed = 0
+        self._finish: deque[float] = deque(maxlen=FINISH_SAMPLES)
 
     def configure(self, settings: AdmissionSettings, on_shed: OnShed | None = None) -> None:
         """The router in this process takes its policy's admission settings (each policy),
         and counts the door's refusals with ``on_shed``."""
         self.settings, self.on_shed = settings, on_shed
+
+    def finished(self, seconds: float) -> None:
+        """A request's last byte went out ``seconds`` after the router had its answer."""
+        self._finish.append(seconds)
+
+    def finish_ms(self) -> float:
+        """How long the replica takes, once the router has an answer, to send it: encoding,
+        the framework, Serve's hand-over to the HTTP server and the write (the median of the
+        last :data:`FINISH_SAMPLES` requests; 0 before any). The router reserves it out of
+        every deadline."""
+        return 1000 * statistics.median(self._finish) if self._finish else 0.0
 
     def own_delay_s(self) -> float:
         """The replica's work committed ahead of a request arriving now."""
@@ -129,7 +147,8 @@ class Door:
 
     def snapshot(self) -> dict[str, Any]:
         return {"in_progress": self.in_progress, "let_in": self.let_in, "shed": self.shed,
-                "cost_ms": round(self.cost.cost_s * 1000, 3), "measured": self.cost.measured}
+                "cost_ms": round(self.cost.cost_s * 1000, 3), "measured": self.cost.measured,
+                "finish_ms": round(self.finish_ms(), 3)}
 
 
 DOOR = Door()
@@ -188,10 +207,23 @@ class FrontDoor:
             # Refusals first: the requests that arrived with this one and are to be refused
             # are answered before this one takes the replica's time.
             await asyncio.sleep(0)
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, _finishing(scope, send, door))
         finally:
             door.in_progress -= 1
             door.cost.ended()
+
+
+def _finishing(scope: Scope, send: Send, door: Door) -> Send:
+    """``send``, telling ``door`` how long after the router's answer the last byte went."""
+
+    async def finishing(message: Message) -> None:
+        await send(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            answered = scope.get(ANSWERED)
+            if answered is not None:
+                door.finished(door.clock() - answered)
+
+    return finishing
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, Message | None]:

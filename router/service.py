@@ -110,8 +110,12 @@ class RoutingService:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         lag: LoopLag | None = None,
+        finish_ms: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.targets = targets
+        self.finish_ms = finish_ms
+        """The replica's own time from an answer in hand to its last byte sent (learned by
+        :mod:`router.frontdoor`): reserved out of every deadline."""
         self.metrics = metrics
         self.policy = PolicyDocument()
         self.breakers = Breakers(self.policy.breaker, on_transition=self._transition, clock=clock)
@@ -288,15 +292,17 @@ class RoutingService:
         """The request itself: admission, decision, execution, accounting.
 
         A request the router cannot start in time is shed first (:class:`DeadlineAdmission`);
-        the decision then plans for the deadline left after the router's own predicted delay.
+        the decision then plans for the deadline left after the router's own predicted delay
+        and the time the replica takes to send an answer once it has one (``finish_ms``).
         """
         ticket = self.admission.admit(received, deadline_ms)
         try:
-            remaining_ms = deadline_ms - (self.clock() - received + ticket.delay_s) * 1000
+            budget_ms = deadline_ms - self.finish_ms()
+            remaining_ms = budget_ms - (self.clock() - received + ticket.delay_s) * 1000
             decision, decision_us = self.decide(len(x), remaining_ms, quality, caller)
             if decision.plan is None:
                 raise Rejected(decision)
-            served = await self.executor.run(decision.plan, x, received + deadline_ms / 1000,
+            served = await self.executor.run(decision.plan, x, received + budget_ms / 1000,
                                              on_sent=ticket.started)
         finally:
             ticket.done()

@@ -242,3 +242,38 @@ def test_a_refusal_at_the_door_is_counted_as_the_models_shed_request() -> None:
     assert shed.total(reason="door", model="digits") == 1
     assert shed.total(reason="door") == 2
     assert factory.instruments["edgeroute_requests_total"].total(status="503") == 2
+
+
+def test_the_door_learns_how_long_an_answer_takes_to_leave_once_the_router_has_it() -> None:
+    """The router marks when it has the answer; the door times the last byte after it. The
+    median of recent requests is what the router reserves (nothing before any request)."""
+    from router.frontdoor import ANSWERED
+
+    clock = Clock()
+    door = _door()
+    door.clock = clock
+    assert door.finish_ms() == 0.0
+
+    async def router(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        scope[ANSWERED] = clock.now
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        clock.now += scope["finish_s"]
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def go(finish_s: float) -> None:
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message: Message) -> None:
+            pass
+
+        scope = {"type": "http", "method": "POST", "path": INFER, "finish_s": finish_s,
+                 "headers": [(b"content-length", b"2")]}
+        await FrontDoor(router, door)(scope, receive, send)
+
+    for finish_s in (0.002, 0.003, 0.050):
+        asyncio.run(go(finish_s))
+    assert door.finish_ms() == pytest.approx(3.0)
+    assert door.snapshot()["finish_ms"] == pytest.approx(3.0)

@@ -285,3 +285,21 @@ def test_a_removed_target_is_forgotten_drain_included() -> None:
         assert refused.status_code == status, name
     assert len(sync.retired) == 1
     assert svc.targets.get("edge-b") is not None and svc.targets.get("cloud") is not None
+
+
+def test_the_deadline_a_plan_gets_leaves_the_replicas_time_to_send_the_answer() -> None:
+    """What the front door learned the replica takes to send an answer once it has one is
+    reserved out of the deadline before the decision and the calls see it."""
+    svc, _ = service((FakeTransport("edge-a"), "edge", "small"))
+    svc.finish_ms = lambda: 30.0
+    planned: list[float] = []
+    decide = svc.decide
+
+    def spy(rows: int, deadline_ms: float, quality: RequestQuality,
+            caller: Caller) -> tuple[Any, float]:
+        planned.append(deadline_ms)
+        return decide(rows, deadline_ms, quality, caller)
+
+    svc.decide = spy  # type: ignore[method-assign]
+    route(svc)
+    assert len(planned) == 1 and 465.0 < planned[0] <= 470.0
