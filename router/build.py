@@ -23,12 +23,13 @@ from router.transport import HandleTransport, HttpTransport
 
 def target_estimator(settings: RouterSettings, name: str, tier: str, quality: str,
                      concurrency: int) -> TargetEstimator:
-    """A fresh estimator: the prior latency until probes and answers come in."""
+    """A fresh estimator: the prior latency until probes and answers come in. Its tables are
+    rebuilt by the replica's maintenance loop, never on a request's path."""
     return TargetEstimator(
         name=name, tier=tier, quality=quality,  # type: ignore[arg-type]
         prior_latency_ms=settings.prior_latency_ms,
         settings=EstimatorSettings(probe_interval_s=settings.probe_interval_ms / 1000,
-                                   concurrency=concurrency),
+                                   concurrency=concurrency, rebuild_on_read=False),
     )
 
 

@@ -283,8 +283,11 @@ class TargetEstimator:
         table = (self.confidence.below(THRESHOLDS) * seen + prior * weight) / (seen + weight)
         return tuple(table.tolist())
 
-    def escalation_table(self) -> tuple[float, ...]:
-        """P(top probability < t) at each of :data:`~router.view.THRESHOLDS` (bounded rate)."""
+    def escalation_table(self, rebuild: bool | None = None) -> tuple[float, ...]:
+        """P(top probability < t) at each of :data:`~router.view.THRESHOLDS` (bounded rate);
+        rebuilt here when due if ``rebuild`` (default: the settings' ``rebuild_on_read``)."""
+        if not (self.settings.rebuild_on_read if rebuild is None else rebuild):
+            return self._escalation
         now = self._clock()
         if self._escalation_dirty and now - self._escalation_at >= self.settings.refresh_interval_s:
             self._escalation = self._escalation_table()
@@ -300,8 +303,9 @@ class TargetEstimator:
         """Rebuild what is due (latency tables, the one-row sum, the escalation table) so that
         requests find them ready: the app calls this from a background task, off the
         request path."""
+        self.latency.refresh_if_due()
         self.distribution(1)
-        self.escalation_table()
+        self.escalation_table(rebuild=True)
 
     def distribution(self, rows: int = 1) -> Distribution:
         """Latency of a request of ``rows`` rows now: cold start and the wait behind the calls

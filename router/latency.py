@@ -45,6 +45,11 @@ class EstimatorSettings(BaseModel):
     relative_accuracy: float = Field(0.01, gt=0, lt=1)
     refresh_interval_s: float = Field(0.25, ge=0)
     """Least time between two rebuilds of the quantile tables."""
+    rebuild_on_read: bool = True
+    """Whether a read of the estimates rebuilds the tables when due. The router turns it off:
+    its maintenance loop (:meth:`~router.estimator.TargetEstimator.maintain`, every
+    ``PROBE_LOOP_S``) rebuilds them, so that no request pays for a rebuild (two
+    convolutions, about 1 ms) in its decision. The simulator keeps it on."""
     prior_sigma: float = Field(0.5, gt=0)
     """Spread (log-space sigma) of the lognormal prior around ``prior_latency_ms``."""
     cold_start_prior_ms: float = Field(3000.0, ge=0)
@@ -184,7 +189,8 @@ class LatencyModel:
 
     def distribution(self, rows: int, cold: bool) -> Distribution:
         """Latency of a request of ``rows`` rows, with a cold start added when ``cold``."""
-        self.refresh_if_due()
+        if self.settings.rebuild_on_read:
+            self.refresh_if_due()
         key = (rows_bucket(rows), cold)
         found = self._cache.get(key)
         if found is None:
@@ -205,5 +211,6 @@ class LatencyModel:
 
     def network_median_ms(self) -> float | None:
         """Median network time as of the last rebuild; ``None`` before any was observed."""
-        self.refresh_if_due()
+        if self.settings.rebuild_on_read:
+            self.refresh_if_due()
         return self._network_median

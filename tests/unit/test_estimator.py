@@ -73,6 +73,29 @@ def test_tables_are_rebuilt_at_a_bounded_rate_not_on_every_call() -> None:
     assert est.latency.version == rebuilt, "nothing new observed: nothing rebuilt"
 
 
+def test_the_routers_estimators_rebuild_in_maintenance_never_on_a_read() -> None:
+    """``rebuild_on_read=False`` (the router's): however due, a read (a request's decision)
+    finds the tables of the last rebuild; the maintenance loop's ``maintain`` rebuilds them,
+    the escalation table included."""
+    clock = FakeClock()
+    est = estimator(clock, settings=EstimatorSettings(rebuild_on_read=False))
+    feed(est, np.full(50, 10.0))
+    est.maintain()
+    first = est.distribution(1)
+    assert first.quantile(0.5) == pytest.approx(10.0, rel=0.02)
+    feed(est, np.full(500, 100.0))
+    for _ in range(200):
+        est.observe_confidence(0.2)
+    clock.advance(10 * REFRESH_S)
+    unsure = est.escalation_probability(0.5)
+    assert est.distribution(1) is first and est.latency.network_median_ms() is not None
+    assert est.latency.network_median_ms() == pytest.approx(10.0, rel=0.02)
+    assert est.escalation_probability(0.5) == unsure
+    est.maintain()
+    assert est.distribution(1).quantile(0.5) == pytest.approx(100.0, rel=0.02)
+    assert est.escalation_probability(0.5) > unsure
+
+
 def test_old_observations_fade_once_two_windows_of_new_ones_arrived() -> None:
     clock = FakeClock()
     est = estimator(clock, settings=EstimatorSettings(window_s=10.0, min_window_count=10))
@@ -395,3 +418,29 @@ def test_ewma_tracks_a_step_change() -> None:
 def test_ewma_rejects_a_weight_outside_the_unit_interval(weight: float) -> None:
     with pytest.raises(ValueError, match="weight"):
         Ewma(weight)
+
+
+def test_the_maintenance_loop_leaves_cascade_sums_ready_for_the_decision(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After ``warm_cascades`` a small model's latency plus a large one's, which a cascade
+    plan reads, is memoised for the tables in force: the decision convolves nothing."""
+    from router.distribution import Distribution
+    from router.targets import TargetSet
+    from tests.unit.fakes import FakeTransport, fake_target
+
+    targets = TargetSet([fake_target(FakeTransport("edge-a")),
+                         fake_target(FakeTransport("cloud"), tier="cloud", quality="large")])
+    rng = np.random.default_rng(2)
+    for name, median in (("edge-a", 8.0), ("cloud", 40.0)):
+        est = targets.get(name).estimator
+        feed(est, rng.lognormal(np.log(median), 0.3, 200))
+        est.maintain()
+    targets.warm_cascades()
+    convolved: list[int] = []
+    plus = Distribution.plus
+    monkeypatch.setattr(Distribution, "plus",
+                        lambda self, other: convolved.append(1) or plus(self, other))
+    small, large = (targets.get(n).estimator.distribution(1) for n in ("edge-a", "cloud"))
+    both, offset = small.sum_with(large)
+    assert not convolved
+    assert both.quantile(0.5) + offset == pytest.approx(48.0, rel=0.1)
