@@ -277,3 +277,18 @@ def test_the_door_learns_how_long_an_answer_takes_to_leave_once_the_router_has_i
         asyncio.run(go(finish_s))
     assert door.finish_ms() == pytest.approx(3.0)
     assert door.snapshot()["finish_ms"] == pytest.approx(3.0)
+
+
+def test_the_stack_installs_the_door_behind_haproxy_only() -> None:
+    """``ingress: haproxy`` starts Ray with Serve's HTTP callback naming the door, by an
+    import path that resolves to it; behind the Python proxy the stack leaves it out."""
+    import importlib
+
+    from edgeroute.config import StackConfig
+    from edgeroute.tools.ingress import FRONT_DOOR_ENV, INGRESS_VARS, ingress_env
+
+    env = ingress_env(StackConfig(ingress="haproxy"))
+    module, _, name = env[FRONT_DOOR_ENV].partition(":")
+    assert getattr(importlib.import_module(module), name) is middlewares
+    assert FRONT_DOOR_ENV in INGRESS_VARS  # restored when the stack stops
+    assert FRONT_DOOR_ENV not in ingress_env(StackConfig(ingress="proxy"))
