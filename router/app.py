@@ -20,7 +20,6 @@ this, the replica's HTTP server runs :mod:`router.frontdoor`, which this configu
 
 import asyncio
 import logging
-import math
 import os
 import time
 from typing import Any
@@ -100,9 +99,8 @@ def request_options(request: InferRequest, default_ms: float,
                     max_ms: float) -> tuple[float, RequestQuality, bool]:
     """The deadline, quality and explain flag a request asks for, or a 400 saying why not."""
     params = request.parameters
-    deadline = params.get("deadline_ms", default_ms)
-    if isinstance(deadline, bool) or not isinstance(deadline, int | float) or not (
-            math.isfinite(deadline) and 0 < deadline <= max_ms):
+    deadline = frontdoor.positive_ms(params.get("deadline_ms", default_ms))
+    if deadline is None or deadline > max_ms:
         raise OIPError(f"parameters.deadline_ms must be a number in (0, {max_ms:g}]")
     quality = params.get("quality", "any")
     if quality not in ("any", "high"):
@@ -110,7 +108,7 @@ def request_options(request: InferRequest, default_ms: float,
     explain = params.get("explain", False)
     if not isinstance(explain, bool):
         raise OIPError("parameters.explain must be a boolean")
-    return float(deadline), quality, explain
+    return deadline, quality, explain
 
 
 @serve.deployment(name="router", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)

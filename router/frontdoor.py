@@ -44,8 +44,8 @@ from typing import Any
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edgeroute.http import retry_after_header
-from edgeroute.oip import JSON_CONTENT, error_body
+from edgeroute.http import error_response, retry_after_header, server_timing
+from edgeroute.oip import OIPError
 from router.context import REQUEST_ID_HEADER, pick_request_id
 from router.policy import AdmissionSettings
 
@@ -114,6 +114,7 @@ class Door:
         self.let_in = 0
         self.shed = 0
         self._finish: deque[float] = deque(maxlen=FINISH_SAMPLES)
+        self._finish_ms = 0.0
 
     def configure(self, settings: AdmissionSettings, on_shed: OnShed | None = None) -> None:
         """The router in this process takes its policy's admission settings (each policy),
@@ -121,15 +122,17 @@ class Door:
         self.settings, self.on_shed = settings, on_shed
 
     def finished(self, seconds: float) -> None:
-        """A request's last byte went out ``seconds`` after the router had its answer."""
+        """A request's last byte went out ``seconds`` after the router had its answer (the
+        median is taken here, after the response, so a decision only reads it)."""
         self._finish.append(seconds)
+        self._finish_ms = 1000 * statistics.median(self._finish)
 
     def finish_ms(self) -> float:
         """How long the replica takes, once the router has an answer, to send it: encoding,
         the framework, Serve's hand-over to the HTTP server and the write (the median of the
         last :data:`FINISH_SAMPLES` requests; 0 before any). The router reserves it out of
         every deadline."""
-        return 1000 * statistics.median(self._finish) if self._finish else 0.0
+        return self._finish_ms
 
     def own_delay_s(self) -> float:
         """The replica's work committed ahead of a request arriving now."""
@@ -155,6 +158,14 @@ DOOR = Door()
 """The door of this process (one router replica per process)."""
 
 
+def positive_ms(value: Any) -> float | None:
+    """``value`` as a deadline in ms when it is a positive finite number (not a bool), else
+    ``None``: the one check of ``parameters.deadline_ms``, at the door and in the router."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value > 0 else None
+
+
 def deadline_of(body: bytes) -> float | None:
     """``parameters.deadline_ms`` of a JSON infer body when it is a positive finite number,
     else ``None`` (the router gives the request its deadline, or its 400)."""
@@ -163,10 +174,7 @@ def deadline_of(body: bytes) -> float | None:
     except (ValueError, UnicodeDecodeError):
         return None
     params = document.get("parameters") if isinstance(document, dict) else None
-    deadline = params.get("deadline_ms") if isinstance(params, dict) else None
-    if isinstance(deadline, bool) or not isinstance(deadline, int | float):
-        return None
-    return float(deadline) if math.isfinite(deadline) and deadline > 0 else None
+    return positive_ms(params.get("deadline_ms")) if isinstance(params, dict) else None
 
 
 def _peekable(headers: dict[bytes, bytes]) -> bool:
@@ -196,7 +204,8 @@ class FrontDoor:
             deadline = deadline_of(body) if message is None else None
             if deadline is not None and (why := door.refusal(deadline)) is not None:
                 door.shed += 1
-                await _refuse(send, why, headers, door.settings, door.clock() - arrived)
+                await _refuse(scope, receive, send, why, headers, door.settings,
+                              door.clock() - arrived)
                 if door.on_shed is not None:
                     door.on_shed(infer["model"], arrived)
                 return
@@ -252,18 +261,14 @@ def _replay(body: bytes, ended: Message | None, receive: Receive) -> Receive:
     return replayed
 
 
-async def _refuse(send: Send, why: str, headers: dict[bytes, bytes],
-                  settings: AdmissionSettings, took_s: float) -> None:
+async def _refuse(scope: Scope, receive: Receive, send: Send, why: str,
+                  headers: dict[bytes, bytes], settings: AdmissionSettings,
+                  took_s: float) -> None:
     rid = pick_request_id(headers.get(REQUEST_ID_HEADER.lower().encode(), b"").decode("latin-1"))
-    body = error_body(why)
-    await send({"type": "http.response.start", "status": 503, "headers": [
-        (b"content-type", JSON_CONTENT.encode()),
-        (b"content-length", str(len(body)).encode()),
-        (b"retry-after", retry_after_header(settings.shed_retry_after_s).encode()),
-        (REQUEST_ID_HEADER.lower().encode(), rid.encode()),
-        (b"server-timing", f"router;dur={took_s * 1000:.3f}".encode()),
-    ]})
-    await send({"type": "http.response.body", "body": body})
+    await error_response(OIPError(why, status=503), {
+        "retry-after": retry_after_header(settings.shed_retry_after_s),
+        REQUEST_ID_HEADER: rid, "server-timing": server_timing(router=took_s),
+    })(scope, receive, send)
 
 
 def middlewares() -> list[Middleware]:

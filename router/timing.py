@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from edgeroute.http import server_timing
 from router.frontdoor import ARRIVED
 
 Scope = dict[str, Any]
@@ -30,10 +31,9 @@ class ServerTiming:
 
         async def timed(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                ms = (time.monotonic() - started) * 1000
+                timing = server_timing(router=time.monotonic() - started)
                 message.setdefault("headers", [])
-                message["headers"] = [*message["headers"],
-                                      (b"server-timing", f"router;dur={ms:.3f}".encode())]
+                message["headers"] = [*message["headers"], (b"server-timing", timing.encode())]
             await send(message)
 
         await self.app(scope, receive, timed)

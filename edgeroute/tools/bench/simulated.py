@@ -46,7 +46,7 @@ from edgeroute.contract import MODEL_NAME
 from edgeroute.dataset import Split, digits_split
 from edgeroute.tools.bench.run import ArmRun
 from edgeroute.tools.bench.scenario import Fault, Scenario
-from edgeroute.tools.figures import attained_slo, useful
+from edgeroute.tools.figures import figures
 from edgeroute.tools.loadgen import LoadResult, Outcome, bundled_rows
 from edgeroute.tools.schedule import Planned, Schedule, plan
 from edgeroute.tools.sim.engine import ArmSpec, Simulation
@@ -322,9 +322,8 @@ def cold_vs_warm(scenario: Scenario, data: Split | None = None,
     passes = {"cold": cold[arm][:first], "warm": warm[arm][:first]}
     found: dict[str, Any] = {"arm": arm, "requests": min(len(p) for p in passes.values())}
     for name, outcomes in passes.items():
-        n = max(len(outcomes), 1)
-        found[name] = {"useful_rate": sum(useful(o) for o in outcomes) / n,
-                       "slo_attainment": sum(attained_slo(o) for o in outcomes) / n}
+        f = figures(outcomes, scenario.duration_s)
+        found[name] = {"useful_rate": f["useful_rate"], "slo_attainment": f["slo_attainment"]}
     found["gap_points"] = 100 * (found["warm"]["useful_rate"] - found["cold"]["useful_rate"])
     return found
 
