@@ -239,6 +239,7 @@ class Router(OIPRoutes, job_routes.JobRoutes, StatusPage):
             deadline_ms, quality, explain = request_options(
                 oip_request, caller.policy.default_deadline_ms, self.settings.max_deadline_ms)
             check_quality(caller, quality, served.model.name)
+            frontdoor.DOOR.dispatching(request.scope)
             routed = await served.service.route(
                 x, deadline_ms=deadline_ms, received=received, quality=quality, caller=caller,
                 model=served.model.name, cache=directives(request.headers.get("cache-control")))

@@ -16,10 +16,12 @@ callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=router.frontdoor:middlewar
   counts its deadline from there, so the time spent in Serve's machinery and the
   framework is the router's own and no target's;
 * reads the request's ``parameters.deadline_ms`` and refuses it with 503 and
-  ``Retry-After`` when the replica's committed work, the requests it has admitted and
-  not answered times what one request costs it (:class:`RequestCost`, measured), would
-  leave less than ``min_start_left_ms`` of the deadline (the policy's
-  ``admission`` section).
+  ``Retry-After`` when the replica's committed work would leave less than
+  ``min_start_left_ms`` of the deadline (the policy's ``admission`` section). The
+  committed work is what the requests let in and not answered still need of the
+  replica: a whole request's cost (:class:`RequestCost`, measured) for each the router
+  has not yet handed to its routing, and only the part after that hand-over for each
+  it has (:meth:`Door.dispatching`), which mostly waits on a target.
 
 What the door cannot judge it passes on untouched, for the router to answer: a
 request with no deadline of its own (its caller's policy gives it one), a body that is
@@ -57,8 +59,15 @@ ARRIVED = "edgeroute.arrived"
 """The ASGI scope key of the request's arrival at the door (``time.monotonic``)."""
 ANSWERED = "edgeroute.answered"
 """The ASGI scope key the router sets when it has the request's answer in hand."""
+DISPATCHED = "edgeroute.dispatched"
+"""The ASGI scope key of the router handing the request to its routing
+(:meth:`Door.dispatching`)."""
+ALONE = "edgeroute.alone"
+"""The ASGI scope key marking a request that found no other in progress at the door."""
 FINISH_SAMPLES = 256
 """:meth:`Door.finish_ms` is the median of this many last requests' finishing times."""
+BEFORE_SAMPLES = 64
+""":meth:`Door.before_dispatch_s` is the median of this many last lone requests."""
 INFER_PATH = re.compile(r"^/v2/models/(?P<model>[^/]+)(/versions/[^/]+)?/infer$")
 MAX_PEEK_BYTES = 64 * 1024
 """The largest body the door reads for its deadline; a larger one is passed on unread."""
@@ -113,8 +122,14 @@ class Door:
         self.in_progress = 0
         self.let_in = 0
         self.shed = 0
+        # Each counter has one writer: the router's thread hands requests over, the door's
+        # thread ends them; their difference is the requests waiting on their routing.
+        self.handed_over = 0
+        self.handed_over_ended = 0
         self._finish: deque[float] = deque(maxlen=FINISH_SAMPLES)
         self._finish_ms = 0.0
+        self._before: deque[float] = deque(maxlen=BEFORE_SAMPLES)
+        self._before_s: float | None = None
 
     def configure(self, settings: AdmissionSettings, on_shed: OnShed | None = None) -> None:
         """The router in this process takes its policy's admission settings (each policy),
@@ -134,9 +149,46 @@ class Door:
         every deadline."""
         return self._finish_ms
 
+    def dispatching(self, scope: Scope) -> None:
+        """The router hands the request in ``scope`` to its routing: what the request still
+        needs of the replica from here is its decision, its calls' encoding and its answer's
+        way out; the rest of its time it waits on a target. A request that found the replica
+        idle times the part before (:meth:`before_dispatch_s`). Called from the router's
+        thread; a request that did not come through the door is not counted."""
+        arrived = scope.get(ARRIVED)
+        if arrived is None or DISPATCHED in scope:
+            return
+        now = self.clock()
+        scope[DISPATCHED] = now
+        if scope.get(ALONE):
+            self._before.append(now - arrived)
+            self._before_s = statistics.median(self._before)
+        self.handed_over += 1
+
+    def before_dispatch_s(self) -> float | None:
+        """How long a request takes from the door to the router's hand-over when it has the
+        replica to itself (the median of the last :data:`BEFORE_SAMPLES` such requests):
+        Serve's request machinery, the framework and the router's parsing. ``None`` before
+        any."""
+        return self._before_s
+
+    def after_dispatch_s(self) -> float:
+        """What a handed-over request still costs the replica: a request's cost less the part
+        before the hand-over, and at least its finishing time; a whole request's cost until
+        the part before is measured."""
+        before = self._before_s
+        if before is None:
+            return self.cost.cost_s
+        return max(self.cost.cost_s - before, self._finish_ms / 1000)
+
+    def waiting_on_routing(self) -> int:
+        """Requests let in that the router has handed to its routing and not answered."""
+        return max(0, min(self.handed_over - self.handed_over_ended, self.in_progress))
+
     def own_delay_s(self) -> float:
         """The replica's work committed ahead of a request arriving now."""
-        return self.in_progress * self.cost.cost_s
+        handed = self.waiting_on_routing()
+        return (self.in_progress - handed) * self.cost.cost_s + handed * self.after_dispatch_s()
 
     def refusal(self, deadline_ms: float) -> str | None:
         """Why a request with ``deadline_ms`` cannot be finished in time, or ``None``."""
@@ -144,13 +196,21 @@ class Door:
         delay_ms = self.own_delay_s() * 1000
         if deadline_ms - delay_ms >= self.settings.min_start_left_ms:
             return None
+        handed = self.waiting_on_routing()
         return (f"the router cannot start the request in time: the {self.in_progress} "
                 f"requests ahead of it need about {delay_ms:.0f} ms of its time "
-                f"({self.cost.cost_s * 1000:.1f} ms each), the deadline is {deadline_ms:g} ms")
+                f"({self.in_progress - handed} not yet routed at "
+                f"{self.cost.cost_s * 1000:.1f} ms each, {handed} waiting on a target at "
+                f"{self.after_dispatch_s() * 1000:.1f} ms each), "
+                f"the deadline is {deadline_ms:g} ms")
 
     def snapshot(self) -> dict[str, Any]:
-        return {"in_progress": self.in_progress, "let_in": self.let_in, "shed": self.shed,
+        before = self.before_dispatch_s()
+        return {"in_progress": self.in_progress, "waiting_on_routing": self.waiting_on_routing(),
+                "let_in": self.let_in, "shed": self.shed,
                 "cost_ms": round(self.cost.cost_s * 1000, 3), "measured": self.cost.measured,
+                "before_dispatch_ms": None if before is None else round(before * 1000, 3),
+                "after_dispatch_ms": round(self.after_dispatch_s() * 1000, 3),
                 "finish_ms": round(self.finish_ms(), 3)}
 
 
@@ -210,6 +270,7 @@ class FrontDoor:
                     door.on_shed(infer["model"], arrived)
                 return
             receive = _replay(body, message, receive)
+        scope[ALONE] = door.in_progress == 0
         door.in_progress += 1
         door.let_in += 1
         try:
@@ -219,6 +280,8 @@ class FrontDoor:
             await self.app(scope, receive, _finishing(scope, send, door))
         finally:
             door.in_progress -= 1
+            if DISPATCHED in scope:
+                door.handed_over_ended += 1
             door.cost.ended()
 
 

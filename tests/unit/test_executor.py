@@ -19,6 +19,7 @@ from router.calls import Attempt
 from router.executor import Executor, NotServed, Served
 from router.plan import Plan, Timing
 from router.policy import BreakerSettings, RetrySettings
+from router.targets import Target
 from router.transport import Reply, TargetTimeout
 from tests.unit.fakes import (
     FakeClock,
@@ -37,6 +38,7 @@ from tests.unit.fakes import (
     rejected,
     reply_for,
     run_async,
+    run_virtual,
     sequence,
 )
 
@@ -173,18 +175,38 @@ def test_max_attempts_counts_every_target() -> None:
     assert not error.deadline_passed
 
 
+def run_in_virtual_time(primary: Target, fallback: Target, plan: Plan,
+                        deadline_s: float) -> tuple[Served | NotServed, float]:
+    """``plan`` run on a virtual-time loop, so its timeouts are exact: what it served or the
+    error it raised, and the time it took."""
+
+    async def main() -> tuple[Served | NotServed, float]:
+        clock = asyncio.get_running_loop().time
+        executor = executor_for(primary, fallback, clock=clock, sleep=asyncio.sleep)
+        started = clock()
+        try:
+            served: Served | NotServed = await executor.run(plan, X, started + deadline_s)
+        except NotServed as error:
+            served = error
+        return served, clock() - started
+
+    return run_virtual(main)
+
+
 def test_a_hanging_primary_times_out_with_time_left_for_the_fallback() -> None:
+    """The primary is cut 12 ms (the call's setup reserve) plus the fallback's 20 ms upper
+    prediction before the deadline."""
     primary = fake_target(FakeTransport("edge-a", hang))
     fallback = fake_target(FakeTransport("cloud", label=2))
-    executor = executor_for(primary, fallback)
-    served, elapsed = run(executor, plan_of("edge-a", "cloud", upper_ms=20.0), deadline_s=0.3)
-    assert served.target is fallback
+    served, elapsed = run_in_virtual_time(primary, fallback,
+                                          plan_of("edge-a", "cloud", upper_ms=20.0), 0.3)
+    assert isinstance(served, Served) and served.target is fallback
     assert served.reply.output("label").tolist() == [2, 2, 2]
     first = fake_of(primary).infer_timeouts[0]
     second = fake_of(fallback).infer_timeouts[0]
     assert 0.25 <= first <= 0.3 - 0.02, "the primary's timeout leaves the fallback its time"
-    assert 0 < second <= 0.3 - first
-    assert elapsed < 0.3 + LATE_S
+    assert second == pytest.approx(0.3 - first)
+    assert elapsed <= 0.3
     assert fake_of(primary).cancelled == 1, "the timeout cancelled the hanging call"
     assert primary.estimator.in_flight == 0
 
@@ -205,13 +227,12 @@ def test_a_primary_with_a_long_tail_is_cut_for_the_fallback_once_past_its_typica
 def test_a_primary_is_not_cut_before_its_typical_time() -> None:
     primary = fake_target(FakeTransport("edge-a", hang))
     fallback = fake_target(FakeTransport("cloud", label=2))
-    executor = executor_for(primary, fallback)
     plan = plan_of("edge-a", "cloud", upper_ms=80.0, typical_ms=60.0)
-    error, _ = run_failing(executor, plan, deadline_s=0.1)
+    error, _ = run_in_virtual_time(primary, fallback, plan, 0.1)
     # Cutting at 100 - 80 - 12 ms would leave the primary less than its typical 60 ms:
     # it gets the whole deadline, and no time is left for the fallback.
-    assert error.deadline_passed and error.attempts == 1
-    assert fake_of(primary).infer_timeouts[0] > 0.09
+    assert isinstance(error, NotServed) and error.deadline_passed and error.attempts == 1
+    assert fake_of(primary).infer_timeouts[0] == pytest.approx(0.1)
 
 
 def test_a_hanging_lone_target_is_cut_at_the_deadline() -> None:

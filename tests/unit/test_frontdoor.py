@@ -14,6 +14,7 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from router.frontdoor import (
+    ALONE,
     ARRIVED,
     BUSY_REQUESTS,
     MAX_PEEK_BYTES,
@@ -292,3 +293,80 @@ def test_the_stack_installs_the_door_behind_haproxy_only() -> None:
     assert getattr(importlib.import_module(module), name) is middlewares
     assert FRONT_DOOR_ENV in INGRESS_VARS  # restored when the stack stops
     assert FRONT_DOOR_ENV not in ingress_env(StackConfig(ingress="proxy"))
+
+
+def test_requests_handed_to_routing_count_only_what_they_still_need() -> None:
+    """A request the router has handed to its routing mostly waits on a target: it counts as
+    a request's cost less the part before the hand-over (timed on a request that had the
+    replica to itself), so 70 requests waiting on targets no longer refuse a 299 ms deadline;
+    until that part is timed they count whole."""
+    from router.frontdoor import DISPATCHED
+
+    clock = Clock()
+    door = _door()
+    door.clock = clock
+    waiting = [{ARRIVED: clock.now, ALONE: False} for _ in range(70)]
+    door.in_progress = 70
+    for scope in waiting:
+        door.dispatching(scope)
+    assert door.waiting_on_routing() == 70 and door.before_dispatch_s() is None
+    assert door.own_delay_s() == pytest.approx(70 * 0.004)  # not timed yet: whole
+    assert door.refusal(299) is not None
+
+    lone = {ARRIVED: clock.now, ALONE: True}
+    clock.now += 0.003
+    door.dispatching(lone)
+    door.dispatching(lone)  # once per request
+    assert door.before_dispatch_s() == pytest.approx(0.003)
+    assert door.after_dispatch_s() == pytest.approx(0.001)
+    door.in_progress = 71
+    assert door.own_delay_s() == pytest.approx(71 * 0.001)
+    assert door.refusal(299) is None
+    assert waiting[0][DISPATCHED] == 100.0
+    assert door.snapshot()["before_dispatch_ms"] == pytest.approx(3.0)
+
+    door.in_progress = 101  # 30 more let in, not yet handed over: whole cost each
+    assert door.own_delay_s() == pytest.approx(30 * 0.004 + 71 * 0.001)
+    error = door.refusal(200)
+    assert error is not None and "30 not yet routed" in error and "71 waiting on a target" in error
+
+    door.dispatching({})  # a request that did not come through the door
+    assert door.handed_over == 71
+
+
+def test_a_handed_over_request_still_needs_at_least_its_finishing_time() -> None:
+    clock = Clock()
+    door = _door(cost_s=0.002)
+    door.clock = clock
+    lone = {ARRIVED: clock.now, ALONE: True}
+    clock.now += 0.005  # the part before the hand-over, longer than the whole measured cost
+    door.dispatching(lone)
+    door.finished(0.0015)
+    assert door.after_dispatch_s() == pytest.approx(0.0015)
+
+
+def test_the_door_counts_a_request_handed_over_until_it_ends() -> None:
+    """Through the ASGI layer: the router's hand-over is counted while the request is in
+    progress and no more once it has ended; the first request found the replica idle."""
+    clock = Clock()
+    door = _door()
+    door.clock = clock
+    seen: list[tuple[int, int]] = []
+
+    async def router(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        clock.now += 0.002
+        door.dispatching(scope)
+        seen.append((door.in_progress, door.waiting_on_routing()))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def go() -> None:
+        transport = httpx.ASGITransport(app=FrontDoor(router, door))
+        async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
+            await client.post(INFER, json=_infer(300))
+
+    asyncio.run(go())
+    assert seen == [(1, 1)]
+    assert (door.in_progress, door.waiting_on_routing()) == (0, 0)
+    assert door.before_dispatch_s() == pytest.approx(0.002)
