@@ -1,5 +1,5 @@
-"""One async seam for every target: edge workers and external OIP servers over httpx,
-the cloud deployment over a Ray Serve ``DeploymentHandle``.
+"""One async seam for every target: edge workers and external OIP servers over httpx (on
+aiohttp's connection pool), the cloud deployment over a Ray Serve ``DeploymentHandle``.
 
 A transport sends one model's validated :class:`~edgeroute.signature.Batch` and
 returns a :class:`Reply` carrying the model's own outputs, or raises a
@@ -39,6 +39,7 @@ from edgeroute.oip import (
     encode_request,
 )
 from edgeroute.signature import Batch, Signature, TensorSpec
+from router.aiohttp_pool import AiohttpTransport
 from router.context import DEADLINE_HEADER, REQUEST_ID_HEADER, request_id
 
 _NO_CONFIDENCE = np.zeros((0, 0), dtype=np.float32)
@@ -141,7 +142,8 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 class HttpTransport:
-    """One model of an OIP v2 server over a pooled keep-alive httpx client, tensors in
+    """One model of an OIP v2 server over a pooled keep-alive httpx client (on aiohttp's
+    connection pool, :mod:`router.aiohttp_pool`), tensors in
     binary form (``binary=False``: JSON tensors). ``output_names`` maps a model output to
     the server's name for it: the request then names every output, by the server's names,
     and the answers are renamed back. Answers are conformed to the signature
@@ -165,8 +167,8 @@ class HttpTransport:
                               for s in signature.outputs}
         self._ask = tuple(self._server_names.values()) if output_names else None
         self._client = client or httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-            timeout=httpx.Timeout(30.0),
+            transport=AiohttpTransport(),  # httpx's API over aiohttp's cheaper pool
+            timeout=httpx.Timeout(30.0), trust_env=False,
             headers={"accept-encoding": "identity"},  # binary tensors: not worth gzip's CPU
         )
         self._infer_url = f"{self.url}/v2/models/{signature.name}/infer"
