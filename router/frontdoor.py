@@ -12,11 +12,13 @@ request reaching it reaches the client hundreds of milliseconds after it was sen
 callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=router.frontdoor:middlewares``, which
 :func:`edgeroute.tools.ingress.ingress_env` sets). For each OIP infer request it
 
-* stamps the request's arrival (the ASGI scope's ``edgeroute.arrived``): the router
-  counts its deadline from there, so the time spent in Serve's machinery and the
-  framework is the router's own and no target's;
+* stamps the request's arrival (the ASGI scope's ``edgeroute.arrived``): when it reached
+  the door, less how late the HTTP server's loop runs (:meth:`Door.waited_s`, the wait
+  in the server's backlog under a herd). The router counts its deadline from there, so
+  the time spent in the backlog, Serve's machinery and the framework is the router's own
+  and no target's;
 * reads the request's ``parameters.deadline_ms`` and refuses it with 503 and
-  ``Retry-After`` when the replica's committed work would leave less than
+  ``Retry-After`` when that wait and the replica's committed work would leave less than
   ``min_start_left_ms`` of the deadline (the policy's ``admission`` section). The
   committed work is what the requests let in and not answered still need of the
   replica: a whole request's cost (:class:`RequestCost`, measured) for each the router
@@ -49,6 +51,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from edgeroute.http import error_response, retry_after_header, server_timing
 from edgeroute.oip import OIPError
 from router.context import REQUEST_ID_HEADER, pick_request_id
+from router.lag import LoopLag
 from router.policy import AdmissionSettings
 
 Clock = Callable[[], float]
@@ -130,6 +133,22 @@ class Door:
         self._finish_ms = 0.0
         self._before: deque[float] = deque(maxlen=BEFORE_SAMPLES)
         self._before_s: float | None = None
+        self.lag = LoopLag(clock=lambda: self.clock())
+        self._ticker: asyncio.Task[None] | None = None
+
+    def watch_loop(self) -> None:
+        """Keep a lag ticker on the running loop, the replica's HTTP server's (started by
+        the first request; again if that loop has gone)."""
+        loop = asyncio.get_running_loop()
+        if self._ticker is None or self._ticker.done() or self._ticker.get_loop() is not loop:
+            self._ticker = loop.create_task(self.lag.run(), name="edgeroute-door-lag")
+
+    def waited_s(self) -> float:
+        """How long a request reaching the door now has likely waited for it: how late the
+        HTTP server's loop runs what is due (:class:`router.lag.LoopLag`). Under a herd the
+        requests wait in the server's backlog before the door sees them; this is that wait,
+        which the door counts against each deadline and the router counts from."""
+        return self.lag.lag_s() if self._ticker is not None else 0.0
 
     def configure(self, settings: AdmissionSettings, on_shed: OnShed | None = None) -> None:
         """The router in this process takes its policy's admission settings (each policy),
@@ -190,14 +209,17 @@ class Door:
         handed = self.waiting_on_routing()
         return (self.in_progress - handed) * self.cost.cost_s + handed * self.after_dispatch_s()
 
-    def refusal(self, deadline_ms: float) -> str | None:
-        """Why a request with ``deadline_ms`` cannot be finished in time, or ``None``."""
+    def refusal(self, deadline_ms: float, waited_s: float = 0.0) -> str | None:
+        """Why a request with ``deadline_ms`` that waited ``waited_s`` before the door cannot
+        be finished in time, or ``None``."""
         assert self.settings is not None
         delay_ms = self.own_delay_s() * 1000
-        if deadline_ms - delay_ms >= self.settings.min_start_left_ms:
+        waited_ms = waited_s * 1000
+        if deadline_ms - waited_ms - delay_ms >= self.settings.min_start_left_ms:
             return None
         handed = self.waiting_on_routing()
-        return (f"the router cannot start the request in time: the {self.in_progress} "
+        return (f"the router cannot start the request in time: it waited about "
+                f"{waited_ms:.0f} ms to reach the replica's door, and the {self.in_progress} "
                 f"requests ahead of it need about {delay_ms:.0f} ms of its time "
                 f"({self.in_progress - handed} not yet routed at "
                 f"{self.cost.cost_s * 1000:.1f} ms each, {handed} waiting on a target at "
@@ -211,7 +233,8 @@ class Door:
                 "cost_ms": round(self.cost.cost_s * 1000, 3), "measured": self.cost.measured,
                 "before_dispatch_ms": None if before is None else round(before * 1000, 3),
                 "after_dispatch_ms": round(self.after_dispatch_s() * 1000, 3),
-                "finish_ms": round(self.finish_ms(), 3)}
+                "finish_ms": round(self.finish_ms(), 3),
+                "loop_lag_ms": round(self.waited_s() * 1000, 3)}
 
 
 DOOR = Door()
@@ -256,16 +279,19 @@ class FrontDoor:
         if door.settings is None or infer is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        arrived = door.clock()
+        door.watch_loop()
+        at_door = door.clock()
+        waited = door.waited_s()
+        arrived = at_door - waited
         scope[ARRIVED] = arrived
         headers = dict(scope["headers"])
         if _peekable(headers):
             body, message = await _read_body(receive)
             deadline = deadline_of(body) if message is None else None
-            if deadline is not None and (why := door.refusal(deadline)) is not None:
+            if deadline is not None and (why := door.refusal(deadline, waited)) is not None:
                 door.shed += 1
                 await _refuse(scope, receive, send, why, headers, door.settings,
-                              door.clock() - arrived)
+                              door.clock() - at_door)
                 if door.on_shed is not None:
                     door.on_shed(infer["model"], arrived)
                 return

@@ -370,3 +370,33 @@ def test_the_door_counts_a_request_handed_over_until_it_ends() -> None:
     assert seen == [(1, 1)]
     assert (door.in_progress, door.waiting_on_routing()) == (0, 0)
     assert door.before_dispatch_s() == pytest.approx(0.002)
+
+
+def test_a_request_that_waited_behind_a_late_loop_counts_that_wait() -> None:
+    """The door's ticker on the server's loop sees the loop stall (a herd's backlog, here a
+    150 ms block): a request reaching the door then has waited about that long, so a 100 ms
+    deadline cannot be met and is refused saying so, and a 400 ms one is let in with its
+    arrival set back by the wait (the router counts its deadline from there)."""
+    import time
+
+    door = Door(cost=RequestCost(prior_s=0.001))
+    door.configure(AdmissionSettings(min_start_left_ms=20.0, shed_retry_after_s=1.0))
+    app = Recorder()
+
+    async def go() -> tuple[httpx.Response, httpx.Response, float]:
+        transport = httpx.ASGITransport(app=FrontDoor(app, door))
+        async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
+            assert (await client.post(INFER, json=_infer(300))).status_code == 200
+            await asyncio.sleep(0.02)  # the ticker runs
+            asyncio.get_running_loop().call_soon(time.sleep, 0.15)  # the loop stalls
+            await asyncio.sleep(0)
+            refused = await client.post(INFER, json=_infer(100))
+            let_in_at = time.monotonic()
+            let_in = await client.post(INFER, json=_infer(400))
+            return refused, let_in, let_in_at
+
+    refused, let_in, let_in_at = asyncio.run(go())
+    assert refused.status_code == 503
+    assert "waited about 1" in refused.json()["error"]  # 1xx ms
+    assert let_in.status_code == 200
+    assert let_in_at - app.scopes[-1][ARRIVED] >= 0.1
