@@ -25,6 +25,8 @@ def test_a_frame_takes_the_most_specific_stage_its_path_names() -> None:
     assert frame_stage("Gauge.set (ray/util/metrics.py:77)") == "metrics"
     assert frame_stage(DECIDE) == "placement decision"
     assert frame_stage(HANDLER) == "router handler (other)"
+    assert frame_stage("AiohttpTransport.handle_async_request (router/aiohttp_pool.py:60)") == (
+        "target call (httpx, aiohttp)")
     assert frame_stage("helper (mylib/thing.py:3)") is None
     assert frame_stage("<native>") is None
 
@@ -34,7 +36,7 @@ def test_a_sample_takes_the_stage_of_its_deepest_frame_that_has_one() -> None:
     assert sample_stage([LOOP, SERVE, FASTAPI]) == "web framework (FastAPI, Starlette, pydantic)"
     # A library's socket writes through asyncio stay with the library, not the event loop.
     assert sample_stage([LOOP, HANDLER, CALL, HTTPCORE, WRITE]) == (
-        "target call (httpx, httpcore)")
+        "target call (httpx, aiohttp)")
     assert sample_stage([LOOP, "select (selectors.py:468)"]) == "event loop"
     assert sample_stage(["Thread.run (threading.py:982)"]) == "other"
 
@@ -45,14 +47,14 @@ def test_py_spy_raw_lines_are_counted_by_stage() -> None:
              f"{LOOP};{SERVE} 2\n",
              "\n", "garbage without a count\n"]
     assert split_samples(lines) == Counter({"placement decision": 3,
-                                            "target call (httpx, httpcore)": 5,
+                                            "target call (httpx, aiohttp)": 5,
                                             "Serve replica machinery": 2})
 
 
 def test_the_budget_splits_the_sampled_share_of_a_requests_cpu_and_keeps_the_rest() -> None:
-    counts = Counter({"target call (httpx, httpcore)": 6, "placement decision": 2})
+    counts = Counter({"target call (httpx, aiohttp)": 6, "placement decision": 2})
     rows = budget(counts, cpu_ms_per_request=5.0, sampled_share=0.8)
-    assert [row["stage"] for row in rows] == ["target call (httpx, httpcore)",
+    assert [row["stage"] for row in rows] == ["target call (httpx, aiohttp)",
                                               "placement decision",
                                               "not sampled (native threads)"]
     assert rows[0]["ms_per_request"] == pytest.approx(3.0)  # 6/8 of 4 ms sampled
