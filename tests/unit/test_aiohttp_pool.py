@@ -14,7 +14,14 @@ import pytest
 from aiohttp import web
 
 from edgeroute.contract import output_tensors
-from edgeroute.oip import InferResponse, Tensor, decode_request, encode_response
+from edgeroute.oip import (
+    InferRequest,
+    InferResponse,
+    Tensor,
+    decode_request,
+    encode_request,
+    encode_response,
+)
 from edgeroute.signature import Batch
 from router.aiohttp_pool import AiohttpTransport
 from router.transport import HttpTransport, TargetTimeout, TargetUnavailable
@@ -163,8 +170,9 @@ def test_a_transport_used_from_a_new_event_loop_makes_a_new_session() -> None:
 
     async def main(url: str) -> int:
         client = httpx.AsyncClient(transport=transport)
-        response = await client.post(f"{url}/v2/models/digits/infer",
-                                     content=encode_oip_request(), headers=OIP_HEADERS)
+        body, headers = encode_request(InferRequest(inputs=(Tensor("input", X),)), binary=True)
+        response = await client.post(f"{url}/v2/models/digits/infer", content=body,
+                                     headers=headers)
         return response.status_code
 
     assert asyncio.run(serving(oip_app(), main)) == 200
@@ -175,13 +183,3 @@ def test_a_transport_used_from_a_new_event_loop_makes_a_new_session() -> None:
 
     asyncio.run(close())
 
-
-def encode_oip_request() -> bytes:
-    from edgeroute.oip import InferRequest, encode_request
-
-    body, headers = encode_request(InferRequest(inputs=(Tensor("input", X),)), binary=True)
-    OIP_HEADERS.update(headers)
-    return body
-
-
-OIP_HEADERS: dict[str, str] = {}
